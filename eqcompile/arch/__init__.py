@@ -1,0 +1,59 @@
+"""Model families. Each module here defines ``FAMILY``; adding a family means adding one module.
+
+``lower(checkpoint)`` picks the family from ``config.json``'s ``model_type`` or, for a bare
+safetensors file, from its tensor names, and returns the family's :class:`~eqcompile.program.Program`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UnsupportedArchitecture
+from ..load import Checkpoint
+from ..program import Program
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]  # config.json "model_type" values this family lowers
+    recognises: Callable[[Checkpoint], bool]  # by tensor names, for files without config.json
+    lower: Callable[[Checkpoint], Program]
+    reference: Callable[[Checkpoint], Callable[[np.ndarray], np.ndarray]]  # transformers forward
+
+
+def families() -> list[Family]:
+    """Every family module in this package, discovered (not listed by hand)."""
+    found = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if isinstance(getattr(module, "FAMILY", None), Family):
+            found.append(module.FAMILY)
+    return found
+
+
+def family_of(checkpoint: Checkpoint) -> Family:
+    known = families()
+    supported = ", ".join(t for f in known for t in f.model_types)
+    if checkpoint.config is not None and "model_type" in checkpoint.config:
+        model_type = checkpoint.config["model_type"]
+        for family in known:
+            if model_type in family.model_types:
+                return family
+        raise UnsupportedArchitecture(
+            f"unsupported architecture {str(model_type)!r} (supported: {supported})")
+    for family in known:
+        if family.recognises(checkpoint):
+            return family
+    raise UnsupportedArchitecture(
+        "cannot tell the architecture: no config.json with a model_type, and the tensor names "
+        f"match no supported family (supported: {supported})")
+
+
+def lower(checkpoint: Checkpoint) -> Program:
+    return family_of(checkpoint).lower(checkpoint)

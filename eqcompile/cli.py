@@ -1,0 +1,119 @@
+"""The command line: a thin layer over :mod:`eqcompile.api` that only parses options.
+
+Every :class:`~eqcompile.errors.EqcompileError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import api
+from .emit.latex import LEVELS
+from .errors import EqcompileError
+
+
+class DefaultToCompile(click.Group):
+    """``eqcompile MODEL ...`` means ``eqcompile compile MODEL ...``."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["compile", *args]
+        return super().parse_args(ctx, args)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"eqcompile: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def _guarded(work):
+    """Run ``work()``; turn any failure into one line and an exit code, never a traceback."""
+    try:
+        return work()
+    except EqcompileError as e:
+        _fail(f"error: {e}", 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except OSError as e:
+        _fail(f"error: {e.strerror or e}: {e.filename or ''}", 2)
+    except Exception as e:  # a bug: still one line, and a different exit code
+        _fail(f"internal error ({type(e).__name__}: {e}); please report it", 1)
+
+
+@click.group(cls=DefaultToCompile, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="eqcompile")
+def main():
+    """Write a trained model down as equations (LaTeX) and as a numpy module.
+
+    \b
+    eqcompile MODEL --latex [-o FILE] [--level model|layer|index] [--standalone]
+    eqcompile MODEL --python DIR
+    eqcompile verify MODEL [--seq N]
+
+    MODEL is a .safetensors file, a model folder, a model.safetensors.index.json of shards, or a
+    Hugging Face hub id already in the local cache (nothing is downloaded).
+    """
+
+
+@main.command("compile")
+@click.argument("model")
+@click.option("--latex", "want_latex", is_flag=True, help="Write the model as LaTeX.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="LaTeX output file (default: standard output).")
+@click.option("--level", type=click.Choice(LEVELS), default="layer", show_default=True,
+              help="model: one composition; layer: every block's equations; index: op definitions.")
+@click.option("--standalone", is_flag=True, help="A complete document rather than a fragment.")
+@click.option("--unroll", is_flag=True, help="Write every layer out instead of one generic layer (l).")
+@click.option("--python", "python_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write DIR/model.py (numpy only) and DIR/weights.safetensors.")
+def compile_command(model, want_latex, output, level, standalone, unroll, python_dir):
+    """Compile MODEL to LaTeX and/or a numpy module."""
+    if not want_latex and python_dir is None:
+        _fail("error: choose an output: --latex [-o FILE] and/or --python DIR", 2)
+
+    def work():
+        compiled = api.compile(model)
+        if want_latex:
+            text = compiled.latex(level=level, unroll=unroll, standalone=standalone)
+            if output is None:
+                click.echo(text, nl=False)
+            else:
+                compiled.write_latex(output, level=level, unroll=unroll, standalone=standalone)
+                click.echo(f"wrote {output}", err=True)
+        if python_dir is not None:
+            path = compiled.to_python(python_dir)
+            click.echo(f"wrote {path} and {path.with_name('weights.safetensors')}", err=True)
+
+    _guarded(work)
+
+
+@main.command("verify")
+@click.argument("model")
+@click.option("--seq", "seqs", type=click.IntRange(min=1), multiple=True,
+              help="Sequence length to test (repeatable; default 1, 7 and the full context up to 128).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random tokens.")
+def verify_command(model, seqs, seed):
+    """Run the emitted module and transformers on the same random tokens and compare logits.
+
+    Exits 1 when max |error| > 1e-4 or max |error| / max |reference| > 1e-5.
+    """
+    from .verify import ABS_TOLERANCE, REL_TOLERANCE, verify
+
+    def work():
+        compiled = api.compile(model)
+        longest = min(compiled.program.max_seq, 128)
+        lengths = sorted(set(seqs or (1, min(7, longest), longest)))
+        if max(lengths) > compiled.program.max_seq:
+            raise EqcompileError(f"--seq {max(lengths)} exceeds the context length {compiled.program.max_seq}")
+        results = verify(compiled, lengths, seed)
+        click.echo(f"{'seq':>5} {'max abs err':>12} {'max rel err':>12}  "
+                   f"(tolerance {ABS_TOLERANCE:g} abs, {REL_TOLERANCE:g} rel)")
+        for r in results:
+            click.echo(f"{r.seq:>5} {r.max_abs:>12.3e} {r.max_rel:>12.3e}  {'ok' if r.ok else 'FAIL'}")
+        return all(r.ok for r in results)
+
+    if not _guarded(work):
+        _fail("verification failed: the emitted module differs from the reference beyond tolerance", 1)

@@ -1,0 +1,151 @@
+"""The LaTeX emitter: a sympy ``LatexPrinter`` plus the three levels of detail.
+
+* ``model``: the network as one composition f = U ∘ B^(L) ∘ … ∘ B^(1) ∘ E;
+* ``layer``: every stage's equations (the block once, for a generic layer l, or unrolled), with a
+  symbol table of shapes and source tensors;
+* ``index``: each op used, defined element by element.
+"""
+
+from __future__ import annotations
+
+from sympy.matrices.expressions.matexpr import MatrixSymbol
+from sympy.printing.latex import LatexPrinter
+
+from ..ops import SplitHeads, is_per_head, n_head, ops_used_by
+from ..program import Program, Stage
+from .templates import render_template
+from .text import tex_escape
+
+LEVELS = ("model", "layer", "index")
+PACKAGES = ("amsmath", "amssymb")  # what a fragment needs from the including document
+
+
+class EquationPrinter(LatexPrinter):
+    """sympy's LaTeX printer with the field's conventions: ᵀ as ⊤, sums kept in written order."""
+
+    _default_settings = {**LatexPrinter._default_settings, "order": "none"}
+
+    def _print_Transpose(self, expr):
+        inner = self._print(expr.arg)
+        if isinstance(expr.arg, (MatrixSymbol, SplitHeads)):
+            return rf"{{{inner}}}^{{\top}}"
+        return rf"\left({inner}\right)^{{\top}}"
+
+
+def printer_for(program: Program, stage: Stage | None = None, layer: str = "l") -> EquationPrinter:
+    names = {symbol: text for symbol, text in program.dim_latex.items()}
+    if stage is not None:
+        names.update(stage.latex_names(layer))
+    return EquationPrinter({"symbol_names": names})
+
+
+def render(program: Program, level: str = "layer", unroll: bool = False) -> str:
+    """A LaTeX fragment (needs amsmath and amssymb) stating the program at ``level``."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}")
+    parts = [f"% eqcompile: {program.family} model, level {level}\n% needs: "
+             + ", ".join(PACKAGES) + "\n" + _notes(program)]
+    if level == "model":
+        parts.append(composition(program))
+    elif level == "layer":
+        parts.append(composition(program))
+        for stage in program.stages:
+            parts.append(_stage_equations(program, stage, unroll))
+        parts.append(symbol_table(program))
+    else:
+        parts.append(op_definitions(program))
+    return "\n".join(parts)
+
+
+def _notes(program: Program) -> str:
+    return "".join(rf"\noindent\emph{{Note:}} {tex_escape(note)}\par" + "\n" for note in program.notes)
+
+
+def composition(program: Program) -> str:
+    """f_θ = U ∘ B^(L) ∘ … ∘ B^(1) ∘ E, with each map's domain and codomain."""
+    printer = printer_for(program)
+    pieces, maps = [], []
+    for stage in reversed(program.stages):
+        if stage.layers:
+            pieces.append(rf"{stage.letter}^{{(L)}} \circ \cdots \circ {stage.letter}^{{(1)}}")
+        else:
+            pieces.append(stage.letter)
+    for stage in program.stages:
+        letter = stage.letter + ("^{(l)}" if stage.layers else "")
+        maps.append(rf"{letter} &: {_space(printer, stage.input, token_ids=stage is program.stages[0])}"
+                    rf" \to {_space(printer, stage.output)}")
+    layers = next((s.layers for s in program.stages if s.layers), None)
+    head = r"f_\theta &= " + r" \circ ".join(pieces)
+    if layers:
+        head += rf", \qquad L = {layers}"
+    lines = [head, *maps]
+    return "\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}\n"
+
+
+def _space(printer, symbol, token_ids: bool = False) -> str:
+    rows, cols = (printer._print(s) for s in symbol.shape)
+    if token_ids:
+        return rf"\mathcal{{V}}^{{{rows}}}"
+    return rf"\mathbb{{R}}^{{{rows} \times {cols}}}"
+
+
+def _stage_equations(program: Program, stage: Stage, unroll: bool) -> str:
+    layers = [str(i) for i in range(1, stage.layers + 1)] if (stage.layers and unroll) else [None]
+    out = []
+    for layer in layers:
+        printer = printer_for(program, stage, layer or "l")
+        if stage.layers and layer is None:
+            title = rf"{stage.title} $B^{{(l)}}$, for $l = 1, \dots, L$"
+        elif stage.layers:
+            title = rf"{stage.title} $B^{{({layer})}}$"
+        else:
+            title = stage.title
+        lines = [rf"{printer._print(eq.lhs)} &= {printer._print(eq.rhs)}" for eq in stage.equations]
+        heads = [eq for eq in stage.equations if is_per_head(eq.rhs)]
+        if heads:
+            lines[stage.equations.index(heads[-1])] += rf", \quad h = 1, \dots, {printer._print(n_head)}"
+        out.append(rf"\paragraph{{{title}.}}" + "\n\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}\n")
+    return "".join(out)
+
+
+def symbol_table(program: Program) -> str:
+    """Every parameter with its shape and source tensor, then the dimensions' values."""
+    rows = []
+    seen = set()
+    for stage, param in program.params:
+        if param.key in seen:
+            continue
+        seen.add(param.key)
+        printer = printer_for(program, stage)
+        source = tex_escape(param.source.describe()).replace(r"\{layer\}", "$l{-}1$")
+        rows.append(rf"${printer._print(param.symbol)}$ & ${_space(printer, param.symbol)}$ & \texttt{{{source}}} \\")
+    printer = printer_for(program)
+    dims = [rf"${printer._print(symbol)} = {_number(value)}$" for symbol, value in program.dims.items()]
+    return ("\\paragraph{Symbols.}\n\\begin{tabular}{lll}\n\\hline\nsymbol & shape & source tensor \\\\\n"
+            "\\hline\n" + "\n".join(rows) + "\n\\hline\n\\end{tabular}\n\n"
+            + r"\paragraph{Dimensions.} " + ", ".join(dims) + ".\n")
+
+
+def _number(value) -> str:
+    if isinstance(value, float):
+        mantissa, _, exponent = f"{value:.6g}".partition("e")
+        return rf"{mantissa} \times 10^{{{int(exponent)}}}" if exponent else mantissa
+    return str(value)
+
+
+def op_definitions(program: Program) -> str:
+    """Each op the program uses, in index notation."""
+    printer = EquationPrinter({"symbol_names": dict(program.dim_latex)})
+    out = []
+    for op in ops_used_by(program):
+        lines = op.definition_latex(printer)
+        title = (op.__doc__ or op.__name__).strip().splitlines()[0]
+        out.append(rf"\paragraph{{{op.__name__}.}} {tex_escape(title)}" + "\n\\begin{align*}\n"
+                   + " \\\\\n".join(line.replace(" = ", " &= ", 1) for line in lines) + "\n\\end{align*}\n")
+    return "\n".join(out)
+
+
+def document(program: Program, fragment: str) -> str:
+    """A standalone article around a fragment (``--standalone``)."""
+    return render_template("document.tex.j2", packages=PACKAGES, body=fragment,
+                           title=f"A {program.family} model as equations", source=program.source)

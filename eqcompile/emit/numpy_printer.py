@@ -1,0 +1,47 @@
+"""sympy's ``NumPyPrinter``, taught the ops (via their ``_numpycode``) and float32 discipline."""
+
+from __future__ import annotations
+
+from sympy import S
+from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.pycode import PythonCodePrinter
+
+
+class ModulePrinter(NumPyPrinter):
+    """Prints matrix expressions as numpy code that reads like the equations.
+
+    Matrix products are ``@`` (batched over heads where operands are stacked), transposes ``.mT``,
+    and scalar factors are plain Python ``math`` floats, never ``np.float64`` scalars, which numpy 2
+    would let promote the float32 activations to float64.
+    """
+
+    printmethod = "_numpycode"
+    _default_settings = {**NumPyPrinter._default_settings, "order": "none"}
+
+    def __init__(self, names: dict, settings=None):
+        super().__init__(settings)
+        self.names = {symbol: str(name) for symbol, name in names.items()}
+        self.scalars = PythonCodePrinter({"order": "none"})
+        self.scalars._print_Symbol = self._print_Symbol
+
+    def _print_Symbol(self, expr):
+        return self.names.get(expr, expr.name)
+
+    def _print_MatMul(self, expr):
+        coefficient, matrices = expr.as_coeff_matrices()
+        product = " @ ".join(self.parenthesize(m, PRECEDENCE["Mul"], strict=True) for m in matrices)
+        if coefficient == S.One:
+            return product
+        numerator, denominator = coefficient.as_numer_denom()
+        scaled = product if numerator == S.One else f"{self.scalars.doprint(numerator)} * {product}"
+        if denominator == S.One:
+            return scaled
+        return f"{scaled} / {self.scalars.parenthesize(denominator, PRECEDENCE['Mul'], strict=True)}"
+
+    def _print_MatAdd(self, expr):
+        return " + ".join(self.parenthesize(a, PRECEDENCE["Add"]) for a in expr.args)
+
+    def _print_Transpose(self, expr):
+        return f"{self.parenthesize(expr.arg, PRECEDENCE['Atom'], strict=True)}.mT"
+

@@ -1,0 +1,135 @@
+"""The Python emitter: the Program as a standalone numpy module plus its float32 weights."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+
+from ..load import Checkpoint
+from ..ops import is_per_head, ops_used_by
+from ..ops.base import numpy_source
+from ..program import Param, Program, Stage
+from .files import progress_bar, write_safetensors, write_text
+from .numpy_printer import ModulePrinter
+from .templates import render_template
+
+
+def module_source(program: Program) -> str:
+    """The text of ``model.py``: dims, op definitions, one function per stage, ``forward``."""
+    printer = ModulePrinter(program.dim_python)
+    functions = []
+    for op in ops_used_by(program):
+        for function in op.numpy_functions:
+            if function not in functions:
+                functions.append(function)
+    stages = [_stage_function(program, stage, printer) for stage in program.stages]
+    parameters = {stage.name: {p.name: p.key for p in stage.params} for stage in program.stages}
+    return render_template(
+        "model.py.j2",
+        title=f"A {program.family} model",
+        composition=_composition(program),
+        source=program.source,
+        layers=next((s.layers for s in program.stages if s.layers), 0),
+        dims=[(program.dim_python[s], v) for s, v in program.dims.items()],
+        ops=numpy_source(functions),
+        stages=stages,
+        calls=_forward_calls(program),
+        parameters=parameters,
+        repeated=[s.name for s in program.stages if s.layers],
+    )
+
+
+def _composition(program: Program) -> str:
+    return " ∘ ".join(f"{s.letter}^(L) ∘ … ∘ {s.letter}^(1)" if s.layers else s.letter
+                      for s in reversed(program.stages))
+
+
+def _shape(program: Program, symbol, expr) -> str:
+    if symbol == program.input_symbol:
+        return f"[{program.dim_python[program.seq]}]"  # token ids
+    dims = [program.dim_python.get(s, str(s)) if isinstance(s, sp.Symbol) else str(s) for s in symbol.shape]
+    if is_per_head(expr):
+        dims.insert(0, "n_head")  # one slice per head, all heads at once
+    return f"[{', '.join(dims)}]"
+
+
+def _stage_function(program: Program, stage: Stage, printer: ModulePrinter) -> str:
+    args = [stage.input.name, *(p.name for p in stage.params), *(str(s) for s in stage.layer_symbols)]
+    body = [f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {_shape(program, eq.lhs, eq.rhs)}"
+            for eq in stage.equations]
+    if any(_uses(line.split("  #")[0].split(" = ", 1)[1], program.dim_python[program.seq]) for line in body):
+        body.insert(0, f"{program.dim_python[program.seq]} = {stage.input.name}.shape[0]")
+    doc = (f'"""{stage.title} {stage.letter}: {_shape(program, stage.input, stage.input)} -> '
+           f'{_shape(program, stage.output, stage.output)}."""')
+    lines = ["", f"def {stage.name}({', '.join(args)}):", f"    {doc}", *(f"    {line}" for line in body),
+             f"    return {stage.output.name}"]
+    return "\n".join(lines)
+
+
+def _uses(code: str, name: str) -> bool:
+    return re.search(rf"\b{re.escape(name)}\b", code) is not None
+
+
+def _forward_calls(program: Program) -> list[str]:
+    calls, value = [], "t"
+    for stage in program.stages:
+        if stage.layers:
+            extra = "".join(f", {s}={s}" for s in map(str, stage.layer_symbols))
+            loop = "l, " if stage.layer_symbols else ""
+            start = "enumerate(weights[%r], start=1)" % stage.name if stage.layer_symbols else f"weights[{stage.name!r}]"
+            calls += [f"    for {loop}params in {start}:",
+                      f"        x = {stage.name}({value}, **params{extra})"]
+        else:
+            calls.append(f"    x = {stage.name}({value}, **weights[{stage.name!r}])")
+        value = "x"
+    calls.append("    return x")
+    return calls
+
+
+def parameter_value(checkpoint: Checkpoint, program: Program, param: Param, layer: int | None) -> np.ndarray:
+    """The numbers a parameter stands for in one layer (numeric stages only)."""
+    ref = param.source.for_layer(layer)
+    array = checkpoint.tensor(ref.name)
+    if ref.columns:
+        array = array[..., ref.columns[0]:ref.columns[1]]
+    if ref.transpose:
+        array = array.T
+    shape = tuple(int(sp.sympify(s).subs(program.dims)) for s in param.symbol.shape)
+    return np.ascontiguousarray(array.reshape(shape), dtype=np.float32)
+
+
+def weight_plan(program: Program) -> dict[str, tuple[Param, int | None]]:
+    """Every key of the emitted weight file, with the parameter and layer it holds."""
+    plan: dict[str, tuple[Param, int | None]] = {}
+    for stage in program.stages:
+        for layer in range(stage.layers) if stage.layers else [None]:
+            for p in stage.params:
+                key = p.key.format(layer=layer) if layer is not None else p.key
+                plan.setdefault(key, (p, layer))
+    return plan
+
+
+def write_module(program: Program, checkpoint: Checkpoint, folder: Path) -> Path:
+    """Write ``folder/model.py`` and ``folder/weights.safetensors``; return the module's path."""
+    folder = Path(folder)
+    plan = weight_plan(program)
+    shapes = [(key, tuple(int(sp.sympify(s).subs(program.dims)) for s in p.symbol.shape))
+              for key, (p, _) in plan.items()]
+    write_safetensors(folder / "weights.safetensors", shapes,
+                      lambda key: parameter_value(checkpoint, program, *plan[key]),
+                      progress_bar(shapes, "weights"))
+    write_text(folder / "model.py", module_source(program))
+    return folder / "model.py"
+
+
+def import_module(path: Path, name: str = "eqcompile_emitted"):
+    """Import an emitted ``model.py`` from its path (it is not on ``sys.path``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

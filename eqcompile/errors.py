@@ -1,0 +1,21 @@
+"""Typed errors. The CLI turns every one of them into a one-line message and exit code 2."""
+
+
+class EqcompileError(Exception):
+    """Base class: a problem with the user's input, not a bug in eqcompile."""
+
+
+class CheckpointError(EqcompileError):
+    """The file or folder is not a readable checkpoint (bad header, truncated, missing file)."""
+
+
+class ConfigError(EqcompileError):
+    """The model's configuration is invalid or asks for an option eqcompile does not support."""
+
+
+class UnsupportedArchitecture(EqcompileError):
+    """The checkpoint belongs to a model family eqcompile has no lowering for."""
+
+
+class ReferenceUnavailable(EqcompileError):
+    """Verification needs the reference implementation (transformers + torch), which is missing."""

@@ -1,0 +1,20 @@
+"""The canonical operations, as sympy matrix expressions (see ``base.py`` for the recipe)."""
+
+from .activation import GELU, Activation, GELUTanh, QuickGELU, ReLU, Sigmoid, SiLU, Tanh
+from .attention import CausalMask, MergeHeads, Softmax, SplitHeads, d_head, head, is_per_head, n_head
+from .base import MatrixOp
+from .linear import Embed, FirstRows, Linear
+from .norm import LayerNorm, RMSNorm, epsilon
+
+__all__ = [
+    "Embed", "FirstRows", "Linear", "LayerNorm", "RMSNorm", "Softmax", "CausalMask",
+    "SplitHeads", "MergeHeads", "GELUTanh", "GELU", "ReLU", "Sigmoid", "SiLU", "QuickGELU", "Tanh",
+]
+OPS: tuple[type[MatrixOp], ...] = tuple(globals()[name] for name in __all__)
+ACTIVATIONS: tuple[type[Activation], ...] = tuple(op for op in OPS if issubclass(op, Activation))
+
+
+def ops_used_by(program) -> list[type[MatrixOp]]:
+    """The op classes a program's equations use, in ``OPS`` order."""
+    used = {type(op) for stage in program.stages for eq in stage.equations for op in eq.rhs.atoms(*OPS)}
+    return [op for op in OPS if op in used]

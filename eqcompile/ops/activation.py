@@ -1,0 +1,109 @@
+"""Elementwise activations: the scalar definition (``scalar.py``) next to its numpy meaning."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, ClassVar
+
+import latexify
+import numpy as np
+
+from . import scalar
+from .base import MatrixOp, operator
+
+
+def gelu_tanh(x):  # GPT-2's "gelu_new"
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
+
+
+def erf(x):  # Numerical Recipes' erfc Chebyshev fit: relative error < 1.2e-7, float32 rounding level
+    z = np.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277))))))))
+    erfc = t * np.exp(-z * z + poly)
+    return np.sign(x) * (1.0 - erfc)
+
+
+def gelu(x):  # exact GELU, with erf
+    return 0.5 * x * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def quick_gelu(x):
+    return x / (1.0 + np.exp(-1.702 * x))
+
+
+def tanh(x):
+    return np.tanh(x)
+
+
+class Activation(MatrixOp):
+    """An activation applied elementwise to a matrix."""
+
+    latex_name: ClassVar[str]
+    scalar: ClassVar[Callable]
+
+    def _latex(self, printer):
+        return operator(printer, self.latex_name, self.arg)
+
+    def _numpycode(self, printer):
+        return self._call(printer, self.numpy_functions[-1].__name__, self.arg)
+
+    @classmethod
+    def definition_latex(cls, printer):
+        return [str(latexify.get_latex(cls.scalar, use_math_symbols=True))]
+
+
+class GELUTanh(Activation):
+    """GELU, tanh approximation (GPT-2's gelu_new)."""
+
+    latex_name, scalar, numpy_functions = "GELU", scalar.gelu_tanh, (gelu_tanh,)
+
+
+class GELU(Activation):
+    """GELU, exact (with the error function)."""
+
+    latex_name, scalar, numpy_functions = "GELU", scalar.gelu, (erf, gelu)
+
+
+class ReLU(Activation):
+    """Rectified linear unit."""
+
+    latex_name, scalar, numpy_functions = "ReLU", scalar.relu, (relu,)
+
+
+class Sigmoid(Activation):
+    """Logistic sigmoid."""
+
+    latex_name, scalar, numpy_functions = r"\sigma", scalar.sigmoid, (sigmoid,)
+
+
+class SiLU(Activation):
+    """SiLU (swish): x times its sigmoid."""
+
+    latex_name, scalar, numpy_functions = "SiLU", scalar.silu, (silu,)
+
+
+class QuickGELU(Activation):
+    """GELU approximated by x times sigmoid(1.702 x)."""
+
+    latex_name, scalar, numpy_functions = "QuickGELU", scalar.quick_gelu, (quick_gelu,)
+
+
+class Tanh(Activation):
+    """Hyperbolic tangent."""
+
+    latex_name, scalar, numpy_functions = r"\tanh", scalar.tanh_activation, (tanh,)

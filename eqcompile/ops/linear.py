@@ -1,0 +1,96 @@
+"""Embedding row lookup, leading rows of a table, and affine maps."""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixSymbol
+
+from .base import MatrixOp, i, j, k, m, n, p
+
+
+class Embed(MatrixOp):
+    """Row lookup: row i of W[t] is row t_i of the table W (a one-hot vector times W)."""
+
+    @property
+    def table(self):
+        return self.args[0]
+
+    @property
+    def tokens(self):
+        return self.args[1]
+
+    @property
+    def shape(self):
+        return (self.tokens.shape[0], self.table.shape[1])
+
+    def _latex(self, printer):
+        return rf"{printer._print(self.table)}\left[{printer._print(self.tokens)}\right]"
+
+    def _numpycode(self, printer):
+        return f"{printer._print(self.table)}[{printer._print(self.tokens)}]"
+
+    @classmethod
+    def definition(cls):
+        W, t = MatrixSymbol("W", m, n), MatrixSymbol("t", n, 1)
+        token = sp.IndexedBase("t")[i]
+        return [(cls(W, t)[i, j], W[token, j])]
+
+
+class FirstRows(MatrixOp):
+    """The first n rows of a table: the position embeddings of positions 1 to n."""
+
+    @property
+    def table(self):
+        return self.args[0]
+
+    @property
+    def count(self):
+        return self.args[1]
+
+    @property
+    def shape(self):
+        return (self.count, self.table.shape[1])
+
+    def _latex(self, printer):
+        return rf"{printer._print(self.table)}\left[1{{:}}{printer._print(self.count)}\right]"
+
+    def _numpycode(self, printer):
+        return f"{printer._print(self.table)}[:{printer._print(self.count)}]"
+
+    @classmethod
+    def definition(cls):
+        W = MatrixSymbol("W", m, n)
+        return [(cls(W, n)[i, j], W[i, j])]
+
+
+class Linear(MatrixOp):
+    """Affine map X W + 1 b: the row vector b is added to every row (no b: X W)."""
+
+    @property
+    def weight(self):
+        return self.args[1]
+
+    @property
+    def bias(self):
+        return self.args[2] if len(self.args) > 2 else None
+
+    @property
+    def shape(self):
+        return (self.arg.shape[0], self.weight.shape[1])
+
+    def _latex(self, printer):
+        product = printer._print(sp.MatMul(self.arg, self.weight))
+        if self.bias is None:
+            return product
+        return rf"{product} + \mathbf{{1}} {printer._print(self.bias)}"
+
+    def _numpycode(self, printer):
+        product = f"{printer._print(self.arg)} @ {printer._print(self.weight)}"
+        return product if self.bias is None else f"({product} + {printer._print(self.bias)})"
+
+    @classmethod
+    def definition(cls):
+        X, W, b = MatrixSymbol("X", n, m), MatrixSymbol("W", m, p), MatrixSymbol("b", 1, p)
+        bias = sp.IndexedBase("b")[j]
+        return [(cls(X, W, b)[i, j], sp.Add(sp.Sum(X[i, k] * W[k, j], (k, 1, m)), bias, evaluate=False))]
+

@@ -1,0 +1,117 @@
+"""The Program: what a model computes, as ordered sympy equations with symbols bound to tensors.
+
+Every emitter (LaTeX, Python, stats, ...) reads only this. A transformer is a recurrence over
+layers, so a repeated stage (the block) is stated once for a generic layer (l) and bound to each
+layer's tensors by formatting ``{layer}`` in its parameter's tensor names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from string import Template
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixSymbol
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where a parameter's numbers come from: a checkpoint tensor, possibly sliced or transposed.
+
+    ``columns`` slices the last axis (e.g. W_Q out of GPT-2's fused ``c_attn``); ``transpose``
+    turns a stored ``[out, in]`` matrix into the ``[in, out]`` that ``X W`` needs.
+    """
+
+    name: str  # may contain "{layer}" (0-based) for block parameters
+    columns: tuple[int, int] | None = None
+    transpose: bool = False
+
+    def for_layer(self, layer: int | None) -> TensorRef:
+        if layer is None:
+            return self
+        return TensorRef(self.name.replace("{layer}", str(layer)), self.columns, self.transpose)
+
+    def describe(self) -> str:
+        text = self.name
+        if self.columns:
+            text += f"[..., {self.columns[0]}:{self.columns[1]}]"
+        return text + ("ᵀ" if self.transpose else "")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A weight of the equations: its symbol (a Python identifier), LaTeX name and source tensor."""
+
+    symbol: MatrixSymbol
+    latex: str  # a string.Template: $l is replaced by the layer ("l" or a number)
+    source: TensorRef
+    key: str  # its name in the emitted module's weight file, e.g. "block.{layer}.W_Q"
+
+    @property
+    def name(self) -> str:
+        return self.symbol.name
+
+
+@dataclass(frozen=True)
+class Equation:
+    lhs: MatrixSymbol
+    rhs: sp.Basic
+
+
+@dataclass
+class Stage:
+    """One function of the composition f = U ∘ B^(L) ∘ ... ∘ B^(1) ∘ E."""
+
+    name: str  # the Python function's name: "embedding", "block", "unembedding"
+    title: str  # the LaTeX section title
+    letter: str  # its name in the composition: "E", "B", "U"
+    input: MatrixSymbol
+    equations: list[Equation]
+    params: list[Param]
+    locals_latex: dict[str, str]  # LaTeX templates of the input and intermediate symbols
+    layers: int | None = None  # None: applied once; L: applied L times with superscript (l)
+    layer_symbols: tuple[sp.Symbol, ...] = ()  # scalar symbols that depend on the layer (e.g. l)
+
+    @property
+    def output(self) -> MatrixSymbol:
+        return self.equations[-1].lhs
+
+    def latex_names(self, layer: str) -> dict[sp.Basic, str]:
+        """LaTeX for every symbol of this stage, with the layer written as ``layer``."""
+        names = {}
+        fill = _layer_fill(layer)
+        for p in self.params:
+            names[p.symbol] = Template(p.latex).substitute(fill)
+        for eq in [Equation(self.input, self.input), *self.equations]:
+            template = self.locals_latex.get(eq.lhs.name, eq.lhs.name)
+            names[eq.lhs] = Template(template).substitute(fill)
+        return names
+
+
+def _layer_fill(layer: str) -> dict[str, str]:
+    if layer.isdigit():
+        number = int(layer)
+        return {"l": layer, "next": str(number + 1), "half": f"{number}.5", "prev": str(number - 1)}
+    return {"l": layer, "next": f"{layer}+1", "half": rf"{layer}+\frac{{1}}{{2}}", "prev": f"{layer}-1"}
+
+
+@dataclass
+class Program:
+    """A whole model: its stages in order, the dimensions they use, and where it came from."""
+
+    family: str
+    stages: list[Stage]
+    dims: dict[sp.Symbol, int | float]  # values of the size/constant symbols (d, n_head, eps, ...)
+    dim_latex: dict[sp.Symbol, str]
+    dim_python: dict[sp.Symbol, str]
+    input_symbol: MatrixSymbol  # the token ids t
+    seq: sp.Symbol  # the sequence length n (set by the input)
+    max_seq: int
+    vocab: int
+    source: str = ""
+    notes: list[str] = field(default_factory=list)  # stated assumptions (e.g. inferred config)
+    config: dict = field(default_factory=dict)  # the family's parsed config, for the model card
+
+    @property
+    def params(self) -> list[tuple[Stage, Param]]:
+        return [(stage, p) for stage in self.stages for p in stage.params]

@@ -1,0 +1,63 @@
+"""Verification: the emitted module against the reference implementation, on the same tokens.
+
+Errors are measured as ``max |emitted - reference|`` (absolute) and that divided by
+``max |reference|`` (relative to the output's scale; elementwise ratios blow up near zero logits).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import arch
+from .api import CompiledModel
+from .emit.python import import_module
+from .errors import ReferenceUnavailable
+
+ABS_TOLERANCE = 1e-4
+REL_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Comparison:
+    seq: int
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+
+def compare(output: np.ndarray, expected: np.ndarray, atol: float = ABS_TOLERANCE,
+            rtol: float = REL_TOLERANCE) -> tuple[float, float, bool]:
+    """(max absolute error, error relative to the reference's scale, both within tolerance)."""
+    max_abs = float(np.max(np.abs(output.astype(np.float64) - expected.astype(np.float64))))
+    max_rel = max_abs / max(float(np.max(np.abs(expected))), np.finfo(np.float32).tiny)
+    ok = output.shape == expected.shape and max_abs <= atol and max_rel <= rtol
+    return max_abs, max_rel, ok
+
+
+def reference_forward(model: CompiledModel):
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ReferenceUnavailable(
+            "verify needs the reference implementation: pip install 'eqcompile[test]' "
+            "(torch==2.13.0 and transformers)") from None
+    return arch.family_of(model.checkpoint).reference(model.checkpoint)
+
+
+def verify(model: CompiledModel, seqs: list[int], seed: int = 0, atol: float = ABS_TOLERANCE,
+           rtol: float = REL_TOLERANCE) -> list[Comparison]:
+    """Emit the module, run it and the reference on random tokens of each length, compare."""
+    reference = reference_forward(model)
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory(prefix="eqcompile-verify-") as folder:
+        emitted = import_module(model.to_python(Path(folder)))
+        results = []
+        for seq in seqs:
+            tokens = rng.integers(0, model.program.vocab, size=seq)
+            results.append(Comparison(seq, *compare(emitted.forward(tokens), reference(tokens), atol, rtol)))
+    return results
