@@ -37,7 +37,7 @@ class ModulePrinter(NumPyPrinter):
         scaled = product if numerator == S.One else f"{self.scalars.doprint(numerator)} * {product}"
         if denominator == S.One:
             return scaled
-        return f"{scaled} / {self.scalars.parenthesize(denominator, PRECEDENCE['Mul'], strict=True)}"
+        return f"{scaled} / {self.scalars.parenthesize(denominator, PRECEDENCE['Mul'], strict=False)}"
 
     def _print_MatAdd(self, expr):
         return " + ".join(self.parenthesize(a, PRECEDENCE["Add"]) for a in expr.args)

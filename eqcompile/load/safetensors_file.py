@@ -56,7 +56,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # deep nesting: RecursionError
         raise CheckpointError(f"{path.name}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name}: not a safetensors file (header is not a JSON object)")
@@ -74,12 +74,12 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, size: in
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where}: header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object tag is unhashable
         raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
-    if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+    if not (isinstance(shape, list) and all(_natural(s) for s in shape)):
         raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
     if not (isinstance(offsets, list) and len(offsets) == 2
-            and all(isinstance(o, int) and o >= 0 for o in offsets) and offsets[0] <= offsets[1]):
+            and all(_natural(o) for o in offsets) and offsets[0] <= offsets[1]):
         raise CheckpointError(f"{where}: data_offsets {offsets!r} are not [begin, end]")
     nbytes = offsets[1] - offsets[0]
     expected = math.prod(shape) * DTYPES[dtype][1]
@@ -90,6 +90,11 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, size: in
             f"{path.name}: file is truncated (tensor {name!r} ends at byte "
             f"{data_start + offsets[1]}, the file has {size})")
     return TensorInfo(name, dtype, tuple(shape), path, data_start + offsets[0], nbytes)
+
+
+def _natural(value: object) -> bool:
+    """A non-negative JSON integer (``true``/``false`` are Python ints, but not integers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_no_overlap(path: Path, tensors: dict[str, TensorInfo]) -> None:

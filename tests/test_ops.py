@@ -1,0 +1,93 @@
+"""Every op has its three meanings, in both printers, and they agree with each other."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixSymbol
+
+from eqcompile.emit.latex import EquationPrinter
+from eqcompile.emit.numpy_printer import ModulePrinter
+from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows, GELUTanh, LayerNorm,
+                           Linear, MergeHeads, QuickGELU, ReLU, RMSNorm, Sigmoid, SiLU, Softmax,
+                           SplitHeads, Tanh, epsilon, n_head)
+from eqcompile.ops.activation import erf
+
+n, d = sp.symbols("n d", integer=True, positive=True)
+X, W, b = MatrixSymbol("X", n, d), MatrixSymbol("W", d, d), MatrixSymbol("b", 1, d)
+g, beta = MatrixSymbol("gamma", 1, d), MatrixSymbol("beta", 1, d)
+t = MatrixSymbol("t", n, 1)
+S = MatrixSymbol("S", n, n)
+
+
+def example(op):
+    """One application of each op, as an arch module would build it."""
+    return {
+        Embed: Embed(W, t), FirstRows: FirstRows(W, n), Linear: Linear(X, W, b),
+        LayerNorm: LayerNorm(X, g, beta, epsilon), RMSNorm: RMSNorm(X, g, epsilon),
+        Softmax: Softmax(S), CausalMask: CausalMask(S), SplitHeads: SplitHeads(X, n_head),
+        MergeHeads: MergeHeads(X, n_head),
+    }.get(op) or op(X)
+
+
+GOLDEN = {
+    Embed: (r"W\left[t\right]", "W[t]"),
+    FirstRows: (r"W\left[1{:}n\right]", "W[:n]"),
+    Linear: (r"X W + \mathbf{1} b", "(X @ W + b)"),
+    LayerNorm: (r"\operatorname{LN}\left(X;\, \gamma, \beta\right)", "layer_norm(X, gamma, beta, eps)"),
+    RMSNorm: (r"\operatorname{RMSNorm}\left(X;\, \gamma\right)", "rms_norm(X, gamma, eps)"),
+    Softmax: (r"\operatorname{softmax}\left(S\right)", "softmax(S)"),
+    CausalMask: (r"\operatorname{mask}\left(S\right)", "causal_mask(S)"),
+    SplitHeads: ("{X}_{h}", "split_heads(X, n_head)"),
+    MergeHeads: (r"\operatorname{concat}_{h=1}^{n_{head}}\left(X\right)", "merge_heads(X)"),
+    GELUTanh: (r"\operatorname{GELU}\left(X\right)", "gelu_tanh(X)"),
+    GELU: (r"\operatorname{GELU}\left(X\right)", "gelu(X)"),
+    ReLU: (r"\operatorname{ReLU}\left(X\right)", "relu(X)"),
+    Sigmoid: (r"\operatorname{\sigma}\left(X\right)", "sigmoid(X)"),
+    SiLU: (r"\operatorname{SiLU}\left(X\right)", "silu(X)"),
+    QuickGELU: (r"\operatorname{QuickGELU}\left(X\right)", "quick_gelu(X)"),
+    Tanh: (r"\operatorname{\tanh}\left(X\right)", "tanh(X)"),
+}
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.__name__)
+def test_every_op_prints_in_both_printers(op):
+    """The registry test: a missing handler would fall back silently to sympy's default."""
+    assert callable(getattr(op, "_latex", None)) and callable(getattr(op, "_numpycode", None))
+    expr = example(op)
+    latex = EquationPrinter().doprint(expr)
+    code = ModulePrinter({epsilon: "eps"}).doprint(expr)
+    assert (latex, code) == GOLDEN[op]
+    assert op.definition_latex(EquationPrinter())  # and it has an index-notation definition
+
+
+@pytest.mark.parametrize("op", ACTIVATIONS, ids=lambda op: op.__name__)
+def test_numpy_activation_matches_its_scalar_definition(op):
+    x = np.linspace(-9, 9, 2001)
+    expected = np.array([op.scalar(float(v)) for v in x])
+    for dtype, tolerance in [(np.float64, 3e-7), (np.float32, 2e-6)]:
+        got = op.numpy_functions[-1](x.astype(dtype))
+        assert got.dtype == dtype  # no promotion of float32 to float64
+        np.testing.assert_allclose(got, expected, atol=tolerance, rtol=tolerance)
+
+
+def test_erf_is_accurate_to_float32_rounding():
+    x = np.linspace(-6, 6, 100001)
+    assert np.max(np.abs(erf(x) - np.array([math.erf(v) for v in x]))) < 1.5e-7
+
+
+def test_attention_ops_run_all_heads_at_once():
+    from eqcompile.ops.attention import causal_mask, merge_heads, softmax, split_heads
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((5, 6)).astype(np.float32)
+    heads = split_heads(q, 3)
+    assert heads.shape == (3, 5, 2) and np.array_equal(heads[1], q[:, 2:4])
+    assert np.array_equal(merge_heads(heads), q)
+    scores = causal_mask(heads @ heads.mT)
+    probs = softmax(scores)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-6)
+    assert np.all(probs[:, 0, 1:] == 0) and np.all(np.triu(probs[2], 1) == 0)
