@@ -71,6 +71,7 @@ class Stage:
     locals_latex: dict[str, str]  # LaTeX templates of the input and intermediate symbols
     layers: int | None = None  # None: applied once; L: applied L times with superscript (l)
     layer_symbols: tuple[sp.Symbol, ...] = ()  # scalar symbols that depend on the layer (e.g. l)
+    extra_inputs: tuple[MatrixSymbol, ...] = ()  # inputs besides the stream (e.g. a padding mask)
 
     @property
     def output(self) -> MatrixSymbol:
@@ -82,7 +83,7 @@ class Stage:
         fill = _layer_fill(layer)
         for p in self.params:
             names[p.symbol] = Template(p.latex).substitute(fill)
-        for eq in [Equation(self.input, self.input), *self.equations]:
+        for eq in [Equation(s, s) for s in (self.input, *self.extra_inputs)] + self.equations:
             template = self.locals_latex.get(eq.lhs.name, eq.lhs.name)
             names[eq.lhs] = Template(template).substitute(fill)
         return names
@@ -104,10 +105,11 @@ class Program:
     dims: dict[sp.Symbol, int | float]  # values of the size/constant symbols (d, n_head, eps, ...)
     dim_latex: dict[sp.Symbol, str]
     dim_python: dict[sp.Symbol, str]
-    input_symbol: MatrixSymbol  # the token ids t
+    input_symbol: MatrixSymbol  # what forward() takes: token ids t, or a vector x
     seq: sp.Symbol  # the sequence length n (set by the input)
     max_seq: int
     vocab: int
+    interface: str = "causal_lm"  # the emitted forward(): templates/forward_<interface>.py.j2
     source: str = ""
     notes: list[str] = field(default_factory=list)  # stated assumptions (e.g. inferred config)
     config: dict = field(default_factory=dict)  # the family's parsed config, for the model card

@@ -72,7 +72,7 @@ def composition(program: Program) -> str:
             pieces.append(stage.letter)
     for stage in program.stages:
         letter = stage.letter + ("^{(l)}" if stage.layers else "")
-        maps.append(rf"{letter} &: {_space(printer, stage.input, token_ids=stage is program.stages[0])}"
+        maps.append(rf"{letter} &: {_space(printer, stage.input, token_ids=stage.input == program.input_symbol and program.interface != "vector")}"
                     rf" \to {_space(printer, stage.output)}")
     layers = next((s.layers for s in program.stages if s.layers), None)
     head = r"f_\theta &= " + r" \circ ".join(pieces)

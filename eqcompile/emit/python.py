@@ -39,6 +39,7 @@ def module_source(program: Program) -> str:
         calls=_forward_calls(program),
         parameters=parameters,
         repeated=[s.name for s in program.stages if s.layers],
+        interface=program.interface,
     )
 
 
@@ -57,7 +58,8 @@ def _shape(program: Program, symbol, expr) -> str:
 
 
 def _stage_function(program: Program, stage: Stage, printer: ModulePrinter) -> str:
-    args = [stage.input.name, *(p.name for p in stage.params), *(str(s) for s in stage.layer_symbols)]
+    args = [stage.input.name, *(p.name for p in stage.params), *(s.name for s in stage.extra_inputs),
+            *(str(s) for s in stage.layer_symbols)]
     body = [f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {_shape(program, eq.lhs, eq.rhs)}"
             for eq in stage.equations]
     if any(_uses(line.split("  #")[0].split(" = ", 1)[1], program.dim_python[program.seq]) for line in body):
@@ -74,16 +76,18 @@ def _uses(code: str, name: str) -> bool:
 
 
 def _forward_calls(program: Program) -> list[str]:
-    calls, value = [], "t"
+    """The body of ``forward`` after its input checks: the composition, stage by stage."""
+    calls, value = [], program.input_symbol.name
     for stage in program.stages:
+        extra = "".join(f", {name}={name}" for name in
+                        [*(s.name for s in stage.extra_inputs), *map(str, stage.layer_symbols)])
         if stage.layers:
-            extra = "".join(f", {s}={s}" for s in map(str, stage.layer_symbols))
-            loop = "l, " if stage.layer_symbols else ""
-            start = "enumerate(weights[%r], start=1)" % stage.name if stage.layer_symbols else f"weights[{stage.name!r}]"
-            calls += [f"    for {loop}params in {start}:",
-                      f"        x = {stage.name}({value}, **params{extra})"]
+            loop, items = "params", f"weights[{stage.name!r}]"
+            if stage.layer_symbols:
+                loop, items = "l, params", f"enumerate({items}, start=1)"
+            calls += [f"    for {loop} in {items}:", f"        x = {stage.name}({value}, **params{extra})"]
         else:
-            calls.append(f"    x = {stage.name}({value}, **weights[{stage.name!r}])")
+            calls.append(f"    x = {stage.name}({value}, **weights[{stage.name!r}]{extra})")
         value = "x"
     calls.append("    return x")
     return calls
