@@ -72,8 +72,8 @@ def composition(program: Program) -> str:
             pieces.append(stage.letter)
     for stage in program.stages:
         letter = stage.letter + ("^{(l)}" if stage.layers else "")
-        maps.append(rf"{letter} &: {_space(printer, stage.input, token_ids=stage.input == program.input_symbol and program.interface != "vector")}"
-                    rf" \to {_space(printer, stage.output)}")
+        token_ids = stage.input == program.input_symbol and program.interface != "vector"
+        maps.append(rf"{letter} &: {_space(printer, stage.input, token_ids)} \to {_space(printer, stage.output)}")
     layers = next((s.layers for s in program.stages if s.layers), None)
     head = r"f_\theta &= " + r" \circ ".join(pieces)
     if layers:
