@@ -11,16 +11,19 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from eqcompile.emit.latex import EquationPrinter
 from eqcompile.emit.numpy_printer import ModulePrinter
-from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows, GELUTanh, LayerNorm,
-                           Linear, MergeHeads, QuickGELU, ReLU, RMSNorm, Sigmoid, SiLU, Softmax,
-                           SplitHeads, Tanh, epsilon, n_head)
+from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows, GELUTanh, GroupedHeads,
+                           LayerNorm, Linear, Llama3Frequencies, MergeHeads, QuickGELU, ReLU, RMSNorm, RoPE,
+                           RotaryFrequencies, Sigmoid, SiLU, SlidingWindowMask, Softmax, SplitHeads, Tanh,
+                           d_head, epsilon, n_head, n_kv_head, window)
 from eqcompile.ops.activation import erf
+from eqcompile.ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 
 n, d = sp.symbols("n d", integer=True, positive=True)
 X, W, b = MatrixSymbol("X", n, d), MatrixSymbol("W", d, d), MatrixSymbol("b", 1, d)
 g, beta = MatrixSymbol("gamma", 1, d), MatrixSymbol("beta", 1, d)
 t = MatrixSymbol("t", n, 1)
 S = MatrixSymbol("S", n, n)
+theta = MatrixSymbol("theta", 1, d / 2)
 
 
 def example(op):
@@ -29,14 +32,17 @@ def example(op):
         Embed: Embed(W, t), FirstRows: FirstRows(W, n), Linear: Linear(X, W, b),
         LayerNorm: LayerNorm(X, g, beta, epsilon), RMSNorm: RMSNorm(X, g, epsilon),
         Softmax: Softmax(S), CausalMask: CausalMask(S), SplitHeads: SplitHeads(X, n_head),
-        MergeHeads: MergeHeads(X, n_head),
+        MergeHeads: MergeHeads(X, n_head), RoPE: RoPE(X, theta),
+        RotaryFrequencies: RotaryFrequencies(rope_theta, d_head),
+        Llama3Frequencies: Llama3Frequencies(theta, rope_factor, low_freq_factor, high_freq_factor, original_context),
+        GroupedHeads: GroupedHeads(X, n_kv_head, n_head), SlidingWindowMask: SlidingWindowMask(S, window),
     }.get(op) or op(X)
 
 
 GOLDEN = {
     Embed: (r"W\left[t\right]", "W[t]"),
     FirstRows: (r"W\left[1{:}n\right]", "W[:n]"),
-    Linear: (r"X W + \mathbf{1} b", "(X @ W + b)"),
+    Linear: (r"X W + \mathbf{1} b", "X @ W + b"),
     LayerNorm: (r"\operatorname{LN}\left(X;\, \gamma, \beta\right)", "layer_norm(X, gamma, beta, eps)"),
     RMSNorm: (r"\operatorname{RMSNorm}\left(X;\, \gamma\right)", "rms_norm(X, gamma, eps)"),
     Softmax: (r"\operatorname{softmax}\left(S\right)", "softmax(S)"),
@@ -50,6 +56,14 @@ GOLDEN = {
     SiLU: (r"\operatorname{SiLU}\left(X\right)", "silu(X)"),
     QuickGELU: (r"\operatorname{QuickGELU}\left(X\right)", "quick_gelu(X)"),
     Tanh: (r"\operatorname{\tanh}\left(X\right)", "tanh(X)"),
+    RoPE: (r"\operatorname{RoPE}_{\theta}\left(X\right)", "rope(X, theta)"),
+    RotaryFrequencies: (r"\left(rope_{\theta}^{-2(k-1)/d_{head}}\right)_{k=1}^{d_{head}/2}",
+                        "rope_frequencies(rope_theta, d_head)"),
+    Llama3Frequencies: (r"\operatorname{llama3}_{rope_{factor}, low_{freq factor}, high_{freq factor}, "
+                        r"original_{context}}\left(\theta\right)",
+                        "llama3_frequencies(theta, rope_factor, low_freq_factor, high_freq_factor, original_context)"),
+    GroupedHeads: (r"{X}_{g{\left(h \right)}}", "grouped_heads(X, n_kv_head, n_head)"),
+    SlidingWindowMask: (r"\operatorname{mask}_{w}\left(S\right)", "sliding_window_mask(S, w)"),
 }
 
 

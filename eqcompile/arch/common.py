@@ -7,8 +7,10 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import CheckpointError, ConfigError
 from ..load import Checkpoint
-from ..ops import CausalMask, MergeHeads, Softmax, SplitHeads, d_head, epsilon, n_head
-from ..program import Equation, Param, TensorRef
+from ..load.gguf import QUANTIZATION_MAPS
+from ..ops import CausalMask, MergeHeads, Softmax, SplitHeads, d_head, epsilon, n_head, n_kv_head, window
+from ..ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
+from ..program import Equation, Param, Stage, TensorRef
 
 seq = sp.Symbol("n", integer=True, positive=True)  # number of tokens, set by the input
 d_model = sp.Symbol("d", integer=True, positive=True)
@@ -20,11 +22,15 @@ layer = sp.Symbol("l", integer=True, positive=True)  # 1-based layer index
 DIM_LATEX = {
     seq: "n", d_model: "d", d_ff: r"d_{\mathrm{ff}}", n_vocab: r"n_{\mathrm{vocab}}",
     n_ctx: r"n_{\mathrm{ctx}}", n_head: r"n_{\mathrm{head}}", d_head: r"d_{\mathrm{head}}",
-    epsilon: r"\varepsilon", layer: "l",
+    epsilon: r"\varepsilon", layer: "l", n_kv_head: r"n_{\mathrm{kv}}", rope_theta: r"\theta_{\mathrm{base}}",
+    window: "w", rope_factor: "s", low_freq_factor: r"\alpha_{\mathrm{low}}",
+    high_freq_factor: r"\alpha_{\mathrm{high}}", original_context: r"n_{\mathrm{orig}}",
 }
 DIM_PYTHON = {
     seq: "n", d_model: "d", d_ff: "d_ff", n_vocab: "n_vocab", n_ctx: "n_ctx", n_head: "n_head",
-    d_head: "d_head", epsilon: "eps", layer: "l",
+    d_head: "d_head", epsilon: "eps", layer: "l", n_kv_head: "n_kv_head", rope_theta: "rope_theta",
+    window: "window", rope_factor: "rope_factor", low_freq_factor: "low_freq_factor",
+    high_freq_factor: "high_freq_factor", original_context: "original_context",
 }
 
 
@@ -92,3 +98,28 @@ def causal_self_attention(q, k, v, scale) -> list[Equation]:
     a = MatrixSymbol("a", seq, seq)
     z = MatrixSymbol("z", seq, d_model)
     return [Equation(a, Softmax(CausalMask(scale * q_h * k_h.T))), Equation(z, MergeHeads(a * v_h, n_head))]
+
+
+def storage_notes(checkpoint: Checkpoint, stages: list[Stage]) -> list[str]:
+    """For weights stored quantized (GGUF): per format, which weights use it and how it maps back.
+
+    The equations use the dequantized float32 numbers, so the document says where they came from.
+    """
+    stored: dict[str, dict[str, set[int]]] = {}  # format -> symbol -> the layers (0-based) stored so
+    layer_count: dict[str, int] = {}
+    for stage in stages:
+        layers = range(stage.layers or 1)
+        for p in stage.params:
+            layer_count[p.name] = len(layers)
+            for index in layers:
+                storage = checkpoint.tensors[p.source.for_layer(index if stage.layers else None).name].dtype
+                if storage in QUANTIZATION_MAPS:
+                    stored.setdefault(storage, {}).setdefault(p.name, set()).add(index)
+    notes = []
+    for storage, symbols in stored.items():
+        names = [name if len(found) == layer_count[name]
+                 else f"{name} (layers {', '.join(str(i + 1) for i in sorted(found))})"
+                 for name, found in symbols.items()]
+        notes.append(f"Stored as {storage} in the GGUF file: {', '.join(names)}. {QUANTIZATION_MAPS[storage]}; "
+                     "the equations use these dequantized float32 values.")
+    return notes

@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 from sympy.printing.latex import LatexPrinter
+from sympy.printing.precedence import PRECEDENCE
 
 from ..ops import SplitHeads, is_per_head, n_head, ops_used_by
 from ..program import Program, Stage
@@ -21,7 +24,7 @@ PACKAGES = ("amsmath", "amssymb")  # what a fragment needs from the including do
 
 
 class EquationPrinter(LatexPrinter):
-    """sympy's LaTeX printer with the field's conventions: ᵀ as ⊤, sums kept in written order."""
+    """sympy's LaTeX printer with the field's conventions: ᵀ as ⊤, ⊙ elementwise, sums kept in written order."""
 
     _default_settings = {**LatexPrinter._default_settings, "order": "none"}
 
@@ -30,6 +33,9 @@ class EquationPrinter(LatexPrinter):
         if isinstance(expr.arg, (MatrixSymbol, SplitHeads)):
             return rf"{{{inner}}}^{{\top}}"
         return rf"\left({inner}\right)^{{\top}}"
+
+    def _print_HadamardProduct(self, expr):
+        return r" \odot ".join(self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
 
 
 def printer_for(program: Program, stage: Stage | None = None, layer: str = "l") -> EquationPrinter:
@@ -117,7 +123,8 @@ def symbol_table(program: Program) -> str:
             continue
         seen.add(param.key)
         printer = printer_for(program, stage)
-        source = tex_escape(param.source.describe()).replace(r"\{layer\}", "$l{-}1$")
+        untransposed = replace(param.source, transpose=False).describe()  # ᵀ is set in math below
+        source = tex_escape(untransposed).replace(r"\{layer\}", "$l{-}1$") + (r"$^{\top}$" if param.source.transpose else "")
         rows.append(rf"${printer._print(param.symbol)}$ & ${_space(printer, param.symbol)}$ & \texttt{{{source}}} \\")
     printer = printer_for(program)
     dims = [rf"${printer._print(symbol)} = {_number(value)}$" for symbol, value in program.dims.items()]

@@ -11,7 +11,8 @@ from sympy.printing.pycode import PythonCodePrinter
 class ModulePrinter(NumPyPrinter):
     """Prints matrix expressions as numpy code that reads like the equations.
 
-    Matrix products are ``@`` (batched over heads where operands are stacked), transposes ``.mT``,
+    Matrix products are ``@`` (batched over heads where operands are stacked), elementwise products
+    ``*``, transposes ``.mT``,
     and scalar factors are plain Python ``math`` floats, never ``np.float64`` scalars, which numpy 2
     would let promote the float32 activations to float64.
     """
@@ -41,6 +42,9 @@ class ModulePrinter(NumPyPrinter):
 
     def _print_MatAdd(self, expr):
         return " + ".join(self.parenthesize(a, PRECEDENCE["Add"]) for a in expr.args)
+
+    def _print_HadamardProduct(self, expr):
+        return " * ".join(self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
 
     def _print_Transpose(self, expr):
         return f"{self.parenthesize(expr.arg, PRECEDENCE['Atom'], strict=True)}.mT"

@@ -7,15 +7,29 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..errors import CheckpointError
-from .safetensors_file import TensorInfo, read_header, read_tensor
+from .safetensors_file import TensorInfo, read_header
+
+if TYPE_CHECKING:
+    from .gguf import GGUFTokenizer
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 INDEX_NAME = "model.safetensors.index.json"
+
+
+class StoredTensor(Protocol):
+    """One tensor as its file's header describes it, and how to read its numbers."""
+
+    name: str
+    dtype: str  # the storage format: "F32", "BF16", ..., or a GGUF quantization such as "Q4_1"
+    shape: tuple[int, ...]
+
+    def read(self) -> np.ndarray: ...
 
 
 @dataclass
@@ -23,18 +37,19 @@ class Checkpoint:
     """A model on disk. Tensor data is read only through :meth:`tensor`, never by symbolic stages."""
 
     source: str  # what the user named
-    files: list[Path]  # the safetensors file(s)
-    tensors: dict[str, TensorInfo]
-    config: dict | None  # config.json, when present
+    files: list[Path]  # the weight file(s): safetensors, or one GGUF
+    tensors: dict[str, StoredTensor]  # by Hugging Face name
+    config: dict | None  # config.json (for GGUF: built from the file's metadata), when present
     folder: Path | None = None  # where tokenizer/config files live
     metadata: dict[str, str] = field(default_factory=dict)
+    tokenizer: GGUFTokenizer | None = None  # a tokenizer stored inside the weight file (GGUF)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.tensors[name].shape
 
     def tensor(self, name: str) -> np.ndarray:
         """Read one tensor as float32 (numeric stages only)."""
-        return read_tensor(self.tensors[name])
+        return self.tensors[name].read()
 
     def sha256(self) -> str:
         """Digest of the weight file(s), in order; identifies the exact numbers an equation uses."""
@@ -47,7 +62,7 @@ class Checkpoint:
 
 
 def load_checkpoint(source: str | Path) -> Checkpoint:
-    """Open a ``.safetensors`` file, a model folder, a sharded index, or a cached hub id."""
+    """Open a ``.safetensors`` or ``.gguf`` file, a model folder, a sharded index, or a cached hub id."""
     text = str(source)
     path = Path(source).expanduser()
     if not path.exists():
@@ -64,6 +79,10 @@ def load_checkpoint(source: str | Path) -> Checkpoint:
             "model.save_pretrained(dir, safe_serialization=True)")
     if path.name.endswith(".index.json"):
         return _from_index(text, path)
+    if path.suffix.lower() == ".gguf":
+        from .gguf import load_gguf
+
+        return load_gguf(text, path)
     return _from_files(text, [path], path.parent)
 
 

@@ -37,6 +37,9 @@ class TensorInfo:
     start: int  # absolute byte offset of the data in the file
     nbytes: int
 
+    def read(self) -> np.ndarray:
+        return read_tensor(self)
+
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and validate the header of ``path``; return its tensors and its ``__metadata__``."""

@@ -3,12 +3,16 @@
 from .activation import GELU, Activation, GELUTanh, QuickGELU, ReLU, Sigmoid, SiLU, Tanh
 from .attention import CausalMask, MergeHeads, Softmax, SplitHeads, d_head, head, is_per_head, n_head
 from .base import MatrixOp
+from .gqa import GroupedHeads, n_kv_head
 from .linear import Embed, FirstRows, Linear
 from .norm import LayerNorm, RMSNorm, epsilon
+from .rope import Llama3Frequencies, RoPE, RotaryFrequencies
+from .window import SlidingWindowMask, window
 
 __all__ = [
     "Embed", "FirstRows", "Linear", "LayerNorm", "RMSNorm", "Softmax", "CausalMask",
     "SplitHeads", "MergeHeads", "GELUTanh", "GELU", "ReLU", "Sigmoid", "SiLU", "QuickGELU", "Tanh",
+    "RoPE", "RotaryFrequencies", "Llama3Frequencies", "GroupedHeads", "SlidingWindowMask",
 ]
 OPS: tuple[type[MatrixOp], ...] = tuple(globals()[name] for name in __all__)
 ACTIVATIONS: tuple[type[Activation], ...] = tuple(op for op in OPS if issubclass(op, Activation))

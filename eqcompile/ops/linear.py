@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
+from sympy.printing.precedence import PRECEDENCE
 
 from .base import MatrixOp, i, j, k, m, n, p
 
@@ -78,6 +79,11 @@ class Linear(MatrixOp):
     def shape(self):
         return (self.arg.shape[0], self.weight.shape[1])
 
+    @property
+    def precedence(self):
+        """How tightly it binds when printed inside other expressions: a sum with a bias, else a product."""
+        return PRECEDENCE["Add"] if self.bias is not None else PRECEDENCE["Mul"]
+
     def _latex(self, printer):
         product = printer._print(sp.MatMul(self.arg, self.weight))
         if self.bias is None:
@@ -86,7 +92,7 @@ class Linear(MatrixOp):
 
     def _numpycode(self, printer):
         product = f"{printer._print(self.arg)} @ {printer._print(self.weight)}"
-        return product if self.bias is None else f"({product} + {printer._print(self.bias)})"
+        return product if self.bias is None else f"{product} + {printer._print(self.bias)}"
 
     @classmethod
     def definition(cls):

@@ -1,0 +1,42 @@
+"""Sliding-window causal mask (Mistral, Qwen2): position i sees only the last w positions up to i.
+
+transformers builds it as ``kv_idx > q_idx - sliding_window`` and ``kv_idx <= q_idx``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixSymbol
+
+from .base import MatrixOp, i, j, n
+
+window = sp.Symbol("w", integer=True, positive=True)
+
+
+def sliding_window_mask(s, window):  # [..., n, n]: position i attends to j with i - window < j <= i
+    positions = np.arange(s.shape[-1])
+    behind = positions[:, None] - positions[None, :]  # i - j
+    return np.where((behind < 0) | (behind >= window), -np.inf, s)
+
+
+class SlidingWindowMask(MatrixOp):
+    """Sliding-window causal mask: position i sees positions j with i - w < j <= i."""
+
+    numpy_functions = (sliding_window_mask,)
+
+    @property
+    def window(self):
+        return self.args[1]
+
+    def _latex(self, printer):
+        return rf"\operatorname{{mask}}_{{{printer._print(self.window)}}}\left({printer._print(self.arg)}\right)"
+
+    def _numpycode(self, printer):
+        return self._call(printer, "sliding_window_mask", self.arg, self.window)
+
+    @classmethod
+    def definition(cls):
+        S = MatrixSymbol("S", n, n)
+        visible = sp.And(sp.Le(j, i), sp.Gt(j, i - window))
+        return [(cls(S, window)[i, j], sp.Piecewise((S[i, j], visible), (-sp.oo, True)))]

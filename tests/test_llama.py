@@ -1,0 +1,283 @@
+"""The Llama family (Llama, Mistral, Qwen2): the emitted module computes what transformers computes.
+
+Tolerance (float32): max |error| <= 1e-4 and max |error| / max |reference| <= 1e-5, at sequence
+lengths 1, 7 and the full context, on random configs covering GQA ratios 1, 2, 3 and 4, head widths
+4, 6 and 10, biases, tied and untied embeddings, RoPE bases and scalings, and sliding windows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import eqcompile
+from eqcompile import ConfigError
+from eqcompile.emit.latex import LEVELS
+from eqcompile.emit.python import import_module
+from eqcompile.verify import compare
+
+from conftest import compile_tex, pdflatex_available
+from llama_models import make_llama, reference_logits
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # all three frequency regimes
+CONFIGS = {  # name -> (model_type, overrides of make_llama's tiny config)
+    "llama-mha-untied": ("llama", {}),
+    "llama-gqa3-head6-biases-tied": ("llama", dict(num_key_value_heads=1, head_dim=6, attention_bias=True,
+                                                   mlp_bias=True, tie_word_embeddings=True)),
+    "llama-gqa4-head10-theta500": ("llama", dict(num_attention_heads=4, num_key_value_heads=1, head_dim=10,
+                                                 rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+                                                 rms_norm_eps=1e-5)),
+    "llama-gqa2-linear-rope": ("llama", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=4,
+                                             rope_parameters={"rope_type": "linear", "rope_theta": 10000.0,
+                                                              "factor": 2.5})),
+    "llama-llama3-rope-head10": ("llama", dict(head_dim=10, num_key_value_heads=1, rope_parameters=LLAMA3_ROPE)),
+    "mistral-window4-gqa3": ("mistral", dict(num_key_value_heads=1, sliding_window=4, tie_word_embeddings=True)),
+    "mistral-window-beyond-context": ("mistral", {}),  # MistralConfig's default window 4096 > 16 positions
+    "qwen2-qkv-bias-gqa3": ("qwen2", dict(num_key_value_heads=1)),
+    "qwen2-window5": ("qwen2", dict(use_sliding_window=True, sliding_window=5, max_window_layers=0,
+                                    tie_word_embeddings=True)),
+}
+SEQS = (1, 7, 16)
+
+
+def emitted(folder, out):
+    return import_module(eqcompile.compile(folder).to_python(out), name=f"llama_{abs(hash(str(out)))}")
+
+
+def assert_faithful(module, folder, vocab=50, seed=0, **reference_options) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    worst = (0.0, 0.0)
+    for seq in SEQS:
+        tokens = rng.integers(0, vocab, size=seq)
+        logits = module.forward(tokens)
+        assert logits.dtype == np.float32 and logits.shape == (seq, vocab)
+        max_abs, max_rel, ok = compare(logits, reference_logits(folder, tokens, **reference_options))
+        assert ok and max_abs <= 1e-4 and max_rel <= 1e-5, (seq, max_abs, max_rel)
+        worst = (max(worst[0], max_abs), max(worst[1], max_rel))
+    return worst
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_random_configs_match_transformers(tmp_path, name):
+    model_type, overrides = CONFIGS[name]
+    folder = make_llama(tmp_path / "ckpt", model_type, seed=len(name), **overrides)
+    compiled = eqcompile.compile(folder)
+    assert compiled.program.family == model_type
+    module = import_module(compiled.to_python(tmp_path / "out"), name=f"llama_{name}")
+    max_abs, max_rel = assert_faithful(module, folder)
+    print(f"{name}: max abs error {max_abs:.2e}, relative {max_rel:.2e}")  # shown with pytest -s
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_sliding_window_matches_both_attention_implementations(tmp_path, implementation):
+    folder = make_llama(tmp_path / "ckpt", "mistral", num_key_value_heads=1, sliding_window=3)
+    assert_faithful(emitted(folder, tmp_path / "out"), folder, attn_implementation=implementation)
+
+
+FEATURES = {  # config -> what switching its feature off means; the logits must then change
+    "mistral-window4-gqa3": {"sliding_window": None},
+    "qwen2-window5": {"use_sliding_window": False, "layer_types": ["full_attention"] * 2},
+    "llama-gqa2-linear-rope": {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+    "llama-llama3-rope-head10": {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+    "llama-gqa4-head10-theta500": {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+}
+
+
+@pytest.mark.parametrize("name", FEATURES)
+def test_the_configs_exercise_their_feature(tmp_path, name):
+    """A feature that changed nothing at these sizes would make its numeric test vacuous."""
+    model_type, overrides = CONFIGS[name]
+    folder = make_llama(tmp_path / "ckpt", model_type, **overrides)
+    tokens = np.arange(16) * 7 % 50
+    with_feature = reference_logits(folder, tokens)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **FEATURES[name]}))
+    without = reference_logits(folder, tokens)
+    assert np.max(np.abs(with_feature - without)) > 1e-2
+
+
+def test_emitted_block_reads_like_the_equations(tmp_path):
+    folder = make_llama(tmp_path / "ckpt", num_key_value_heads=1, mlp_bias=True)
+    source = eqcompile.compile(folder).to_python(tmp_path / "out").read_text()
+    for line in ["theta = rope_frequencies(rope_theta, d_head)",
+                 "rope(split_heads(q, n_head), theta) @ rope(grouped_heads(k, n_kv_head, n_head), theta).mT",
+                 "m = silu(h_mid @ W_gate + b_gate) * (h_mid @ W_up + b_up)  # [n, d_ff]",
+                 "x_next = x_mid + (m @ W_down + b_down)  # [n, d]"]:
+        assert line in source, line
+
+
+# ------------------------------------------------------------------------------------------ LaTeX
+
+def test_layer_level_uses_the_notation(tmp_path):
+    folder = make_llama(tmp_path / "ckpt", "mistral", num_key_value_heads=1, sliding_window=4,
+                        rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})
+    text = eqcompile.compile(folder).latex()
+    for piece in [r"\operatorname{RMSNorm}\left(X^{(l)};\, \gamma_1^{(l)}\right)",
+                  r"\operatorname{RoPE}_{\theta}\left({Q^{(l)}}_{h}\right)",
+                  r"\operatorname{RoPE}_{\theta}\left({K^{(l)}}_{g{\left(h \right)}}\right)",
+                  r"\operatorname{mask}_{w}", r"\theta &= \frac{1}{s} \left(\theta_{\mathrm{base}}^{-2(k-1)/d_{\mathrm{head}}}",
+                  r"M^{(l)} &= \operatorname{SiLU}\left(\tilde{H}^{(l)} W_{\mathrm{gate}}^{(l)}\right) \odot "
+                  r"\left(\tilde{H}^{(l)} W_{\mathrm{up}}^{(l)}\right)",
+                  r"\texttt{model.layers.$l{-}1$.self\_attn.q\_proj.weight$^{\top}$}",
+                  r"$n_{\mathrm{kv}} = 1$", r"$w = 4$", r"$s = 2$"]:
+        assert piece in text, piece
+
+
+def test_index_level_defines_the_new_ops(tmp_path):
+    folder = make_llama(tmp_path / "ckpt", "mistral", num_key_value_heads=1, sliding_window=4,
+                        rope_parameters=LLAMA3_ROPE)
+    text = eqcompile.compile(folder).latex(level="index")
+    for op in ["RoPE", "RotaryFrequencies", "Llama3Frequencies", "GroupedHeads", "SlidingWindowMask", "RMSNorm"]:
+        assert rf"\paragraph{{{op}.}}" in text, op
+    assert r"\left\lceil{\frac{h n_{\mathrm{kv}}}{n_{\mathrm{head}}}}\right\rceil" in text
+    assert r"\cos{\left(\left(-1 + i\right) {\theta}_{j} \right)}" in text
+
+
+needs_tex = pytest.mark.skipif(not pdflatex_available(), reason="pdflatex is not installed (CI installs it)")
+
+
+@needs_tex
+@pytest.mark.parametrize("model_type, overrides", [
+    ("llama", dict(num_key_value_heads=1, attention_bias=True, mlp_bias=True, rope_parameters=LLAMA3_ROPE)),
+    ("mistral", dict(sliding_window=4, tie_word_embeddings=True,
+                     rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
+    ("qwen2", dict(num_key_value_heads=1)),
+], ids=["llama", "mistral", "qwen2"])
+def test_every_level_compiles_with_pdflatex(tmp_path, model_type, overrides):
+    compiled = eqcompile.compile(make_llama(tmp_path / "ckpt", model_type, **overrides))
+    for level in LEVELS:
+        for unroll in (False, True):
+            tex = tmp_path / f"{level}-{unroll}.tex"
+            tex.write_text(compiled.latex(level=level, unroll=unroll, standalone=True))
+            result = compile_tex(tex)
+            assert result.returncode == 0, result.stdout[-2000:]
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+def _with_config(tmp_path, **changes):
+    folder = make_llama(tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+@pytest.mark.parametrize("rope_type", ["dynamic", "yarn", "longrope", "su"])
+def test_unsupported_rope_type_is_a_one_line_config_error(tmp_path, rope_type):
+    folder = _with_config(tmp_path, rope_parameters={"rope_type": rope_type, "factor": 2.0, "rope_theta": 10000.0})
+    with pytest.raises(ConfigError) as e:
+        eqcompile.compile(folder)
+    message = str(e.value)
+    assert "\n" not in message and repr(rope_type) in message and "default, linear, llama3" in message
+
+
+@pytest.mark.parametrize("changes, expected", [
+    (dict(rope_scaling={"type": "dynamic", "factor": 2.0}), "unsupported rope_type 'dynamic'"),
+    (dict(num_key_value_heads=2), "not a multiple of num_key_value_heads=2"),
+    (dict(head_dim=5), "head_dim=5 is odd"),
+    (dict(hidden_act="gelu"), "unsupported hidden_act 'gelu'"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0}), "factor must be a number"),
+    (dict(rope_parameters={**LLAMA3_ROPE, "high_freq_factor": 0.5}), "must be below high_freq_factor"),
+    (dict(partial_rotary_factor=0.5), "partial_rotary_factor"),
+    (dict(model_type="qwen2", use_sliding_window=True, max_window_layers=1, sliding_window=4),
+     "sliding window on only some layers"),
+])
+def test_config_errors_are_one_line(tmp_path, changes, expected):
+    with pytest.raises(ConfigError, match=expected) as e:
+        eqcompile.compile(_with_config(tmp_path, **changes))
+    assert "\n" not in str(e.value)
+
+
+def test_cli_reports_an_unsupported_rope_type(tmp_path):
+    from click.testing import CliRunner
+
+    from eqcompile.cli import main
+
+    folder = _with_config(tmp_path, rope_parameters={"rope_type": "dynamic", "factor": 2.0})
+    result = CliRunner().invoke(main, [str(folder), "--latex"])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "dynamic" in result.stderr
+
+
+# ------------------------------------------------------------------------- the new ops' numpy meaning
+
+@pytest.mark.parametrize("rope", [{"rope_type": "default", "rope_theta": 500.0},
+                                  {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.5}, LLAMA3_ROPE],
+                         ids=["default", "linear", "llama3"])
+def test_rope_matches_transformers(rope):
+    """Frequencies bit for bit as transformers' float32 inv_freq; rotation as apply_rotary_pos_emb."""
+    import torch
+    import transformers
+    from transformers.models.llama import modeling_llama
+
+    from eqcompile.ops.rope import llama3_frequencies, rope_frequencies
+    from eqcompile.ops.rope import rope as rotate
+
+    config = transformers.LlamaConfig(hidden_size=30, num_attention_heads=3, head_dim=10, rope_parameters=dict(rope),
+                                      max_position_embeddings=16)
+    embedding = modeling_llama.LlamaRotaryEmbedding(config)
+    theta = rope_frequencies(rope["rope_theta"], 10)
+    if rope["rope_type"] == "linear":
+        theta = theta / rope["factor"]
+    elif rope["rope_type"] == "llama3":
+        theta = llama3_frequencies(theta, 8.0, 1.0, 4.0, 64)
+    assert theta.dtype == np.float32 and np.array_equal(theta[0], embedding.inv_freq.numpy())
+
+    x = np.random.default_rng(0).standard_normal((3, 16, 10)).astype(np.float32)
+    cos, sin = embedding(torch.from_numpy(x), torch.arange(16)[None])
+    expected, _ = modeling_llama.apply_rotary_pos_emb(torch.from_numpy(x)[None], torch.from_numpy(x)[None], cos, sin)
+    got = rotate(x, theta)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected[0].numpy(), rtol=0, atol=1e-6)
+
+
+def test_rope_definition_agrees_with_its_numpy_meaning():
+    """The index-notation definition, evaluated by sympy entry by entry, is what ``rope`` computes."""
+    import sympy as sp
+    from sympy.matrices.expressions.matexpr import MatrixElement
+
+    from eqcompile.ops import RoPE, d_head
+    from eqcompile.ops.base import i, j
+    from eqcompile.ops.rope import rope
+
+    (_, definition), = RoPE.definition()
+    x = np.random.default_rng(1).standard_normal((5, 6))
+    theta = np.array([[0.9, 0.3, 0.05]])
+    expected = rope(x, theta)
+    entry, frequency = sp.Function("x"), sp.Function("theta")  # 1-based placeholders, so no bounds checks
+    definition = definition.replace(lambda e: isinstance(e, MatrixElement), lambda e: entry(e.i, e.j))
+    definition = definition.replace(lambda e: isinstance(e, sp.Indexed), lambda e: frequency(e.indices[0]))
+    for row in range(5):
+        for col in range(6):
+            value = definition.subs({i: row + 1, j: col + 1, d_head: 6})
+            value = value.replace(entry, lambda a, b: sp.Float(x[int(a) - 1, int(b) - 1]))
+            value = value.replace(frequency, lambda k: sp.Float(theta[0, int(k) - 1]))
+            assert float(value) == pytest.approx(expected[row, col], abs=1e-12)
+
+
+def test_grouped_heads_is_transformers_repeat_kv():
+    import torch
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    from eqcompile.ops.attention import split_heads
+    from eqcompile.ops.gqa import grouped_heads
+
+    k = np.random.default_rng(2).standard_normal((7, 2 * 5)).astype(np.float32)  # 2 kv heads of width 5
+    expected = repeat_kv(torch.from_numpy(split_heads(k, 2))[None], 3)[0].numpy()  # 6 query heads
+    assert np.array_equal(grouped_heads(k, 2, 6), expected)
+
+
+def test_sliding_window_mask_is_transformers_mask():
+    from transformers.masking_utils import sliding_window_causal_mask_function
+
+    from eqcompile.ops.window import sliding_window_mask
+
+    import torch
+
+    visible = sliding_window_causal_mask_function(3)
+    masked = sliding_window_mask(np.zeros((6, 6), dtype=np.float32), 3)
+    expected = np.array([[bool(visible(0, 0, torch.tensor(q), torch.tensor(kv))) for kv in range(6)] for q in range(6)])
+    assert np.array_equal(np.isfinite(masked), expected)
