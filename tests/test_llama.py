@@ -99,6 +99,37 @@ def test_the_configs_exercise_their_feature(tmp_path, name):
     assert np.max(np.abs(with_feature - without)) > 1e-2
 
 
+@pytest.mark.parametrize("model_type, overrides", [("qwen2", dict(num_key_value_heads=1)),
+                                                   ("mistral", dict(sliding_window=4))])
+def test_verify_uses_the_family_reference(tmp_path, model_type, overrides):
+    from eqcompile.verify import verify
+
+    results = verify(eqcompile.compile(make_llama(tmp_path / "ckpt", model_type, **overrides)), [1, 16])
+    assert [r.seq for r in results] == [1, 16] and all(r.ok for r in results)
+
+
+def _rope_adjacent_pairs(x, theta):  # GPT-J's convention: features (2k, 2k + 1) rotate together
+    angles = np.arange(x.shape[-2], dtype=np.float32)[:, None] * theta
+    cos, sin = np.cos(angles), np.sin(angles)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return np.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1).reshape(x.shape)
+
+
+def _kv_heads_tiled(x, n_kv_head, n_head):  # query head h reads kv head h mod n_kv_head
+    heads = x.reshape(x.shape[0], n_kv_head, -1).swapaxes(0, 1)
+    return np.tile(heads, (n_head // n_kv_head, 1, 1))
+
+
+@pytest.mark.parametrize("name, replacement", [("rope", _rope_adjacent_pairs), ("grouped_heads", _kv_heads_tiled)])
+def test_a_wrong_convention_fails_the_comparison(tmp_path, name, replacement):
+    """The numeric tests tell transformers' conventions apart from the other common ones."""
+    folder = make_llama(tmp_path / "ckpt", num_attention_heads=4, num_key_value_heads=2, head_dim=6)
+    module = emitted(folder, tmp_path / "out")
+    setattr(module, name, replacement)
+    tokens = np.arange(16) * 7 % 50
+    assert not compare(module.forward(tokens), reference_logits(folder, tokens))[2]
+
+
 def test_emitted_block_reads_like_the_equations(tmp_path):
     folder = make_llama(tmp_path / "ckpt", num_key_value_heads=1, mlp_bias=True)
     source = eqcompile.compile(folder).to_python(tmp_path / "out").read_text()
@@ -118,7 +149,8 @@ def test_layer_level_uses_the_notation(tmp_path):
     for piece in [r"\operatorname{RMSNorm}\left(X^{(l)};\, \gamma_1^{(l)}\right)",
                   r"\operatorname{RoPE}_{\theta}\left({Q^{(l)}}_{h}\right)",
                   r"\operatorname{RoPE}_{\theta}\left({K^{(l)}}_{g{\left(h \right)}}\right)",
-                  r"\operatorname{mask}_{w}", r"\theta &= \frac{1}{s} \left(\theta_{\mathrm{base}}^{-2(k-1)/d_{\mathrm{head}}}",
+                  r"\operatorname{mask}_{w}",
+                  r"\theta &= \frac{1}{s} \left(\theta_{\mathrm{base}}^{-2(k-1)/d_{\mathrm{head}}}",
                   r"M^{(l)} &= \operatorname{SiLU}\left(\tilde{H}^{(l)} W_{\mathrm{gate}}^{(l)}\right) \odot "
                   r"\left(\tilde{H}^{(l)} W_{\mathrm{up}}^{(l)}\right)",
                   r"\texttt{model.layers.$l{-}1$.self\_attn.q\_proj.weight$^{\top}$}",
@@ -148,12 +180,11 @@ needs_tex = pytest.mark.skipif(not pdflatex_available(), reason="pdflatex is not
 ], ids=["llama", "mistral", "qwen2"])
 def test_every_level_compiles_with_pdflatex(tmp_path, model_type, overrides):
     compiled = eqcompile.compile(make_llama(tmp_path / "ckpt", model_type, **overrides))
-    for level in LEVELS:
-        for unroll in (False, True):
-            tex = tmp_path / f"{level}-{unroll}.tex"
-            tex.write_text(compiled.latex(level=level, unroll=unroll, standalone=True))
-            result = compile_tex(tex)
-            assert result.returncode == 0, result.stdout[-2000:]
+    for level, unroll in [*((level, False) for level in LEVELS), ("layer", True)]:  # unroll: layer level only
+        tex = tmp_path / f"{level}-{unroll}.tex"
+        tex.write_text(compiled.latex(level=level, unroll=unroll, standalone=True))
+        result = compile_tex(tex)
+        assert result.returncode == 0, result.stdout[-2000:]
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -191,6 +222,14 @@ def test_config_errors_are_one_line(tmp_path, changes, expected):
     assert "\n" not in str(e.value)
 
 
+def test_bare_safetensors_is_recognised_but_needs_its_config(tmp_path):
+    folder = make_llama(tmp_path / "ckpt")
+    (folder / "config.json").unlink()
+    with pytest.raises(ConfigError, match="needs its config.json") as e:
+        eqcompile.compile(folder / "model.safetensors")
+    assert "\n" not in str(e.value)
+
+
 def test_cli_reports_an_unsupported_rope_type(tmp_path):
     from click.testing import CliRunner
 
@@ -216,8 +255,8 @@ def test_rope_matches_transformers(rope):
     from eqcompile.ops.rope import llama3_frequencies, rope_frequencies
     from eqcompile.ops.rope import rope as rotate
 
-    config = transformers.LlamaConfig(hidden_size=30, num_attention_heads=3, head_dim=10, rope_parameters=dict(rope),
-                                      max_position_embeddings=16)
+    config = transformers.LlamaConfig(hidden_size=30, num_attention_heads=3, head_dim=10,
+                                      rope_parameters=dict(rope), max_position_embeddings=16)
     embedding = modeling_llama.LlamaRotaryEmbedding(config)
     theta = rope_frequencies(rope["rope_theta"], 10)
     if rope["rope_type"] == "linear":
@@ -228,7 +267,8 @@ def test_rope_matches_transformers(rope):
 
     x = np.random.default_rng(0).standard_normal((3, 16, 10)).astype(np.float32)
     cos, sin = embedding(torch.from_numpy(x), torch.arange(16)[None])
-    expected, _ = modeling_llama.apply_rotary_pos_emb(torch.from_numpy(x)[None], torch.from_numpy(x)[None], cos, sin)
+    heads = torch.from_numpy(x)[None]
+    expected, _ = modeling_llama.apply_rotary_pos_emb(heads, heads, cos, sin)
     got = rotate(x, theta)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected[0].numpy(), rtol=0, atol=1e-6)
@@ -279,5 +319,6 @@ def test_sliding_window_mask_is_transformers_mask():
 
     visible = sliding_window_causal_mask_function(3)
     masked = sliding_window_mask(np.zeros((6, 6), dtype=np.float32), 3)
-    expected = np.array([[bool(visible(0, 0, torch.tensor(q), torch.tensor(kv))) for kv in range(6)] for q in range(6)])
+    expected = np.array([[bool(visible(0, 0, torch.tensor(q), torch.tensor(kv))) for kv in range(6)]
+                         for q in range(6)])
     assert np.array_equal(np.isfinite(masked), expected)

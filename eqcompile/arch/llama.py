@@ -71,13 +71,15 @@ def read_config(checkpoint: Checkpoint) -> LlamaConfig:
                           "counts cannot be read from tensor shapes")
     model_type = raw.get("model_type", "llama")
     cfg = ConfigReader(raw, model_type)
-    hidden, heads, layers = cfg.integer("hidden_size"), cfg.integer("num_attention_heads"), cfg.integer("num_hidden_layers")
+    hidden, heads = cfg.integer("hidden_size"), cfg.integer("num_attention_heads")
+    layers = cfg.integer("num_hidden_layers")
     kv_heads = heads if raw.get("num_key_value_heads") is None else cfg.integer("num_key_value_heads")
     if heads % kv_heads:
         raise ConfigError(f"{model_type} config: num_attention_heads={heads} is not a multiple of "
                           f"num_key_value_heads={kv_heads}")
     if raw.get("head_dim") is None and hidden % heads:
-        raise ConfigError(f"{model_type} config: hidden_size={hidden} is not divisible by num_attention_heads={heads}")
+        raise ConfigError(f"{model_type} config: hidden_size={hidden} is not divisible by "
+                          f"num_attention_heads={heads}")
     head_dim = hidden // heads if raw.get("head_dim") is None else cfg.integer("head_dim")
     if head_dim % 2:
         raise ConfigError(f"{model_type} config: head_dim={head_dim} is odd; RoPE rotates feature pairs")
@@ -163,8 +165,10 @@ def _expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     expected = {"model.embed_tokens.weight": (vocab, d), "model.norm.weight": (d,)}
     if not config.tie_word_embeddings:
         expected["lm_head.weight"] = (vocab, d)
-    projections = {"self_attn.q_proj": (width_q, d, config.qkv_bias), "self_attn.k_proj": (width_kv, d, config.qkv_bias),
-                   "self_attn.v_proj": (width_kv, d, config.qkv_bias), "self_attn.o_proj": (d, width_q, config.output_bias),
+    projections = {"self_attn.q_proj": (width_q, d, config.qkv_bias),
+                   "self_attn.k_proj": (width_kv, d, config.qkv_bias),
+                   "self_attn.v_proj": (width_kv, d, config.qkv_bias),
+                   "self_attn.o_proj": (d, width_q, config.output_bias),
                    "mlp.gate_proj": (inner, d, config.mlp_bias), "mlp.up_proj": (inner, d, config.mlp_bias),
                    "mlp.down_proj": (d, inner, config.mlp_bias)}
     for index in range(config.num_hidden_layers):
@@ -280,7 +284,8 @@ def _unembedding(config: LlamaConfig) -> Stage:
     else:
         W_U = param("unembedding", "W_U", d_model, n_vocab, "W_U", TensorRef("lm_head.weight", transpose=True))
         unembed, params = W_U.symbol, [gamma_f, W_U]
-    x, h, logits = MatrixSymbol("x", seq, d_model), MatrixSymbol("h", seq, d_model), MatrixSymbol("logits", seq, n_vocab)
+    x, h = MatrixSymbol("x", seq, d_model), MatrixSymbol("h", seq, d_model)
+    logits = MatrixSymbol("logits", seq, n_vocab)
     return Stage("unembedding", "Unembedding", "U", x,
                  [Equation(h, RMSNorm(x, gamma_f.symbol, epsilon)), Equation(logits, Linear(h, unembed))],
                  params, {"x": "X^{(L)}", "h": "H^{(L)}", "logits": "Z"})
@@ -298,11 +303,12 @@ def reference(checkpoint: Checkpoint):
     config = read_config(checkpoint)
     hf_config = transformers.AutoConfig.for_model(**checkpoint.config)
     model = getattr(transformers, MODEL_CLASSES[config.model_type])(hf_config).to(torch.float32).eval()
-    state = {name: torch.from_numpy(checkpoint.tensor(name)) for name in checkpoint.tensors}
+    state = {name: torch.from_numpy(np.array(checkpoint.tensor(name))) for name in checkpoint.tensors}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if m != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
-        raise ConfigError(f"reference model did not take the checkpoint (missing {missing}, unexpected {unexpected})")
+        raise ConfigError(f"reference model did not take the checkpoint (missing {missing}, "
+                          f"unexpected {unexpected})")
 
     def forward(tokens: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -24,7 +24,7 @@ PACKAGES = ("amsmath", "amssymb")  # what a fragment needs from the including do
 
 
 class EquationPrinter(LatexPrinter):
-    """sympy's LaTeX printer with the field's conventions: ᵀ as ⊤, ⊙ elementwise, sums kept in written order."""
+    """sympy's LaTeX printer with the field's conventions: ᵀ as ⊤, ⊙ elementwise, sums in written order."""
 
     _default_settings = {**LatexPrinter._default_settings, "order": "none"}
 
@@ -124,7 +124,8 @@ def symbol_table(program: Program) -> str:
         seen.add(param.key)
         printer = printer_for(program, stage)
         untransposed = replace(param.source, transpose=False).describe()  # ᵀ is set in math below
-        source = tex_escape(untransposed).replace(r"\{layer\}", "$l{-}1$") + (r"$^{\top}$" if param.source.transpose else "")
+        source = tex_escape(untransposed).replace(r"\{layer\}", "$l{-}1$")
+        source += r"$^{\top}$" if param.source.transpose else ""
         rows.append(rf"${printer._print(param.symbol)}$ & ${_space(printer, param.symbol)}$ & \texttt{{{source}}} \\")
     printer = printer_for(program)
     dims = [rf"${printer._print(symbol)} = {_number(value)}$" for symbol, value in program.dims.items()]

@@ -142,8 +142,8 @@ def _hf_name(path: Path, gguf_name: str) -> str:
     if block and block[2] in BLOCK_NAMES:
         return f"model.layers.{block[1]}.{BLOCK_NAMES[block[2]]}.{block[3]}"
     if gguf_name == "rope_freqs.weight":
-        raise UnsupportedArchitecture(f"{path.name}: per-frequency RoPE factors (rope_freqs.weight, as in Llama 3.1 "
-                                      "GGUF files) are not supported")
+        raise UnsupportedArchitecture(f"{path.name}: per-frequency RoPE factors (rope_freqs.weight, as in "
+                                      "Llama 3.1 GGUF files) are not supported")
     raise UnsupportedArchitecture(f"{path.name}: tensor {gguf_name!r} has no counterpart in a Llama model")
 
 
@@ -185,7 +185,8 @@ def _llama_config(path: Path, metadata: dict, names: set[str]) -> dict:
     if scaling != "none":  # the lowering accepts the types it supports and names them otherwise
         config["rope_scaling"] = {"rope_type": scaling, "factor": value("rope.scaling.factor", 1.0)}
         if "llama.rope.scaling.original_context_length" in metadata:
-            config["rope_scaling"]["original_max_position_embeddings"] = value("rope.scaling.original_context_length")
+            original = value("rope.scaling.original_context_length")
+            config["rope_scaling"]["original_max_position_embeddings"] = original
     return config
 
 
@@ -238,7 +239,8 @@ class _Cursor:
         if kind == ARRAY:
             item, count = self.scalar("<I"), self.scalar("<Q")
             if item in SCALARS:
-                return np.frombuffer(self.take(count * struct.calcsize(SCALARS[item])), dtype=SCALARS[item]).tolist()
+                raw = self.take(count * struct.calcsize(SCALARS[item]))
+                return np.frombuffer(raw, dtype=SCALARS[item]).tolist()
             return [self.value(item) for _ in range(count)]
         raise CheckpointError(f"{self.name}: not a GGUF file (unknown metadata value type {kind})")
 
@@ -285,8 +287,8 @@ def _read_header(path: Path) -> tuple[dict, list[tuple[str, str, tuple[int, ...]
         except ValueError:
             raise CheckpointError(f"{path.name}: tensor {name!r} has unknown ggml type {type_id}") from None
         if dtype.name not in FLOATS and dtype.name not in QUANTIZATION_MAPS:
-            raise CheckpointError(f"{path.name}: tensor {name!r} is stored as {dtype.name}, which eqcompile does not "
-                                  f"read (it reads {', '.join([*FLOATS, *QUANTIZATION_MAPS])})")
+            raise CheckpointError(f"{path.name}: tensor {name!r} is stored as {dtype.name}, which eqcompile "
+                                  f"does not read (it reads {', '.join([*FLOATS, *QUANTIZATION_MAPS])})")
         block, block_bytes = GGML_QUANT_SIZES[dtype]
         if not 1 <= len(dims) <= 4 or dims[0] % block:
             raise CheckpointError(f"{path.name}: tensor {name!r} has shape {dims}, not whole {dtype.name} "

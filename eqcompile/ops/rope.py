@@ -38,7 +38,7 @@ def llama3_frequencies(theta, factor, low_freq_factor, high_freq_factor, origina
     return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
 
 
-def rope(x, theta):  # [..., n, d_head] -> [..., n, d_head]: pair (j, j + d_head/2) at position i turned by i theta_j
+def rope(x, theta):  # [..., n, d_head] -> same shape: features j, j + d_head/2 of position i turned by i theta_j
     angles = np.arange(x.shape[-2], dtype=np.float32)[:, None] * theta  # [n, d_head / 2]
     cos, sin = np.cos(angles), np.sin(angles)
     first, second = np.split(x, 2, axis=-1)
@@ -116,7 +116,8 @@ class RoPE(MatrixOp):
         return self.args[1]
 
     def _latex(self, printer):
-        return rf"\operatorname{{RoPE}}_{{{printer._print(self.frequencies)}}}\left({printer._print(self.arg)}\right)"
+        frequencies, x = printer._print(self.frequencies), printer._print(self.arg)
+        return rf"\operatorname{{RoPE}}_{{{frequencies}}}\left({x}\right)"
 
     def _numpycode(self, printer):
         return self._call(printer, "rope", self.arg, self.frequencies)
@@ -126,8 +127,7 @@ class RoPE(MatrixOp):
         X, half = MatrixSymbol("X", n, d_head), d_head / 2
         theta = sp.IndexedBase("theta")
         rotated = cls(X, MatrixSymbol("theta", 1, half))[i, j]
-        first = sp.Add(X[i, j] * sp.cos((i - 1) * theta[j]), -X[i, j + half] * sp.sin((i - 1) * theta[j]),
-                       evaluate=False)
-        second = sp.Add(X[i, j] * sp.cos((i - 1) * theta[j - half]), X[i, j - half] * sp.sin((i - 1) * theta[j - half]),
-                        evaluate=False)
+        angle, partner_angle = (i - 1) * theta[j], (i - 1) * theta[j - half]
+        first = sp.Add(X[i, j] * sp.cos(angle), -X[i, j + half] * sp.sin(angle), evaluate=False)
+        second = sp.Add(X[i, j] * sp.cos(partner_angle), X[i, j - half] * sp.sin(partner_angle), evaluate=False)
         return [(rotated, sp.Piecewise((first, sp.Le(j, half)), (second, True)))]
