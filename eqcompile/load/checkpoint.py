@@ -38,7 +38,7 @@ class Checkpoint:
 
     source: str  # what the user named
     files: list[Path]  # the weight file(s): safetensors, or one GGUF
-    tensors: dict[str, StoredTensor]  # by Hugging Face name
+    tensors: dict[str, StoredTensor]  # by name (a GGUF file's are renamed to Hugging Face names)
     config: dict | None  # config.json (for GGUF: built from the file's metadata), when present
     folder: Path | None = None  # where tokenizer/config files live
     metadata: dict[str, str] = field(default_factory=dict)
