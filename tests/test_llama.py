@@ -211,7 +211,7 @@ def test_unsupported_rope_type_is_a_one_line_config_error(tmp_path, rope_type):
     (dict(head_dim=5), "head_dim=5 is odd"),
     (dict(hidden_act="gelu"), "unsupported hidden_act 'gelu'"),
     (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0}), "factor must be a number"),
-    (dict(rope_parameters={**LLAMA3_ROPE, "high_freq_factor": 0.5}), "must be below high_freq_factor"),
+    (dict(rope_parameters={**LLAMA3_ROPE, "high_freq_factor": 0.5}), "0 < low_freq_factor < high_freq_factor"),
     (dict(partial_rotary_factor=0.5), "partial_rotary_factor"),
     (dict(model_type="qwen2", use_sliding_window=True, max_window_layers=1, sliding_window=4),
      "sliding window on only some layers"),

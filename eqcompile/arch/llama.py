@@ -126,8 +126,9 @@ def _read_rope(raw: dict, model_type: str, context: int) -> RopeConfig:
     if rope_type == "linear":
         return RopeConfig("linear", theta, factor)
     low, high = (cfg.number(key, None, low=0.0, high=math.inf) for key in ("low_freq_factor", "high_freq_factor"))
-    if not low < high:
-        raise ConfigError(f"{model_type} rope config: low_freq_factor={low} must be below high_freq_factor={high}")
+    if not 0 < low < high:
+        raise ConfigError(f"{model_type} rope config: need 0 < low_freq_factor < high_freq_factor, "
+                          f"got {low} and {high}")
     original = cfg.integer("original_max_position_embeddings", context)
     return RopeConfig("llama3", theta, factor, low, high, original)
 
