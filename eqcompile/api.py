@@ -7,10 +7,18 @@ from pathlib import Path
 
 from . import arch
 from .emit import latex as latex_emitter
+from .emit.expanded import PACKAGES as EXPANSION_PACKAGES
+from .emit.expanded import expansion_latex, expansion_python
+from .expand import Expansion, expand
 from .emit.files import write_text
 from .emit.python import write_module
+from .errors import TooLarge
 from .load import Checkpoint, load_checkpoint
+from .load.safetensors_file import DTYPES
 from .program import Program
+from .stats import Stats, stats
+
+EXPANSION_LIMIT = 200_000  # scalar operations; beyond this --expand needs --force
 
 
 @dataclass
@@ -20,17 +28,54 @@ class CompiledModel:
     checkpoint: Checkpoint
     program: Program
 
-    def latex(self, level: str = "layer", unroll: bool = False, standalone: bool = False) -> str:
-        """The model as LaTeX: a fragment (amsmath, amssymb), or a full document."""
-        fragment = latex_emitter.render(self.program, level, unroll)
-        return latex_emitter.document(self.program, fragment) if standalone else fragment
+    def latex(self, level: str = "layer", unroll: bool = False, standalone: bool = False,
+              expand: bool = False, seq: int | None = None, force: bool = False) -> str:
+        """The model as LaTeX: a fragment (amsmath, amssymb), or a full document.
+
+        ``expand=True`` writes the literal equation instead: every weight substituted (numeric).
+        """
+        if expand:
+            fragment, packages = expansion_latex(self.expand(seq, force)), EXPANSION_PACKAGES
+        else:
+            fragment, packages = latex_emitter.render(self.program, level, unroll), latex_emitter.PACKAGES
+        return latex_emitter.document(self.program, fragment, packages) if standalone else fragment
+
+    def stats(self, seq: int | None = None) -> Stats:
+        """Size of the equation, counted analytically (no expansion is built)."""
+        return stats(self.program, self.weight_bytes(), seq)
+
+    def weight_bytes(self) -> int:
+        """Bytes per stored weight: the checkpoint's dominant dtype."""
+        sizes: dict[int, int] = {}
+        for info in self.checkpoint.tensors.values():
+            size = DTYPES[info.dtype][1]
+            sizes[size] = sizes.get(size, 0) + info.nbytes // size
+        return max(sizes, key=sizes.get)
+
+    def expand(self, seq: int | None = None, force: bool = False) -> Expansion:
+        """The literal expansion (numeric); refused beyond EXPANSION_LIMIT operations unless forced."""
+        size = self.stats(seq)
+        if size.operations_total > EXPANSION_LIMIT and not force:
+            raise TooLarge(
+                f"the literal equation would have {size.operations_total:,} scalar operations "
+                f"(~{size.latex_chars:,} characters of LaTeX, ~{size.pages:,.0f} pages); the limit is "
+                f"{EXPANSION_LIMIT:,}: pass --force to build it anyway")
+        return expand(self.program, self.checkpoint, seq)
 
     def write_latex(self, path: str | Path, **options) -> Path:
         write_text(Path(path), self.latex(**options))
         return Path(path)
 
-    def to_python(self, folder: str | Path) -> Path:
-        """Write a numpy-only ``model.py`` and its ``weights.safetensors`` into ``folder``."""
+    def to_python(self, folder: str | Path, expand: bool = False, seq: int | None = None,
+                  force: bool = False) -> Path:
+        """Write a numpy-only ``model.py`` and its ``weights.safetensors`` into ``folder``.
+
+        ``expand=True`` writes the literal equation as a pure-Python ``model.py`` (math only).
+        """
+        if expand:
+            path = Path(folder) / "model.py"
+            write_text(path, expansion_python(self.expand(seq, force)))
+            return path
         return write_module(self.program, self.checkpoint, Path(folder))
 
     def _repr_latex_(self) -> str:

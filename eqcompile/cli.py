@@ -51,6 +51,8 @@ def main():
     \b
     eqcompile MODEL --latex [-o FILE] [--level model|layer|index] [--standalone]
     eqcompile MODEL --python DIR
+    eqcompile MODEL --latex --expand      (tiny models: every number written out)
+    eqcompile stats MODEL [--json]
     eqcompile verify MODEL [--seq N]
 
     MODEL is a .safetensors file, a model folder, a model.safetensors.index.json of shards, or a
@@ -69,23 +71,72 @@ def main():
 @click.option("--unroll", is_flag=True, help="Write every layer out instead of one generic layer (l).")
 @click.option("--python", "python_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/model.py (numpy only) and DIR/weights.safetensors.")
-def compile_command(model, want_latex, output, level, standalone, unroll, python_dir):
+@click.option("--expand", is_flag=True,
+              help="The literal equation: every weight substituted, as scalar terms (tiny models). "
+                   "With --python, DIR/model.py is then pure Python (math only).")
+@click.option("--seq", type=click.IntRange(min=1), help="Sequence length of the expansion (default: the context).")
+@click.option("--force", is_flag=True, help="Expand even beyond the size limit.")
+def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, expand, seq, force):
     """Compile MODEL to LaTeX and/or a numpy module."""
     if not want_latex and python_dir is None:
         _fail("error: choose an output: --latex [-o FILE] and/or --python DIR", 2)
 
     def work():
         compiled = api.compile(model)
+        if seq is not None and seq > compiled.program.max_seq:
+            raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
+        options = dict(level=level, unroll=unroll, standalone=standalone, expand=expand, seq=seq, force=force)
         if want_latex:
-            text = compiled.latex(level=level, unroll=unroll, standalone=standalone)
             if output is None:
-                click.echo(text, nl=False)
+                click.echo(compiled.latex(**options), nl=False)
             else:
-                compiled.write_latex(output, level=level, unroll=unroll, standalone=standalone)
+                compiled.write_latex(output, **options)
                 click.echo(f"wrote {output}", err=True)
         if python_dir is not None:
-            path = compiled.to_python(python_dir)
-            click.echo(f"wrote {path} and {path.with_name('weights.safetensors')}", err=True)
+            path = compiled.to_python(python_dir, expand=expand, seq=seq, force=force)
+            click.echo(f"wrote {path}" + ("" if expand else f" and {path.with_name('weights.safetensors')}"),
+                       err=True)
+
+    _guarded(work)
+
+
+@main.command("stats")
+@click.argument("model")
+@click.option("--seq", type=click.IntRange(min=1), help="Context length n (default: the model's).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats_command(model, seq, as_json):
+    """How big is MODEL's equation? Counted from the shapes alone, in well under a second.
+
+    \b
+    parameters: the equation's constants
+    operations: scalar operations of the literal equation for n tokens, by kind
+    per token: operations to add the n-th token given the earlier ones (a KV cache)
+    weights read: bytes of weights one generated token reads (lookup tables: one row)
+    literal size: estimated characters of LaTeX and A4 pages if written out
+    """
+    import dataclasses
+    import json
+
+    def work():
+        compiled = api.compile(model)
+        if seq is not None and seq > compiled.program.max_seq:
+            raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
+        result = compiled.stats(seq)
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(result), indent=2))
+            return
+        kinds = ", ".join(f"{kind} {count:,}" for kind, count in result.operations.items())
+        rows = [
+            ("family", compiled.program.family),
+            ("parameters", f"{result.parameters:,}"),
+            ("context length n", f"{result.seq:,}"),
+            ("operations for n tokens", f"{result.operations_total:,}  ({kinds})"),
+            ("operations per token at n", f"{result.operations_per_token:,}"),
+            ("weights read per token", f"{result.weight_bytes_per_token:,} bytes"),
+            ("literal equation (est.)", f"{result.latex_chars:,} LaTeX characters, {result.pages:,.1f} A4 pages"),
+        ]
+        for label, value in rows:
+            click.echo(f"{label:<27} {value}")
 
     _guarded(work)
 

@@ -19,3 +19,7 @@ class UnsupportedArchitecture(EqcompileError):
 
 class ReferenceUnavailable(EqcompileError):
     """Verification needs the reference implementation (transformers + torch), which is missing."""
+
+
+class TooLarge(EqcompileError):
+    """The literal expansion would be too big to build (the user can insist with --force)."""

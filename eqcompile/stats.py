@@ -17,7 +17,7 @@ from .ops import CausalMask, Embed, FirstRows, MatrixOp, Softmax, is_per_head, n
 from .ops.base import Cost
 from .program import Program
 
-CHARS_PER_OPERATION = 14  # LaTeX characters per operation of the literal equation (measured: see tests)
+CHARS_PER_OPERATION = 32  # LaTeX characters per operation of the literal equation (measured: see tests)
 CHARS_PER_PAGE = 4000  # dense display math on an A4 page at 10 pt
 
 

@@ -145,7 +145,7 @@ def op_definitions(program: Program) -> str:
     return "\n".join(out)
 
 
-def document(program: Program, fragment: str) -> str:
+def document(program: Program, fragment: str, packages=PACKAGES) -> str:
     """A standalone article around a fragment (``--standalone``)."""
-    return render_template("document.tex.j2", packages=PACKAGES, body=fragment,
+    return render_template("document.tex.j2", packages=packages, body=fragment,
                            title=f"A {program.family} model as equations", source=program.source)
