@@ -52,10 +52,16 @@ def main():
     eqcompile MODEL --latex [-o FILE] [--level model|layer|index] [--standalone]
     eqcompile MODEL --python DIR
     eqcompile verify MODEL [--seq N]
+    (both take --activation NAME for an mlp model)
 
     MODEL is a .safetensors file, a model folder, a model.safetensors.index.json of shards, or a
     Hugging Face hub id already in the local cache (nothing is downloaded).
     """
+
+
+activation_option = click.option(
+    "--activation", help="Activation between the Linear layers of an mlp model (relu, tanh, sigmoid, "
+    "gelu, silu); overrides config.json's.")
 
 
 @main.command("compile")
@@ -69,13 +75,14 @@ def main():
 @click.option("--unroll", is_flag=True, help="Write every layer out instead of one generic layer (l).")
 @click.option("--python", "python_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/model.py (numpy only) and DIR/weights.safetensors.")
-def compile_command(model, want_latex, output, level, standalone, unroll, python_dir):
+@activation_option
+def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, activation):
     """Compile MODEL to LaTeX and/or a numpy module."""
     if not want_latex and python_dir is None:
         _fail("error: choose an output: --latex [-o FILE] and/or --python DIR", 2)
 
     def work():
-        compiled = api.compile(model)
+        compiled = api.compile(model, activation=activation)
         if want_latex:
             text = compiled.latex(level=level, unroll=unroll, standalone=standalone)
             if output is None:
@@ -94,16 +101,19 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
 @click.argument("model")
 @click.option("--seq", "seqs", type=click.IntRange(min=1), multiple=True,
               help="Sequence length to test (repeatable; default 1, 7 and the full context up to 128).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random tokens.")
-def verify_command(model, seqs, seed):
-    """Run the emitted module and transformers on the same random tokens and compare logits.
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@activation_option
+def verify_command(model, seqs, seed, activation):
+    """Run the emitted module and the reference on the same random inputs; compare the outputs.
+
+    The reference is transformers (torch's nn.Sequential for an mlp).
 
     Exits 1 when max |error| > 1e-4 or max |error| / max |reference| > 1e-5.
     """
     from .verify import ABS_TOLERANCE, REL_TOLERANCE, verify
 
     def work():
-        compiled = api.compile(model)
+        compiled = api.compile(model, activation=activation)
         longest = min(compiled.program.max_seq, 128)
         lengths = sorted(set(seqs or (1, min(7, longest), longest)))
         if max(lengths) > compiled.program.max_seq:
