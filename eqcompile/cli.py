@@ -52,7 +52,7 @@ def main():
     eqcompile MODEL --latex [-o FILE] [--level model|layer|index] [--standalone]
     eqcompile MODEL --python DIR
     eqcompile verify MODEL [--seq N]
-    (both take --activation NAME for an mlp model)
+    (compile and verify take --activation NAME for an mlp model)
 
     MODEL is a .safetensors file, a model folder, a model.safetensors.index.json of shards, or a
     Hugging Face hub id already in the local cache (nothing is downloaded).
