@@ -83,7 +83,11 @@ class CompiledModel:
         return latex_emitter.composition(self.program).replace("align*", "aligned").join(("$$", "$$"))
 
 
-def compile(source: str | Path) -> CompiledModel:
-    """Load a checkpoint (file, folder, sharded index or cached hub id) and lower it to equations."""
-    checkpoint = load_checkpoint(source)
+def compile(source: str | Path, activation: str | None = None) -> CompiledModel:
+    """Load a checkpoint (file, folder, sharded index or cached hub id) and lower it to equations.
+
+    ``activation`` sets an mlp model's activation over its config.json's (or supplies it).
+    """
+    settings = {"activation": activation} if activation is not None else {}
+    checkpoint = arch.with_settings(load_checkpoint(source), settings)
     return CompiledModel(checkpoint, arch.lower(checkpoint))

@@ -54,10 +54,16 @@ def main():
     eqcompile MODEL --latex --expand      (tiny models: every number written out)
     eqcompile stats MODEL [--json]
     eqcompile verify MODEL [--seq N]
+    (compile and verify take --activation NAME for an mlp model)
 
     MODEL is a .safetensors file, a model folder, a model.safetensors.index.json of shards, or a
     Hugging Face hub id already in the local cache (nothing is downloaded).
     """
+
+
+activation_option = click.option(
+    "--activation", help="Activation between the Linear layers of an mlp model (relu, tanh, sigmoid, "
+    "gelu, silu); overrides config.json's.")
 
 
 @main.command("compile")
@@ -76,13 +82,15 @@ def main():
                    "With --python, DIR/model.py is then pure Python (math only).")
 @click.option("--seq", type=click.IntRange(min=1), help="Sequence length of the expansion (default: the context).")
 @click.option("--force", is_flag=True, help="Expand even beyond the size limit.")
-def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, expand, seq, force):
+@activation_option
+def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, expand, seq, force,
+                    activation):
     """Compile MODEL to LaTeX and/or a numpy module."""
     if not want_latex and python_dir is None:
         _fail("error: choose an output: --latex [-o FILE] and/or --python DIR", 2)
 
     def work():
-        compiled = api.compile(model)
+        compiled = api.compile(model, activation=activation)
         if seq is not None and seq > compiled.program.max_seq:
             raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
         options = dict(level=level, unroll=unroll, standalone=standalone, expand=expand, seq=seq, force=force)
@@ -145,16 +153,19 @@ def stats_command(model, seq, as_json):
 @click.argument("model")
 @click.option("--seq", "seqs", type=click.IntRange(min=1), multiple=True,
               help="Sequence length to test (repeatable; default 1, 7 and the full context up to 128).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random tokens.")
-def verify_command(model, seqs, seed):
-    """Run the emitted module and transformers on the same random tokens and compare logits.
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@activation_option
+def verify_command(model, seqs, seed, activation):
+    """Run the emitted module and the reference on the same random inputs; compare the outputs.
+
+    The reference is transformers (torch's nn.Sequential for an mlp).
 
     Exits 1 when max |error| > 1e-4 or max |error| / max |reference| > 1e-5.
     """
     from .verify import ABS_TOLERANCE, REL_TOLERANCE, verify
 
     def work():
-        compiled = api.compile(model)
+        compiled = api.compile(model, activation=activation)
         longest = min(compiled.program.max_seq, 128)
         lengths = sorted(set(seqs or (1, min(7, longest), longest)))
         if max(lengths) > compiled.program.max_seq:

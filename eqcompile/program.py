@@ -106,13 +106,18 @@ class Program:
     dim_latex: dict[sp.Symbol, str]
     dim_python: dict[sp.Symbol, str]
     input_symbol: MatrixSymbol  # what forward() takes: token ids t, or a vector x
-    seq: sp.Symbol  # the sequence length n (set by the input)
-    max_seq: int
-    vocab: int
+    seq: sp.Symbol | None  # the sequence length n (set by the input); None for a fixed-size input
+    max_seq: int  # the longest input verify may draw (1 for a single vector)
+    vocab: int  # token ids lie in [0, vocab); 0 when forward() takes no tokens
     interface: str = "causal_lm"  # the emitted forward(): templates/forward_<interface>.py.j2
     source: str = ""
     notes: list[str] = field(default_factory=list)  # stated assumptions (e.g. inferred config)
     config: dict = field(default_factory=dict)  # the family's parsed config, for the model card
+
+    @property
+    def takes_tokens(self) -> bool:
+        """Whether forward() takes token ids (the other interface takes a real vector)."""
+        return self.interface != "vector"
 
     @property
     def params(self) -> list[tuple[Stage, Param]]:

@@ -72,7 +72,7 @@ def composition(program: Program) -> str:
             pieces.append(stage.letter)
     for stage in program.stages:
         letter = stage.letter + ("^{(l)}" if stage.layers else "")
-        token_ids = stage.input == program.input_symbol and program.interface != "vector"
+        token_ids = stage.input == program.input_symbol and program.takes_tokens
         maps.append(rf"{letter} &: {_space(printer, stage.input, token_ids)} \to {_space(printer, stage.output)}")
     layers = next((s.layers for s in program.stages if s.layers), None)
     head = r"f_\theta &= " + r" \circ ".join(pieces)
@@ -86,6 +86,8 @@ def _space(printer, symbol, token_ids: bool = False) -> str:
     rows, cols = (printer._print(s) for s in symbol.shape)
     if token_ids:
         return rf"\mathcal{{V}}^{{{rows}}}"
+    if symbol.shape[1] == 1:  # a column vector
+        return rf"\mathbb{{R}}^{{{rows}}}"
     return rf"\mathbb{{R}}^{{{rows} \times {cols}}}"
 
 

@@ -49,7 +49,7 @@ def _composition(program: Program) -> str:
 
 
 def _shape(program: Program, symbol, expr) -> str:
-    if symbol == program.input_symbol:
+    if symbol == program.input_symbol and program.takes_tokens:
         return f"[{program.dim_python[program.seq]}]"  # token ids
     dims = [program.dim_python.get(s, str(s)) if isinstance(s, sp.Symbol) else str(s) for s in symbol.shape]
     if is_per_head(expr):
@@ -62,7 +62,8 @@ def _stage_function(program: Program, stage: Stage, printer: ModulePrinter) -> s
             *(str(s) for s in stage.layer_symbols)]
     body = [f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {_shape(program, eq.lhs, eq.rhs)}"
             for eq in stage.equations]
-    if any(_uses(line.split("  #")[0].split(" = ", 1)[1], program.dim_python[program.seq]) for line in body):
+    if program.seq is not None and any(
+            _uses(line.split("  #")[0].split(" = ", 1)[1], program.dim_python[program.seq]) for line in body):
         body.insert(0, f"{program.dim_python[program.seq]} = {stage.input.name}.shape[0]")
     doc = (f'"""{stage.title} {stage.letter}: {_shape(program, stage.input, stage.input)} -> '
            f'{_shape(program, stage.output, stage.output)}."""')
