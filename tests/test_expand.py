@@ -152,3 +152,25 @@ def test_stats_of_a_large_model_from_its_header(tmp_path):
     assert result.parameters == 1_557_611_200
     assert result.operations_per_token > 2 * 1_500_000_000  # ~ 2 operations per weight, plus attention
     assert result.weight_bytes_per_token == 4 * (result.parameters - 1023 * 1600)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "sigmoid", "silu"])
+def test_mlp_4_16_4_expands_exactly(tmp_path, activation):
+    """The issue's tiny MLP: counts equal, and the literal equation computes the network."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Identity(), torch.nn.Linear(16, 4))
+    (tmp_path / "mlp").mkdir()
+    save_file(net.state_dict(), tmp_path / "mlp" / "model.safetensors")
+    (tmp_path / "mlp" / "config.json").write_text(json.dumps({"model_type": "mlp", "activation": activation}))
+    model = eqcompile.compile(tmp_path / "mlp")
+    expansion = expand(model.program, model.checkpoint)
+    assert expansion.operations() == operation_counts(model.program, 1)
+    x = [0.3, -1.2, 2.0, 0.7]
+    numpy_forward = import_module(model.to_python(tmp_path / "numpy"), f"mlp_{activation}").forward(x)
+    literal = evaluate(expansion, {sp.Symbol(f"x_{i}"): v for i, v in enumerate(x)})
+    np.testing.assert_allclose(literal[:, 0], numpy_forward, atol=1e-6, rtol=0)
+    pure = import_module(model.to_python(tmp_path / "pure", expand=True), f"mlp_pure_{activation}")
+    np.testing.assert_allclose(pure.forward(x), numpy_forward, atol=1e-6, rtol=0)

@@ -76,7 +76,8 @@ class Activation(MatrixOp):
         x = sp.Dummy("x")
         form = self.scalar_form(x)
         values = ev.shared(self.arg) if form.count(x) > 1 else ev.value(self.arg)
-        return values.applyfunc(lambda term: form.xreplace({x: term}))
+        with sp.evaluate(False):  # keep tanh(-y) as written: sympy would pull the sign out
+            return values.applyfunc(lambda term: form.xreplace({x: term}))
 
     def cost(self, ev):
         rows, cols = ev.size(self)
