@@ -66,6 +66,9 @@ class _Evaluator:
     def size(self, expr) -> tuple[int, int]:
         return tuple(int(self.number(s)) for s in expr.shape)
 
+    def is_known(self, symbol) -> bool:
+        return symbol == self.expansion.program.positions
+
     def name(self, base: str, expr, *index: int) -> sp.Symbol:
         python = "_".join([base, self.owner[0], *map(str, index)])
         latex = rf"\mathrm{{{base}}}^{{[{self.owner[1]}]}}_{{{','.join(str(i + 1) for i in index)}}}"
@@ -127,6 +130,8 @@ def expand(program: Program, checkpoint: Checkpoint, seq: int | None = None) -> 
     inputs, input_latex, input_value = _inputs(program, seq)
     expansion = Expansion(program, seq, inputs, input_latex)
     values: dict = {program.input_symbol: input_value}
+    if program.positions is not None:
+        values[program.positions] = sp.Matrix(list(range(seq)))
     plan = weight_plan(program)
     ev = _Evaluator(expansion, values, numbers)
     value = None

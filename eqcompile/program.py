@@ -72,6 +72,7 @@ class Stage:
     layers: int | None = None  # None: applied once; L: applied L times with superscript (l)
     layer_symbols: tuple[sp.Symbol, ...] = ()  # scalar symbols that depend on the layer (e.g. l)
     extra_inputs: tuple[MatrixSymbol, ...] = ()  # inputs besides the stream (e.g. a padding mask)
+    cached: tuple[MatrixSymbol, ...] = ()  # rows kept across generation steps (keys and values)
 
     @property
     def output(self) -> MatrixSymbol:
@@ -109,6 +110,7 @@ class Program:
     seq: sp.Symbol | None  # the sequence length n (set by the input); None for a fixed-size input
     max_seq: int  # the longest input verify may draw (1 for a single vector)
     vocab: int  # token ids lie in [0, vocab); 0 when forward() takes no tokens
+    positions: MatrixSymbol | None = None  # token positions p = (0, ..., n-1), an input of known value
     interface: str = "causal_lm"  # the emitted forward(): templates/forward_<interface>.py.j2
     source: str = ""
     notes: list[str] = field(default_factory=list)  # stated assumptions (e.g. inferred config)

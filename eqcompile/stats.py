@@ -13,7 +13,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .emit.python import weight_plan
-from .ops import CausalMask, Embed, FirstRows, MatrixOp, Softmax, is_per_head, n_head
+from .ops import CausalMask, Embed, MatrixOp, Softmax, is_per_head, n_head
 from .ops.base import Cost
 from .program import Program
 
@@ -22,9 +22,13 @@ CHARS_PER_PAGE = 4000  # dense display math on an A4 page at 10 pt
 
 
 class _CostEvaluator:
-    def __init__(self, numbers: dict, triangular: set):
+    def __init__(self, numbers: dict, triangular: set, known: set):
         self.numbers = numbers
         self.triangular = triangular  # causal attention weights: zero above the diagonal
+        self.known = known  # inputs whose values are known in advance (positions)
+
+    def is_known(self, symbol) -> bool:
+        return symbol in self.known
 
     def number(self, expr):
         return sp.sympify(expr).xreplace(self.numbers)
@@ -71,7 +75,8 @@ def operation_counts(program: Program, seq: int) -> Cost:
     triangular = {eq.lhs for stage in program.stages for eq in stage.equations
                   if isinstance(eq.rhs, Softmax) and isinstance(eq.rhs.arg, CausalMask)}
     for stage in program.stages:
-        ev = _CostEvaluator(numbers | {symbol: 1 for symbol in stage.layer_symbols}, triangular)
+        ev = _CostEvaluator(numbers | {symbol: 1 for symbol in stage.layer_symbols}, triangular,
+                            {program.positions})
         for eq in stage.equations:
             cost = ev.cost(eq.rhs) * (stage.layers or 1)
             total += cost * int(ev.number(n_head)) if is_per_head(eq.rhs) else cost
@@ -83,10 +88,10 @@ def _row_lookups(program: Program) -> set:
     looked_up, used_whole = set(), set()
     for stage in program.stages:
         for eq in stage.equations:
-            for op in eq.rhs.atoms(Embed, FirstRows):
+            for op in eq.rhs.atoms(Embed):
                 looked_up.add(op.table)
             for symbol in eq.rhs.atoms(MatrixSymbol):
-                if not any(symbol == op.table for op in eq.rhs.atoms(Embed, FirstRows)):
+                if not any(symbol == op.table for op in eq.rhs.atoms(Embed)):
                     used_whole.add(symbol)
     return looked_up - used_whole
 

@@ -15,7 +15,7 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import ConfigError
 from ..load import Checkpoint
-from ..ops import (GELU, Embed, FirstRows, GELUTanh, LayerNorm, Linear, QuickGELU, ReLU, Sigmoid,
+from ..ops import (GELU, Embed, GELUTanh, LayerNorm, Linear, QuickGELU, ReLU, Sigmoid,
                    SiLU, Tanh, d_head, epsilon, n_head)
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
@@ -128,19 +128,19 @@ def lower(checkpoint: Checkpoint) -> Program:
         dims={d_model: d, d_ff: inner, n_vocab: vocab, n_ctx: config.n_positions,
               n_head: config.n_head, d_head: d // config.n_head, epsilon: config.layer_norm_epsilon},
         dim_latex=DIM_LATEX, dim_python=DIM_PYTHON,
-        input_symbol=stages[0].input, seq=seq, max_seq=config.n_positions, vocab=vocab,
+        input_symbol=stages[0].input, positions=stages[0].extra_inputs[0], seq=seq, max_seq=config.n_positions, vocab=vocab,
         source=checkpoint.source, notes=notes, config=asdict(config),
     )
 
 
 def _embedding(prefix: str) -> Stage:
-    t = MatrixSymbol("t", seq, 1)
+    t, positions = MatrixSymbol("t", seq, 1), MatrixSymbol("p", seq, 1)
     W_E = param("embedding", "W_E", n_vocab, d_model, "W_E", TensorRef(prefix + "wte.weight"))
     W_P = param("embedding", "W_P", n_ctx, d_model, "W_P", TensorRef(prefix + "wpe.weight"))
     x0 = MatrixSymbol("x", seq, d_model)
     return Stage("embedding", "Embedding", "E", t,
-                 [Equation(x0, residual(Embed(W_E.symbol, t), FirstRows(W_P.symbol, seq)))],
-                 [W_E, W_P], {"t": "t", "x": "X^{(0)}"})
+                 [Equation(x0, residual(Embed(W_E.symbol, t), Embed(W_P.symbol, positions)))],
+                 [W_E, W_P], {"t": "t", "p": "p", "x": "X^{(0)}"}, extra_inputs=(positions,))
 
 
 def _block(config: GPT2Config, block: str) -> Stage:
@@ -191,7 +191,7 @@ def _block(config: GPT2Config, block: str) -> Stage:
              "a": "A^{($l)}_h", "z": "Z^{($l)}", "x_mid": "X^{($half)}", "h_mid": r"\tilde{H}^{($l)}",
              "m": "M^{($l)}", "x_next": "X^{($next)}"}
     return Stage("block", "Transformer block", "B", x, equations, params, names,
-                 layers=config.n_layer,
+                 layers=config.n_layer, cached=(k, v),
                  layer_symbols=(layer,) if config.scale_attn_by_inverse_layer_idx else ())
 
 

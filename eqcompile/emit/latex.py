@@ -51,6 +51,8 @@ def render(program: Program, level: str = "layer", unroll: bool = False) -> str:
         parts.append(composition(program))
         for stage in program.stages:
             parts.append(_stage_equations(program, stage, unroll))
+        if program.interface == "causal_lm":
+            parts.append(GENERATION)
         parts.append(symbol_table(program))
     else:
         parts.append(op_definitions(program))
@@ -59,6 +61,20 @@ def render(program: Program, level: str = "layer", unroll: bool = False) -> str:
 
 def _notes(program: Program) -> str:
     return "".join(rf"\noindent\emph{{Note:}} {tex_escape(note)}\par" + "\n" for note in program.notes)
+
+
+GENERATION = r"""\paragraph{Generation.} The state after $i$ tokens holds, for every layer, the rows of
+$K^{(l)}$ and $V^{(l)}$ of positions $1, \dots, i$ (causal attention never changes them); $u$ is a
+uniform draw from a seeded generator, $T$ the temperature.
+\begin{align*}
+s_i &= \bigl(i,\ (K^{(l)}_{1:i},\, V^{(l)}_{1:i})_{l=1}^{L}\bigr), \qquad s_0 = (0, \varnothing) \\
+\operatorname{step}(s_i, t_{i+1}, u) &= \bigl(s_{i+1},\ F^{-1}\bigl(u;\ \operatorname{softmax}(Z_{i+1} / T)\bigr)\bigr) \\
+F^{-1}(u; \pi) &= \min\Bigl\{v : \sum_{w \le v} \pi_w > u\Bigr\}, \qquad u \sim \mathcal{U}[0, 1)
+\end{align*}
+where $Z_{i+1}$ is the last row of the logits $Z$ of $t_1, \dots, t_{i+1}$. Top-$k$ (top-$p$) sampling
+first sets $\pi_w = 0$ outside the $k$ most likely tokens (outside the most likely tokens whose
+mass reaches $p$) and renormalises; $T = 0$ means $\arg\max_v Z_{i+1, v}$.
+"""
 
 
 def composition(program: Program) -> str:
@@ -103,6 +119,8 @@ def _stage_equations(program: Program, stage: Stage, unroll: bool) -> str:
         else:
             title = stage.title
         lines = [rf"{printer._print(eq.lhs)} &= {printer._print(eq.rhs)}" for eq in stage.equations]
+        if program.positions is not None and program.positions in stage.extra_inputs:
+            lines[-1] += r", \quad p = (0, 1, \dots, n - 1)"
         heads = [eq for eq in stage.equations if is_per_head(eq.rhs)]
         if heads:
             lines[stage.equations.index(heads[-1])] += rf", \quad h = 1, \dots, {printer._print(n_head)}"

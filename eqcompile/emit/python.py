@@ -59,11 +59,15 @@ def _shape(program: Program, symbol, expr) -> str:
 
 def _stage_function(program: Program, stage: Stage, printer: ModulePrinter) -> str:
     args = [stage.input.name, *(p.name for p in stage.params), *(s.name for s in stage.extra_inputs),
-            *(str(s) for s in stage.layer_symbols)]
-    body = [f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {_shape(program, eq.lhs, eq.rhs)}"
-            for eq in stage.equations]
+            *(str(s) for s in stage.layer_symbols), *(["cache"] if stage.cached else [])]
+    body = []
+    for eq in stage.equations:
+        body.append(f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {_shape(program, eq.lhs, eq.rhs)}")
+        if eq.lhs in stage.cached:  # earlier positions' rows, then these: [m, d]
+            body.append(f"{eq.lhs.name} = cache.extend({eq.lhs.name!r}, {eq.lhs.name})  # with earlier positions")
     if program.seq is not None and any(
-            _uses(line.split("  #")[0].split(" = ", 1)[1], program.dim_python[program.seq]) for line in body):
+            _uses(line.split("  #")[0].split(" = ", 1)[1], program.dim_python[program.seq]) for line in body
+            if " = " in line):
         body.insert(0, f"{program.dim_python[program.seq]} = {stage.input.name}.shape[0]")
     doc = (f'"""{stage.title} {stage.letter}: {_shape(program, stage.input, stage.input)} -> '
            f'{_shape(program, stage.output, stage.output)}."""')
@@ -80,17 +84,19 @@ def _forward_calls(program: Program) -> list[str]:
     """The body of ``forward`` after its input checks: the composition, stage by stage."""
     calls, value = [], program.input_symbol.name
     for stage in program.stages:
-        extra = "".join(f", {name}={name}" for name in
-                        [*(s.name for s in stage.extra_inputs), *map(str, stage.layer_symbols)])
+        names = [*(s.name for s in stage.extra_inputs), *map(str, stage.layer_symbols)]
+        names += ["cache"] if stage.cached else []
+        extra = "".join(f", {name}={name}" for name in names)
         if stage.layers:
             loop, items = "params", f"weights[{stage.name!r}]"
+            if stage.cached:
+                loop, items = "params, cache", f"zip({items}, caches)"
             if stage.layer_symbols:
-                loop, items = "l, params", f"enumerate({items}, start=1)"
+                loop, items = f"l, ({loop})", f"enumerate({items}, start=1)"
             calls += [f"    for {loop} in {items}:", f"        x = {stage.name}({value}, **params{extra})"]
         else:
             calls.append(f"    x = {stage.name}({value}, **weights[{stage.name!r}]{extra})")
         value = "x"
-    calls.append("    return x")
     return calls
 
 

@@ -23,8 +23,9 @@ def softmax(s):  # [..., n, n] -> [..., n, n], over the last axis
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def causal_mask(s):  # [..., n, n]: position i attends to j <= i only
-    future = np.triu(np.ones(s.shape[-2:], dtype=bool), k=1)
+def causal_mask(s):  # [..., n, m]: query i (the last n of m positions) attends to keys j <= i
+    n, m = s.shape[-2:]
+    future = np.triu(np.ones((n, m), dtype=bool), k=1 + m - n)
     return np.where(future, -np.inf, s)
 
 

@@ -29,10 +29,16 @@ class Embed(MatrixOp):
     def _numpycode(self, printer):
         return f"{printer._print(self.table)}[{printer._print(self.tokens)}]"
 
-    def explicit(self, ev):  # the tokens' value is their one-hot matrix [n, n_vocab]
-        return matmul(ev.value(self.tokens), ev.value(self.table))
+    def explicit(self, ev):
+        """Known ids (positions) select rows; unknown tokens are one-hot rows [n, n_vocab] times W."""
+        index, table = ev.value(self.tokens), ev.value(self.table)
+        if index.cols == 1 and all(entry.is_Integer for entry in index):
+            return sp.Matrix([list(table.row(int(entry))) for entry in index])
+        return matmul(index, table)
 
     def cost(self, ev):
+        if ev.is_known(self.tokens):  # a lookup at known rows is no arithmetic
+            return ops()
         rows, vocab = ev.size(self.tokens)[0], ev.size(self.table)[0]
         return ops(mul=vocab, add=vocab - 1) * (rows * ev.size(self)[1])  # one-hot row times W
 
