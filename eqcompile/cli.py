@@ -5,6 +5,7 @@ Every :class:`~eqcompile.errors.EqcompileError` becomes one line on stderr and e
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -29,8 +30,13 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # so that half-written temp files are removed on the way out
+
+
 def _guarded(work):
     """Run ``work()``; turn any failure into one line and an exit code, never a traceback."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return work()
     except EqcompileError as e:
