@@ -1,4 +1,4 @@
-"""Byte-level BPE (and character-level) encoding and decoding, standard library only.
+"""Byte-level BPE (and character-level WordLevel) encoding and decoding, standard library only.
 
 eqcompile copies this file's code into every emitted ``model.py`` whose checkpoint has a tokenizer,
 so it imports nothing but the standard library: no ``tokenizers``, no ``regex``, no eqcompile. The
@@ -35,7 +35,7 @@ def split_isolated(regex: re.Pattern, text: str) -> list[str]:
             pieces.append(text[end:start])
         if stop > start:
             pieces.append(text[start:stop])
-        end = max(end, stop)
+        end = stop
     if end < len(text):
         pieces.append(text[end:])
     return pieces
