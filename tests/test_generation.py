@@ -121,3 +121,10 @@ def test_top_k_top_p_and_greedy_restrict_the_support(sample_module):
     assert {module.sample(logits, u, top_p=0.6) for u in np.linspace(0, 0.999, 200)} == {1, 3}
     assert {module.sample(logits, u, temperature=0) for u in (0.0, 0.5, 0.99)} == {1}
     assert module.sample(logits, 0.0) == 0 and module.sample(logits, 0.9999) == 4  # inverse CDF by id
+
+
+def test_text_in_text_out_through_the_emitted_tokenizer(sample_module):
+    """The whole map: string -> encode -> generate -> decode, all inside the emitted module."""
+    ids = sample_module.generate("Shall I compare thee", 20, seed=0, temperature=0)
+    assert sample_module.decode(ids).startswith(" to a summer")
+    assert sample_module.encode("Shall") == [sample_module.encode(c)[0] for c in "Shall"]

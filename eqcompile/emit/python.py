@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import sympy as sp
 
+from ..errors import ConfigError
 from ..load import Checkpoint
 from ..ops import is_per_head, ops_used_by
 from ..ops.base import numpy_source
 from ..program import Param, Program, Stage
+from ..tokenizer import load_tokenizer, write_tokenizer
 from .files import progress_bar, write_safetensors, write_text
 from .numpy_printer import ModulePrinter
 from .templates import render_template
 
 
-def module_source(program: Program) -> str:
-    """The text of ``model.py``: dims, op definitions, one function per stage, ``forward``."""
+def module_source(program: Program, tokenizer: str = "") -> str:
+    """The text of ``model.py``: dims, op definitions, one function per stage, ``forward``, and
+    ``tokenizer`` (the source :func:`eqcompile.tokenizer.write_tokenizer` returns), if any."""
     printer = ModulePrinter(program.dim_python)
     functions = []
     for op in ops_used_by(program):
@@ -40,6 +44,7 @@ def module_source(program: Program) -> str:
         parameters=parameters,
         repeated=[s.name for s in program.stages if s.layers],
         interface=program.interface,
+        tokenizer=tokenizer,
     )
 
 
@@ -124,16 +129,28 @@ def weight_plan(program: Program) -> dict[str, tuple[Param, int | None]]:
 
 
 def write_module(program: Program, checkpoint: Checkpoint, folder: Path) -> Path:
-    """Write ``folder/model.py`` and ``folder/weights.safetensors``; return the module's path."""
+    """Write ``folder/model.py`` and ``folder/weights.safetensors`` (and ``tokenizer_data.json``
+    when the checkpoint folder has a supported tokenizer); return the module's path."""
     folder = Path(folder)
+    tokenizer = _tokenizer_source(checkpoint, folder)
     plan = weight_plan(program)
     shapes = [(key, tuple(int(sp.sympify(s).subs(program.dims)) for s in p.symbol.shape))
               for key, (p, _) in plan.items()]
     write_safetensors(folder / "weights.safetensors", shapes,
                       lambda key: parameter_value(checkpoint, program, *plan[key]),
                       progress_bar(shapes, "weights"))
-    write_text(folder / "model.py", module_source(program))
+    write_text(folder / "model.py", module_source(program, tokenizer))
     return folder / "model.py"
+
+
+def _tokenizer_source(checkpoint: Checkpoint, folder: Path) -> str:
+    """``encode``/``decode`` for model.py; an unsupported tokenizer only costs them, with a warning."""
+    try:
+        tokenizer = load_tokenizer(checkpoint.folder)
+    except ConfigError as e:
+        warnings.warn(f"model.py gets no encode/decode: {e}", stacklevel=3)
+        return ""
+    return write_tokenizer(tokenizer, folder) if tokenizer is not None else ""
 
 
 def import_module(path: Path, name: str = "eqcompile_emitted"):
