@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from . import arch
@@ -12,11 +13,12 @@ from .emit.expanded import expansion_latex, expansion_python
 from .expand import Expansion, expand
 from .emit.files import write_text
 from .emit.python import write_module
-from .errors import TooLarge
+from .errors import EqcompileError, TooLarge
 from .load import Checkpoint, load_checkpoint
 from .load.safetensors_file import DTYPES
 from .program import Program
 from .stats import Stats, stats
+from .tokenizer import Tokenizer, load_tokenizer, tokenizer_latex
 
 EXPANSION_LIMIT = 200_000  # scalar operations; beyond this --expand needs --force
 
@@ -37,8 +39,20 @@ class CompiledModel:
         if expand:
             fragment, packages = expansion_latex(self.expand(seq, force)), EXPANSION_PACKAGES
         else:
-            fragment, packages = latex_emitter.render(self.program, level, unroll), latex_emitter.PACKAGES
+            tokenizer = tokenizer_latex(self.tokenizer) if self.tokenizer is not None else ""
+            fragment = latex_emitter.render(self.program, level, unroll, tokenizer)
+            packages = latex_emitter.PACKAGES
         return latex_emitter.document(self.program, fragment, packages) if standalone else fragment
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer | None:
+        """The checkpoint's tokenizer, when its folder has one eqcompile supports."""
+        if self.checkpoint.folder is None:
+            return None
+        try:
+            return load_tokenizer(self.checkpoint.folder)
+        except EqcompileError:
+            return None
 
     def stats(self, seq: int | None = None) -> Stats:
         """Size of the equation, counted analytically (no expansion is built)."""

@@ -39,8 +39,12 @@ def printer_for(program: Program, stage: Stage | None = None, layer: str = "l") 
     return EquationPrinter({"symbol_names": names})
 
 
-def render(program: Program, level: str = "layer", unroll: bool = False) -> str:
-    """A LaTeX fragment (needs amsmath and amssymb) stating the program at ``level``."""
+def render(program: Program, level: str = "layer", unroll: bool = False, tokenizer: str = "") -> str:
+    """A LaTeX fragment (needs amsmath and amssymb) stating the program at ``level``.
+
+    ``tokenizer``: the tokenizer's definition (``eqcompile.tokenizer.tokenizer_latex``), stated
+    first at the layer level, since the map starts with it.
+    """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}")
     parts = [f"% eqcompile: {program.family} model, level {level}\n% needs: "
@@ -49,6 +53,8 @@ def render(program: Program, level: str = "layer", unroll: bool = False) -> str:
         parts.append(composition(program))
     elif level == "layer":
         parts.append(composition(program))
+        if tokenizer:
+            parts.append(tokenizer)
         for stage in program.stages:
             parts.append(_stage_equations(program, stage, unroll))
         if program.interface == "causal_lm":
