@@ -81,7 +81,7 @@ class CompiledModel:
         return Path(path)
 
     def to_python(self, folder: str | Path, expand: bool = False, seq: int | None = None,
-                  force: bool = False) -> Path:
+                  force: bool = False, dtype: str = "float32") -> Path:
         """Write a numpy-only ``model.py`` and its ``weights.safetensors`` into ``folder``.
 
         ``expand=True`` writes the literal equation as a pure-Python ``model.py`` (math only).
@@ -90,7 +90,7 @@ class CompiledModel:
             path = Path(folder) / "model.py"
             write_text(path, expansion_python(self.expand(seq, force)))
             return path
-        return write_module(self.program, self.checkpoint, Path(folder))
+        return write_module(self.program, self.checkpoint, Path(folder), dtype)
 
     def _repr_latex_(self) -> str:
         """Jupyter shows the model as its composition (display math)."""

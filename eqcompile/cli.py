@@ -88,9 +88,11 @@ activation_option = click.option(
                    "With --python, DIR/model.py is then pure Python (math only).")
 @click.option("--seq", type=click.IntRange(min=1), help="Sequence length of the expansion (default: the context).")
 @click.option("--force", is_flag=True, help="Expand even beyond the size limit.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="Weights (and so arithmetic) of the emitted numpy module.")
 @activation_option
 def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, expand, seq, force,
-                    activation):
+                    dtype, activation):
     """Compile MODEL to LaTeX and/or a numpy module."""
     if not want_latex and python_dir is None:
         _fail("error: choose an output: --latex [-o FILE] and/or --python DIR", 2)
@@ -107,7 +109,7 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
                 compiled.write_latex(output, **options)
                 click.echo(f"wrote {output}", err=True)
         if python_dir is not None:
-            path = compiled.to_python(python_dir, expand=expand, seq=seq, force=force)
+            path = compiled.to_python(python_dir, expand=expand, seq=seq, force=force, dtype=dtype)
             click.echo(f"wrote {path}" + ("" if expand else f" and {path.with_name('weights.safetensors')}"),
                        err=True)
 
@@ -160,18 +162,31 @@ def stats_command(model, seq, as_json):
 @click.option("--seq", "seqs", type=click.IntRange(min=1), multiple=True,
               help="Sequence length to test (repeatable; default 1, 7 and the full context up to 128).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--exact", is_flag=True,
+              help="Compare every implementation with the equation evaluated in arbitrary precision.")
+@click.option("--digits", type=click.IntRange(min=20), default=40, show_default=True,
+              help="Decimal digits of the exact evaluation.")
+@click.option("--json", "as_json", is_flag=True, help="With --exact: machine-readable output.")
+@click.option("--force", is_flag=True, help="With --exact: run even when the estimate is long.")
 @activation_option
-def verify_command(model, seqs, seed, activation):
+def verify_command(model, seqs, seed, exact, digits, as_json, force, activation):
     """Run the emitted module and the reference on the same random inputs; compare the outputs.
 
     The reference is transformers (torch's nn.Sequential for an mlp).
-
     Exits 1 when max |error| > 1e-4 or max |error| / max |reference| > 1e-5.
+
+    With --exact: the equation is evaluated with mpmath (--digits), the checkpoint's weights taken
+    as exact numbers, and each implementation (numpy float32 and float64, torch float32 and
+    bfloat16) is measured against it: max absolute and relative error, agreeing bits, whether
+    its argmax agrees, and whether three runs are bit-identical. Default --seq 16.
     """
     from .verify import ABS_TOLERANCE, REL_TOLERANCE, verify
 
     def work():
         compiled = api.compile(model, activation=activation)
+        if exact:
+            return _exact_report(compiled, min(seqs[0] if seqs else 16, compiled.program.max_seq),
+                                 digits, seed, as_json, force)
         longest = min(compiled.program.max_seq, 128)
         lengths = sorted(set(seqs or (1, min(7, longest), longest)))
         if max(lengths) > compiled.program.max_seq:
@@ -185,3 +200,22 @@ def verify_command(model, seqs, seed, activation):
 
     if not _guarded(work):
         _fail("verification failed: the emitted module differs from the reference beyond tolerance", 1)
+
+
+def _exact_report(compiled, seq, digits, seed, as_json, force) -> bool:
+    import dataclasses
+    import json
+
+    from .exact import deviations
+
+    rows = deviations(compiled, seq, digits, seed, force)
+    if as_json:
+        click.echo(json.dumps({"seq": seq, "digits": digits,
+                               "implementations": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        return True
+    click.echo(f"exact: {digits} digits, seq {seq}")
+    click.echo(f"{'implementation':<16} {'max abs err':>12} {'max rel err':>12} {'bits':>6} {'argmax':>7} deterministic")
+    for r in rows:
+        click.echo(f"{r.implementation:<16} {r.max_abs:>12.3e} {r.max_rel:>12.3e} {r.bits:>6.1f} "
+                   f"{r.argmax_agrees:>7.0%} {'yes' if r.deterministic else 'no'}")
+    return True

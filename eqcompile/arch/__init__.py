@@ -29,7 +29,7 @@ class Family:
     model_types: tuple[str, ...]  # config.json "model_type" values this family lowers
     recognises: Callable[[Checkpoint], bool]  # by tensor names, for files without config.json
     lower: Callable[[Checkpoint], Program]
-    reference: Callable[[Checkpoint], Callable[[np.ndarray], np.ndarray]]  # transformers forward
+    reference: Callable[..., Callable[[np.ndarray], np.ndarray]]  # (checkpoint, dtype=) -> torch forward
     # verify's random input of forward() for a given length (tokens: the sequence length)
     sample_input: Callable[[Program, np.random.Generator, int], np.ndarray] = random_tokens
     settings: tuple[str, ...] = ()  # config keys the command line may set (e.g. "activation")

@@ -211,8 +211,8 @@ def _unembedding(config: GPT2Config, prefix: str) -> Stage:
                  params, {"x": "X^{(L)}", "h": "H^{(L)}", "logits": "Z"})
 
 
-def reference(checkpoint: Checkpoint):
-    """transformers' GPT2LMHeadModel on the checkpoint's tensors: the ground truth for verify."""
+def reference(checkpoint: Checkpoint, dtype: str = "float32"):
+    """transformers' GPT2LMHeadModel on the checkpoint's tensors, computing in ``dtype``."""
     import torch
     import transformers
     from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
@@ -232,10 +232,11 @@ def reference(checkpoint: Checkpoint):
     missing = [m for m in missing if m != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
         raise ConfigError(f"reference model did not take the checkpoint (missing {missing}, unexpected {unexpected})")
+    model.to(getattr(torch, dtype))
 
     def forward(tokens: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model(torch.as_tensor(tokens, dtype=torch.long)[None]).logits[0].numpy()
+            return model(torch.as_tensor(tokens, dtype=torch.long)[None]).logits[0].float().numpy()
 
     return forward
 

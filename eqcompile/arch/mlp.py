@@ -151,8 +151,8 @@ def random_vector(program: Program, rng: np.random.Generator, _length: int) -> n
     return rng.standard_normal(int(program.dims[program.input_symbol.shape[0]])).astype(np.float32)
 
 
-def reference(checkpoint: Checkpoint):
-    """torch's nn.Sequential rebuilt from the checkpoint: the ground truth for verify."""
+def reference(checkpoint: Checkpoint, dtype: str = "float32"):
+    """torch's nn.Sequential rebuilt from the checkpoint, computing in ``dtype``."""
     import torch
 
     config, _ = read_config(checkpoint)
@@ -165,11 +165,12 @@ def reference(checkpoint: Checkpoint):
         modules.append(linear)
         if config.activated[k]:
             modules.append(getattr(torch.nn, ACTIVATIONS[config.activation][1])())
-    model = torch.nn.Sequential(*modules).eval()
+    torch_dtype = getattr(torch, dtype)
+    model = torch.nn.Sequential(*modules).eval().to(torch_dtype)
 
     def forward(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
+            return model(torch.as_tensor(np.asarray(x, dtype=np.float32)).to(torch_dtype)).float().numpy()
 
     return forward
 

@@ -128,9 +128,13 @@ def weight_plan(program: Program) -> dict[str, tuple[Param, int | None]]:
     return plan
 
 
-def write_module(program: Program, checkpoint: Checkpoint, folder: Path) -> Path:
+def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: str = "float32") -> Path:
     """Write ``folder/model.py`` and ``folder/weights.safetensors`` (and ``tokenizer_data.json``
-    when the checkpoint folder has a supported tokenizer); return the module's path."""
+    when the checkpoint folder has a supported tokenizer); return the module's path.
+
+    ``dtype="float64"`` stores the weights (float32 values, widened exactly) as float64, so the
+    module computes in float64: a second implementation to measure rounding against.
+    """
     folder = Path(folder)
     tokenizer = _tokenizer_source(checkpoint, folder)
     plan = weight_plan(program)
@@ -138,7 +142,7 @@ def write_module(program: Program, checkpoint: Checkpoint, folder: Path) -> Path
               for key, (p, _) in plan.items()]
     write_safetensors(folder / "weights.safetensors", shapes,
                       lambda key: parameter_value(checkpoint, program, *plan[key]),
-                      progress_bar(shapes, "weights"))
+                      progress_bar(shapes, "weights"), dtype)
     write_text(folder / "model.py", module_source(program, tokenizer))
     return folder / "model.py"
 
