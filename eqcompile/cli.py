@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 
 from . import api
+from .emit.appendix import PACKAGES
 from .emit.latex import LEVELS
-from .errors import EqcompileError
+from .errors import EqcompileError, TeXError
 
 
 class DefaultToCompile(click.Group):
@@ -33,6 +34,8 @@ def _guarded(work):
     """Run ``work()``; turn any failure into one line and an exit code, never a traceback."""
     try:
         return work()
+    except TeXError as e:  # the generated document or the TeX installation, not the input
+        _fail(f"error: {e}", 1)
     except EqcompileError as e:
         _fail(f"error: {e}", 2)
     except KeyboardInterrupt:
@@ -51,6 +54,7 @@ def main():
     \b
     eqcompile MODEL --latex [-o FILE] [--level model|layer|index] [--standalone]
     eqcompile MODEL --python DIR
+    eqcompile MODEL --pdf FILE | --tex FILE [--fragment] | --html FILE
     eqcompile verify MODEL [--seq N]
 
     MODEL is a .safetensors file, a model folder, a model.safetensors.index.json of shards, or a
@@ -69,10 +73,27 @@ def main():
 @click.option("--unroll", is_flag=True, help="Write every layer out instead of one generic layer (l).")
 @click.option("--python", "python_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/model.py (numpy only) and DIR/weights.safetensors.")
-def compile_command(model, want_latex, output, level, standalone, unroll, python_dir):
-    """Compile MODEL to LaTeX and/or a numpy module."""
-    if not want_latex and python_dir is None:
-        _fail("error: choose an output: --latex [-o FILE] and/or --python DIR", 2)
+@click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the appendix (model card, equations, symbols with statistics) as a PDF.")
+@click.option("--tex", "tex_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the appendix's LaTeX source.")
+@click.option("--fragment", is_flag=True, help="With --tex: an \\input-able appendix, no preamble.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the appendix as one self-contained HTML page (opens offline).")
+@click.option("--title", help="The appendix's title.")
+@click.option("--author", default="", help="The appendix's author line.")
+@click.option("--numbers", is_flag=True, help="Add every weight's values to the appendix (tiny models only).")
+def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, pdf_path, tex_path,
+                    fragment, html_path, title, author, numbers):
+    """Compile MODEL to LaTeX, a numpy module, and/or an appendix (PDF, TeX, HTML)."""
+    appendix_paths = [p for p in (pdf_path, tex_path, html_path) if p is not None]
+    if fragment and tex_path is None:
+        _fail("error: --fragment applies to --tex FILE", 2)
+    if not want_latex and python_dir is None and not appendix_paths:
+        _fail("error: choose an output: --latex [-o FILE], --python DIR, --pdf FILE, --tex FILE or --html FILE", 2)
+    if (title is not None or author or numbers) and not appendix_paths:
+        _fail("error: --title, --author and --numbers apply to --pdf, --tex and --html", 2)
+    options = dict(title=title, author=author, numbers=numbers)
 
     def work():
         compiled = api.compile(model)
@@ -86,6 +107,16 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
         if python_dir is not None:
             path = compiled.to_python(python_dir)
             click.echo(f"wrote {path} and {path.with_name('weights.safetensors')}", err=True)
+        if tex_path is not None:
+            compiled.tex(tex_path, fragment=fragment, **options)
+            needs = f" (its preamble needs \\usepackage{{{','.join(PACKAGES)}}})" if fragment else ""
+            click.echo(f"wrote {tex_path}{needs}", err=True)
+        if pdf_path is not None:
+            compiled.pdf(pdf_path, **options)
+            click.echo(f"wrote {pdf_path}", err=True)
+        if html_path is not None:
+            compiled.html(html_path, **options)
+            click.echo(f"wrote {html_path}", err=True)
 
     _guarded(work)
 

@@ -35,6 +35,11 @@ def write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_output(path, "wb") as f:
+        f.write(data)
+
+
 def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]],
                       produce: Callable[[str], np.ndarray], progress: Iterable | None = None) -> None:
     """Stream float32 tensors into a safetensors file, one at a time (memory: one tensor).
