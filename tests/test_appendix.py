@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 import eqcompile
 from eqcompile.cli import main
 from eqcompile.emit import appendix as appendix_emitter
-from eqcompile.emit.appendix import NUMBERS_LIMIT, PACKAGES, Statistics, decimal_latex
+from eqcompile.emit.appendix import NUMBERS_LIMIT, PACKAGES, Statistics, Table, decimal_latex
 from eqcompile.emit.latex import EquationLine
 from eqcompile.emit.pdf import build_pdf, error_summary
 from eqcompile.errors import ConfigError, TeXError
@@ -121,16 +122,20 @@ def test_gpt2_124m_shaped_12_layers(tmp_path):
 
 
 @pytest.mark.parametrize("options", [
-    dict(tie_word_embeddings=False, activation_function="gelu"),
+    dict(tie_word_embeddings=False, activation_function="gelu",
+         generation=dict(do_sample=True, temperature=0.7, top_k=40, top_p=0.9)),
     dict(scale_attn_by_inverse_layer_idx=True, activation_function="relu", n_head=1, n_layer=12),
     dict(lm_head_model=False, without_config=True),
 ], ids=["untied-gelu", "12-layers-inverse-layer-scale", "bare-GPT2Model-no-config"])
 def test_random_gpt2_appendices(tmp_path, options):
     options = dict(options)
     without_config = options.pop("without_config", False)
+    generation = options.pop("generation", None)
     folder = make_gpt2(tmp_path / "ckpt", **options)
     if without_config:
         (folder / "config.json").unlink()
+    if generation:
+        (folder / "generation_config.json").write_text(json.dumps(generation))
     model = eqcompile.compile(folder)
     build = build_pdf(appendix_emitter.tex(model.appendix()))
     text = assert_states_the_model(model, build.pdf, build.log)
@@ -138,6 +143,9 @@ def test_random_gpt2_appendices(tmp_path, options):
         assert "Note:noconfig.json" in text
     if options.get("tie_word_embeddings") is False:
         assert "W⊤" not in text and "lm_head.weight" in text
+    if generation:  # the sampling map: temperature, then top-k, then top-p
+        for piece in ["temperatureT=0.7", "the40mostprobable", "reaches0.9(top-p)", "p(v|t1,...,tn)="]:
+            assert piece in text, piece
 
 
 def add_tensors(folder: Path, extra: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
@@ -166,12 +174,17 @@ def test_checkpoint_strings_are_typeset_literally(tmp_path):
     assert sorted(unused) == sorted(EVIL)
 
 
-def test_long_equations_break_across_lines(sample):
-    appendix = sample.appendix()
+def test_long_equations_break_and_a_cost_table_shows(sample):
+    cost = Table("Cost of one forward pass at n = 64 (illustrative numbers).", ["stage", "FLOPs", "bytes & co"],
+                 [["Embedding", "1", "2"], ["Transformer block", "3", "4.5"]])
+    appendix = sample.appendix(cost=cost)
     long_sum = " + ".join(rf"H^{{({i})}} W_Q^{{({i})}} \mathbf{{1}} b_Q^{{({i})}}" for i in range(1, 80))
     appendix.stages[1].lines.append(EquationLine("Y", rf"\operatorname{{softmax}}\left({long_sum}\right)"))
     build = build_pdf(appendix_emitter.tex(appendix))
     assert not overfull_boxes(build.log), overfull_boxes(build.log)
+    text = squeeze(pdf_text(build.pdf))
+    for piece in ["Costofoneforwardpassatn=64", "stageFLOPsbytes&co", "Transformerblock", "4.5"]:
+        assert piece in text, piece
 
 
 def test_literal_matrices_for_a_tiny_model(tmp_path):

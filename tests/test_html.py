@@ -14,6 +14,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import eqcompile
+from eqcompile.emit.appendix import Table
 from eqcompile.emit.html import json_for_script, katex_assets
 from eqcompile.emit.templates import template_folder
 
@@ -66,7 +67,8 @@ def models(tmp_path_factory):
 @pytest.mark.parametrize("name", ["sample", "gpt2-12-layers", "evil"])
 def test_page_renders_in_chromium(tmp_path, models, name):
     model = eqcompile.compile(models[name])
-    page = model.html(tmp_path / f"{name}.html")
+    extras = dict(numbers=True, cost=Table("Costs & <more>", ["stage", "FLOPs"], [["E", "1"]])) if name == "evil" else {}
+    page = model.html(tmp_path / f"{name}.html", **extras)
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / f"viewer-{name}.png"
     screenshot.unlink(missing_ok=True)
@@ -97,6 +99,9 @@ def test_page_renders_in_chromium(tmp_path, models, name):
         assert "<script>alert" not in body and not re.search(r"<[^>]*\son\w+=", body)  # no event handlers
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "a&amp;amp;b" in body
         assert len(re.findall(r"<script\b", dom)) == 4  # the page's own: errors, data, KaTeX, typesetting
+        weights = body[body.index('<section id="weights">'):]
+        assert weights.count('<span class="katex">') == len(model.appendix(numbers=True).matrices) > 20
+        assert "<p>Costs &amp; &lt;more&gt;</p>" in body and "<td>E</td>" in body
     assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 10_000
 
 
