@@ -48,16 +48,19 @@ def squeeze(text: str) -> str:
     return "".join(text.split())
 
 
-def assert_states_the_model(model: eqcompile.CompiledModel, pdf: bytes, log: str) -> str:
+GPT2_SYMBOLS = ("softmax", "mask", "LN", "concat", "fθ=U◦B(L)◦···◦B(1)◦E")
+
+
+def assert_states_the_model(model: eqcompile.CompiledModel, pdf: bytes, log: str,
+                            symbols: tuple[str, ...] = GPT2_SYMBOLS) -> str:
     """What every appendix must show a reader; returns the squeezed text for further checks."""
     assert page_count(pdf) > 0
     text = squeeze(pdf_text(pdf))
-    for piece in ["Modelcard", "softmax", "mask", "LN", "concat", "fθ=U◦B(L)◦···◦B(1)◦E", "Symbols",
-                  "Operationsinindexnotation", model.checkpoint.sha256()]:
+    for piece in ["Modelcard", *symbols, "Symbols", "Operationsinindexnotation", model.checkpoint.sha256()]:
         assert piece in text, piece
-    layers = next(s.layers for s in model.program.stages if s.layers)
-    for layer in range(1, layers + 1):
-        assert f"B({layer})" in text, f"layer {layer} is missing"
+    for stage in model.program.stages:  # every block, layer by layer
+        for layer in range(1, (stage.layers or 0) + 1):
+            assert f"{stage.letter}({layer})" in text, f"{stage.title} {layer} is missing"
     for name in model.checkpoint.tensors:
         assert squeeze(name) in text, f"tensor {name} is not in the symbol table"
     assert not overfull_boxes(log), overfull_boxes(log)
@@ -225,6 +228,19 @@ def test_fragment_inputs_into_a_paper(tmp_path, sample):
 def test_tex_failure_shows_the_log_lines():
     with pytest.raises(TeXError, match=r"pdflatex failed: .*Undefined control sequence\. \| l\.3 \\nosuchmacro"):
         build_pdf("\\documentclass{article}\n\\begin{document}\n\\nosuchmacro\n\\end{document}\n")
+
+
+def test_time_limit_ends_the_tex_run(tmp_path):
+    with pytest.raises(TeXError, match="pdflatex did not finish within 3 s"):
+        build_pdf(r"\documentclass{article}\begin{document}\def\x{\x}\x\end{document}", timeout=3, folder=tmp_path)
+    working_there = []  # latexmk and pdflatex ran in tmp_path: none of them may be left running
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if (process / "cwd").resolve() == tmp_path.resolve():
+                working_there.append(process.name)
+        except OSError:  # gone, or not ours to inspect
+            pass
+    assert working_there == []
 
 
 def test_out_of_memory_retries_with_lualatex():

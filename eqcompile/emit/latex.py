@@ -50,6 +50,7 @@ class EquationLine:
 class StageBlock:
     """A stage's equations, for a generic layer (l), one layer, or a stage applied once."""
 
+    stage: str  # the stage's name, "block"
     title: str  # plain text: "Transformer block"
     symbol: str  # LaTeX of the map in the composition, "B^{(3)}"; "" for a stage applied once
     scope: str  # LaTeX of the layers it stands for, "l = 1, \dots, L"; "" otherwise
@@ -162,7 +163,7 @@ def stage_blocks(program: Program, stage: Stage, unroll: bool,
         lines = [EquationLine(printer._print(eq.lhs), printer._print(eq.rhs),
                               rf"h = 1, \dots, {printer._print(n_head)}" if heads and eq is heads[-1] else "")
                  for eq in stage.equations]
-        blocks.append(StageBlock(stage.title, symbol, scope, layer, lines))
+        blocks.append(StageBlock(stage.name, stage.title, symbol, scope, layer, lines))
     return blocks
 
 

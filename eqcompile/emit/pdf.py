@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -66,16 +67,20 @@ def _run(tex: str, engine: str, timeout: float, folder: Path) -> PdfBuild:
     env.setdefault("SOURCE_DATE_EPOCH", FIXED_EPOCH)
     command = ["latexmk", "-norc", f"-{'pdf' if engine == 'pdflatex' else 'lualatex'}", "-no-shell-escape",
                "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", "-silent", "appendix.tex"]
-    try:
-        result = subprocess.run(command, cwd=folder, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                                text=True, errors="replace", timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise TeXError(f"{engine} did not finish within {timeout:g} s") from None
+    # a session of its own, so that a timeout ends latexmk and the TeX run it started
+    with subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise TeXError(f"{engine} did not finish within {timeout:g} s") from None
     log_path = folder / "appendix.log"
     log = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     pdf = folder / "appendix.pdf"
-    if result.returncode != 0 or not pdf.exists():
-        raise TeXError(f"{engine} failed: {error_summary(log) or result.stdout[-300:] + result.stderr[-300:]}",
+    if process.returncode != 0 or not pdf.exists():
+        raise TeXError(f"{engine} failed: {error_summary(log) or stdout[-300:] + stderr[-300:]}",
                        out_of_memory="TeX capacity exceeded" in log)
     return PdfBuild(pdf.read_bytes(), log, engine)
 
