@@ -7,11 +7,14 @@ from functools import cached_property
 from pathlib import Path
 
 from . import arch
+from .emit import appendix as appendix_emitter
+from .emit import html as html_emitter
 from .emit import latex as latex_emitter
 from .emit.expanded import PACKAGES as EXPANSION_PACKAGES
 from .emit.expanded import expansion_latex, expansion_python
 from .expand import Expansion, expand
-from .emit.files import write_text
+from .emit.files import write_bytes, write_text
+from .emit.pdf import build_pdf
 from .emit.python import write_module
 from .errors import EqcompileError, TooLarge
 from .load import Checkpoint, load_checkpoint
@@ -91,6 +94,31 @@ class CompiledModel:
             write_text(path, expansion_python(self.expand(seq, force)))
             return path
         return write_module(self.program, self.checkpoint, Path(folder), dtype)
+
+    def appendix(self, title: str | None = None, author: str = "", numbers: bool = False,
+                 cost: appendix_emitter.Table | None = None,
+                 decorate: latex_emitter.Decorate | None = None) -> appendix_emitter.Appendix:
+        """The content of the PDF/HTML appendix. Reads every weight once, for the statistics.
+
+        ``numbers`` adds the literal matrices (tiny models only); ``cost`` a cost summary table.
+        """
+        return appendix_emitter.build(self.checkpoint, self.program, title, author, numbers, decorate, cost)
+
+    def tex(self, path: str | Path, fragment: bool = False, **options) -> Path:
+        """Write the appendix as a LaTeX document, or as an ``\\input``-able fragment."""
+        write_text(Path(path), appendix_emitter.tex(self.appendix(**options), fragment))
+        return Path(path)
+
+    def pdf(self, path: str | Path, engine: str = "pdflatex", **options) -> Path:
+        """Write the appendix as a PDF, typeset by TeX (latexmk, no shell escape)."""
+        write_bytes(Path(path), build_pdf(appendix_emitter.tex(self.appendix(**options)), engine).pdf)
+        return Path(path)
+
+    def html(self, path: str | Path, **options) -> Path:
+        """Write the appendix as one self-contained HTML page (KaTeX inlined; opens offline)."""
+        content = self.appendix(decorate=html_emitter.decorate, **options)
+        write_text(Path(path), html_emitter.page(self.program, content))
+        return Path(path)
 
     def _repr_latex_(self) -> str:
         """Jupyter shows the model as its composition (display math)."""

@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 
 from . import api
+from .emit.appendix import PACKAGES
 from .emit.latex import LEVELS
-from .errors import EqcompileError
+from .errors import EqcompileError, TeXError
 
 
 class DefaultToCompile(click.Group):
@@ -39,6 +40,8 @@ def _guarded(work):
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return work()
+    except TeXError as e:  # the generated document or the TeX installation, not the input
+        _fail(f"error: {e}", 1)
     except EqcompileError as e:
         _fail(f"error: {e}", 2)
     except KeyboardInterrupt:
@@ -59,6 +62,7 @@ def main():
     eqcompile MODEL --python DIR
     eqcompile MODEL --latex --expand      (tiny models: every number written out)
     eqcompile stats MODEL [--json]
+    eqcompile MODEL --pdf FILE | --tex FILE [--fragment] | --html FILE
     eqcompile verify MODEL [--seq N]
     (compile and verify take --activation NAME for an mlp model)
 
@@ -90,28 +94,55 @@ activation_option = click.option(
 @click.option("--force", is_flag=True, help="Expand even beyond the size limit.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Weights (and so arithmetic) of the emitted numpy module.")
+@click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the appendix (model card, equations, symbols with statistics) as a PDF.")
+@click.option("--tex", "tex_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the appendix's LaTeX source.")
+@click.option("--fragment", is_flag=True, help="With --tex: an \\input-able appendix, no preamble.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the appendix as one self-contained HTML page (opens offline).")
+@click.option("--title", help="The appendix's title.")
+@click.option("--author", default="", help="The appendix's author line.")
+@click.option("--numbers", is_flag=True, help="Add every weight's values to the appendix (tiny models only).")
 @activation_option
 def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, expand, seq, force,
-                    dtype, activation):
-    """Compile MODEL to LaTeX and/or a numpy module."""
-    if not want_latex and python_dir is None:
-        _fail("error: choose an output: --latex [-o FILE] and/or --python DIR", 2)
+                    dtype, pdf_path, tex_path, fragment, html_path, title, author, numbers, activation):
+    """Compile MODEL to LaTeX, a numpy module, and/or an appendix (PDF, TeX, HTML)."""
+    appendix_paths = [p for p in (pdf_path, tex_path, html_path) if p is not None]
+    if fragment and tex_path is None:
+        _fail("error: --fragment applies to --tex FILE", 2)
+    if not want_latex and python_dir is None and not appendix_paths:
+        _fail("error: choose an output: --latex [-o FILE], --python DIR, --pdf FILE, --tex FILE or --html FILE", 2)
+    if (title is not None or author or numbers) and not appendix_paths:
+        _fail("error: --title, --author and --numbers apply to --pdf, --tex and --html", 2)
+    options = dict(title=title, author=author, numbers=numbers)
 
     def work():
         compiled = api.compile(model, activation=activation)
         if seq is not None and seq > compiled.program.max_seq:
             raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
-        options = dict(level=level, unroll=unroll, standalone=standalone, expand=expand, seq=seq, force=force)
+        latex_options = dict(level=level, unroll=unroll, standalone=standalone, expand=expand, seq=seq,
+                             force=force)
         if want_latex:
             if output is None:
-                click.echo(compiled.latex(**options), nl=False)
+                click.echo(compiled.latex(**latex_options), nl=False)
             else:
-                compiled.write_latex(output, **options)
+                compiled.write_latex(output, **latex_options)
                 click.echo(f"wrote {output}", err=True)
         if python_dir is not None:
             path = compiled.to_python(python_dir, expand=expand, seq=seq, force=force, dtype=dtype)
             click.echo(f"wrote {path}" + ("" if expand else f" and {path.with_name('weights.safetensors')}"),
                        err=True)
+        if tex_path is not None:
+            compiled.tex(tex_path, fragment=fragment, **options)
+            needs = f" (its preamble needs \\usepackage{{{','.join(PACKAGES)}}})" if fragment else ""
+            click.echo(f"wrote {tex_path}{needs}", err=True)
+        if pdf_path is not None:
+            compiled.pdf(pdf_path, **options)
+            click.echo(f"wrote {pdf_path}", err=True)
+        if html_path is not None:
+            compiled.html(html_path, **options)
+            click.echo(f"wrote {html_path}", err=True)
 
     _guarded(work)
 

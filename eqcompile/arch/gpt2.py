@@ -106,21 +106,7 @@ def lower(checkpoint: Checkpoint) -> Program:
     config, prefix, notes = read_config(checkpoint)
     d, inner, vocab = config.n_embd, config.n_inner, config.vocab_size
     h = "{layer}"
-    expected = {f"{prefix}wte.weight": (vocab, d), f"{prefix}wpe.weight": (config.n_positions, d),
-                f"{prefix}ln_f.weight": (d,), f"{prefix}ln_f.bias": (d,)}
-    for index in range(config.n_layer):
-        block = f"{prefix}h.{index}."
-        expected.update({
-            block + "ln_1.weight": (d,), block + "ln_1.bias": (d,),
-            block + "attn.c_attn.weight": (d, 3 * d), block + "attn.c_attn.bias": (3 * d,),
-            block + "attn.c_proj.weight": (d, d), block + "attn.c_proj.bias": (d,),
-            block + "ln_2.weight": (d,), block + "ln_2.bias": (d,),
-            block + "mlp.c_fc.weight": (d, inner), block + "mlp.c_fc.bias": (inner,),
-            block + "mlp.c_proj.weight": (inner, d), block + "mlp.c_proj.bias": (d,),
-        })
-    if not config.tie_word_embeddings:
-        expected["lm_head.weight"] = (vocab, d)
-    expect_shapes(checkpoint, expected)
+    expect_shapes(checkpoint, _expected_tensors(config, prefix))
 
     stages = [_embedding(prefix), _block(config, prefix + f"h.{h}."), _unembedding(config, prefix)]
     return Program(
@@ -131,6 +117,25 @@ def lower(checkpoint: Checkpoint) -> Program:
         input_symbol=stages[0].input, positions=stages[0].extra_inputs[0], seq=seq, max_seq=config.n_positions, vocab=vocab,
         source=checkpoint.source, notes=notes, config=asdict(config),
     )
+
+
+def _expected_tensors(config: GPT2Config, prefix: str):
+    """(name, stored shape) of every tensor the lowering binds, layer by layer."""
+    d, inner, vocab = config.n_embd, config.n_inner, config.vocab_size
+    yield from [(f"{prefix}wte.weight", (vocab, d)), (f"{prefix}wpe.weight", (config.n_positions, d)),
+                (f"{prefix}ln_f.weight", (d,)), (f"{prefix}ln_f.bias", (d,))]
+    if not config.tie_word_embeddings:
+        yield "lm_head.weight", (vocab, d)
+    for index in range(config.n_layer):
+        block = f"{prefix}h.{index}."
+        yield from [
+            (block + "ln_1.weight", (d,)), (block + "ln_1.bias", (d,)),
+            (block + "attn.c_attn.weight", (d, 3 * d)), (block + "attn.c_attn.bias", (3 * d,)),
+            (block + "attn.c_proj.weight", (d, d)), (block + "attn.c_proj.bias", (d,)),
+            (block + "ln_2.weight", (d,)), (block + "ln_2.bias", (d,)),
+            (block + "mlp.c_fc.weight", (d, inner)), (block + "mlp.c_fc.bias", (inner,)),
+            (block + "mlp.c_proj.weight", (inner, d)), (block + "mlp.c_proj.bias", (d,)),
+        ]
 
 
 def _embedding(prefix: str) -> Stage:

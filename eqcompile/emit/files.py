@@ -35,6 +35,11 @@ def write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_output(path, "wb") as f:
+        f.write(data)
+
+
 SAFETENSORS_DTYPES = {"float32": ("F32", "<f4"), "float64": ("F64", "<f8")}
 
 

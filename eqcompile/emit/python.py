@@ -113,19 +113,12 @@ def parameter_value(checkpoint: Checkpoint, program: Program, param: Param, laye
         array = array[..., ref.columns[0]:ref.columns[1]]
     if ref.transpose:
         array = array.T
-    shape = tuple(int(sp.sympify(s).subs(program.dims)) for s in param.symbol.shape)
-    return np.ascontiguousarray(array.reshape(shape), dtype=np.float32)
+    return np.ascontiguousarray(array.reshape(program.numeric_shape(param.symbol)), dtype=np.float32)
 
 
 def weight_plan(program: Program) -> dict[str, tuple[Param, int | None]]:
     """Every key of the emitted weight file, with the parameter and layer it holds."""
-    plan: dict[str, tuple[Param, int | None]] = {}
-    for stage in program.stages:
-        for layer in range(stage.layers) if stage.layers else [None]:
-            for p in stage.params:
-                key = p.key.format(layer=layer) if layer is not None else p.key
-                plan.setdefault(key, (p, layer))
-    return plan
+    return {b.key: (b.param, b.layer) for b in program.bindings()}
 
 
 def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: str = "float32") -> Path:
@@ -138,8 +131,7 @@ def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: 
     folder = Path(folder)
     tokenizer = _tokenizer_source(checkpoint, folder)
     plan = weight_plan(program)
-    shapes = [(key, tuple(int(sp.sympify(s).subs(program.dims)) for s in p.symbol.shape))
-              for key, (p, _) in plan.items()]
+    shapes = [(key, program.numeric_shape(p.symbol)) for key, (p, _) in plan.items()]
     write_safetensors(folder / "weights.safetensors", shapes,
                       lambda key: parameter_value(checkpoint, program, *plan[key]),
                       progress_bar(shapes, "weights"), dtype)
