@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from . import arch
+from .emit import appendix as appendix_emitter
+from .emit import html as html_emitter
 from .emit import latex as latex_emitter
-from .emit.files import write_text
+from .emit.expanded import PACKAGES as EXPANSION_PACKAGES
+from .emit.expanded import expansion_latex, expansion_python
+from .expand import Expansion, expand
+from .emit.files import write_bytes, write_text
+from .emit.pdf import build_pdf
 from .emit.python import write_module
+from .errors import EqcompileError, TooLarge
 from .load import Checkpoint, load_checkpoint
+from .load.safetensors_file import DTYPES
 from .program import Program
+from .stats import Stats, stats
+from .tokenizer import Tokenizer, load_tokenizer, tokenizer_latex
+
+EXPANSION_LIMIT = 200_000  # scalar operations; beyond this --expand needs --force
 
 
 @dataclass
@@ -20,25 +33,103 @@ class CompiledModel:
     checkpoint: Checkpoint
     program: Program
 
-    def latex(self, level: str = "layer", unroll: bool = False, standalone: bool = False) -> str:
-        """The model as LaTeX: a fragment (amsmath, amssymb), or a full document."""
-        fragment = latex_emitter.render(self.program, level, unroll)
-        return latex_emitter.document(self.program, fragment) if standalone else fragment
+    def latex(self, level: str = "layer", unroll: bool = False, standalone: bool = False,
+              expand: bool = False, seq: int | None = None, force: bool = False) -> str:
+        """The model as LaTeX: a fragment (amsmath, amssymb), or a full document.
+
+        ``expand=True`` writes the literal equation instead: every weight substituted (numeric).
+        """
+        if expand:
+            fragment, packages = expansion_latex(self.expand(seq, force)), EXPANSION_PACKAGES
+        else:
+            tokenizer = tokenizer_latex(self.tokenizer) if self.tokenizer is not None else ""
+            fragment = latex_emitter.render(self.program, level, unroll, tokenizer)
+            packages = latex_emitter.PACKAGES
+        return latex_emitter.document(self.program, fragment, packages) if standalone else fragment
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer | None:
+        """The checkpoint's tokenizer, when its folder has one eqcompile supports."""
+        if self.checkpoint.folder is None:
+            return None
+        try:
+            return load_tokenizer(self.checkpoint.folder)
+        except EqcompileError:
+            return None
+
+    def stats(self, seq: int | None = None) -> Stats:
+        """Size of the equation, counted analytically (no expansion is built)."""
+        return stats(self.program, self.weight_bytes(), seq)
+
+    def weight_bytes(self) -> int:
+        """Bytes per stored weight: the checkpoint's dominant dtype."""
+        sizes: dict[int, int] = {}
+        for info in self.checkpoint.tensors.values():
+            size = DTYPES[info.dtype][1]
+            sizes[size] = sizes.get(size, 0) + info.nbytes // size
+        return max(sizes, key=sizes.get)
+
+    def expand(self, seq: int | None = None, force: bool = False) -> Expansion:
+        """The literal expansion (numeric); refused beyond EXPANSION_LIMIT operations unless forced."""
+        size = self.stats(seq)
+        if size.operations_total > EXPANSION_LIMIT and not force:
+            raise TooLarge(
+                f"the literal equation would have {size.operations_total:,} scalar operations "
+                f"(~{size.latex_chars:,} characters of LaTeX, ~{size.pages:,.0f} pages); the limit is "
+                f"{EXPANSION_LIMIT:,}: pass --force to build it anyway")
+        return expand(self.program, self.checkpoint, seq)
 
     def write_latex(self, path: str | Path, **options) -> Path:
         write_text(Path(path), self.latex(**options))
         return Path(path)
 
-    def to_python(self, folder: str | Path) -> Path:
-        """Write a numpy-only ``model.py`` and its ``weights.safetensors`` into ``folder``."""
-        return write_module(self.program, self.checkpoint, Path(folder))
+    def to_python(self, folder: str | Path, expand: bool = False, seq: int | None = None,
+                  force: bool = False, dtype: str = "float32") -> Path:
+        """Write a numpy-only ``model.py`` and its ``weights.safetensors`` into ``folder``.
+
+        ``expand=True`` writes the literal equation as a pure-Python ``model.py`` (math only).
+        """
+        if expand:
+            path = Path(folder) / "model.py"
+            write_text(path, expansion_python(self.expand(seq, force)))
+            return path
+        return write_module(self.program, self.checkpoint, Path(folder), dtype)
+
+    def appendix(self, title: str | None = None, author: str = "", numbers: bool = False,
+                 cost: appendix_emitter.Table | None = None,
+                 decorate: latex_emitter.Decorate | None = None) -> appendix_emitter.Appendix:
+        """The content of the PDF/HTML appendix. Reads every weight once, for the statistics.
+
+        ``numbers`` adds the literal matrices (tiny models only); ``cost`` a cost summary table.
+        """
+        return appendix_emitter.build(self.checkpoint, self.program, title, author, numbers, decorate, cost)
+
+    def tex(self, path: str | Path, fragment: bool = False, **options) -> Path:
+        """Write the appendix as a LaTeX document, or as an ``\\input``-able fragment."""
+        write_text(Path(path), appendix_emitter.tex(self.appendix(**options), fragment))
+        return Path(path)
+
+    def pdf(self, path: str | Path, engine: str = "pdflatex", **options) -> Path:
+        """Write the appendix as a PDF, typeset by TeX (latexmk, no shell escape)."""
+        write_bytes(Path(path), build_pdf(appendix_emitter.tex(self.appendix(**options)), engine).pdf)
+        return Path(path)
+
+    def html(self, path: str | Path, **options) -> Path:
+        """Write the appendix as one self-contained HTML page (KaTeX inlined; opens offline)."""
+        content = self.appendix(decorate=html_emitter.decorate, **options)
+        write_text(Path(path), html_emitter.page(self.program, content))
+        return Path(path)
 
     def _repr_latex_(self) -> str:
         """Jupyter shows the model as its composition (display math)."""
         return latex_emitter.composition(self.program).replace("align*", "aligned").join(("$$", "$$"))
 
 
-def compile(source: str | Path) -> CompiledModel:
-    """Load a checkpoint (file, folder, sharded index or cached hub id) and lower it to equations."""
-    checkpoint = load_checkpoint(source)
+def compile(source: str | Path, activation: str | None = None) -> CompiledModel:
+    """Load a checkpoint (file, folder, sharded index or cached hub id) and lower it to equations.
+
+    ``activation`` sets an mlp model's activation over its config.json's (or supplies it).
+    """
+    settings = {"activation": activation} if activation is not None else {}
+    checkpoint = arch.with_settings(load_checkpoint(source), settings)
     return CompiledModel(checkpoint, arch.lower(checkpoint))

@@ -5,14 +5,16 @@ Every :class:`~eqcompile.errors.EqcompileError` becomes one line on stderr and e
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from . import api
+from .emit.appendix import PACKAGES
 from .emit.latex import LEVELS
-from .errors import EqcompileError
+from .errors import EqcompileError, TeXError
 
 
 class DefaultToCompile(click.Group):
@@ -29,10 +31,17 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # so that half-written temp files are removed on the way out
+
+
 def _guarded(work):
     """Run ``work()``; turn any failure into one line and an exit code, never a traceback."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return work()
+    except TeXError as e:  # the generated document or the TeX installation, not the input
+        _fail(f"error: {e}", 1)
     except EqcompileError as e:
         _fail(f"error: {e}", 2)
     except KeyboardInterrupt:
@@ -51,11 +60,20 @@ def main():
     \b
     eqcompile MODEL --latex [-o FILE] [--level model|layer|index] [--standalone]
     eqcompile MODEL --python DIR
+    eqcompile MODEL --latex --expand      (tiny models: every number written out)
+    eqcompile stats MODEL [--json]
+    eqcompile MODEL --pdf FILE | --tex FILE [--fragment] | --html FILE
     eqcompile verify MODEL [--seq N]
+    (compile and verify take --activation NAME for an mlp model)
 
     MODEL is a .safetensors or .gguf file, a model folder, a model.safetensors.index.json of
     shards, or a Hugging Face hub id already in the local cache (nothing is downloaded).
     """
+
+
+activation_option = click.option(
+    "--activation", help="Activation between the Linear layers of an mlp model (relu, tanh, sigmoid, "
+    "gelu, silu); overrides config.json's.")
 
 
 @main.command("compile")
@@ -69,23 +87,103 @@ def main():
 @click.option("--unroll", is_flag=True, help="Write every layer out instead of one generic layer (l).")
 @click.option("--python", "python_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/model.py (numpy only) and DIR/weights.safetensors.")
-def compile_command(model, want_latex, output, level, standalone, unroll, python_dir):
-    """Compile MODEL to LaTeX and/or a numpy module."""
-    if not want_latex and python_dir is None:
-        _fail("error: choose an output: --latex [-o FILE] and/or --python DIR", 2)
+@click.option("--expand", is_flag=True,
+              help="The literal equation: every weight substituted, as scalar terms (tiny models). "
+                   "With --python, DIR/model.py is then pure Python (math only).")
+@click.option("--seq", type=click.IntRange(min=1), help="Sequence length of the expansion (default: the context).")
+@click.option("--force", is_flag=True, help="Expand even beyond the size limit.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="Weights (and so arithmetic) of the emitted numpy module.")
+@click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the appendix (model card, equations, symbols with statistics) as a PDF.")
+@click.option("--tex", "tex_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the appendix's LaTeX source.")
+@click.option("--fragment", is_flag=True, help="With --tex: an \\input-able appendix, no preamble.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the appendix as one self-contained HTML page (opens offline).")
+@click.option("--title", help="The appendix's title.")
+@click.option("--author", default="", help="The appendix's author line.")
+@click.option("--numbers", is_flag=True, help="Add every weight's values to the appendix (tiny models only).")
+@activation_option
+def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, expand, seq, force,
+                    dtype, pdf_path, tex_path, fragment, html_path, title, author, numbers, activation):
+    """Compile MODEL to LaTeX, a numpy module, and/or an appendix (PDF, TeX, HTML)."""
+    appendix_paths = [p for p in (pdf_path, tex_path, html_path) if p is not None]
+    if fragment and tex_path is None:
+        _fail("error: --fragment applies to --tex FILE", 2)
+    if not want_latex and python_dir is None and not appendix_paths:
+        _fail("error: choose an output: --latex [-o FILE], --python DIR, --pdf FILE, --tex FILE or --html FILE", 2)
+    if (title is not None or author or numbers) and not appendix_paths:
+        _fail("error: --title, --author and --numbers apply to --pdf, --tex and --html", 2)
+    options = dict(title=title, author=author, numbers=numbers)
+
+    def work():
+        compiled = api.compile(model, activation=activation)
+        if seq is not None and seq > compiled.program.max_seq:
+            raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
+        latex_options = dict(level=level, unroll=unroll, standalone=standalone, expand=expand, seq=seq,
+                             force=force)
+        if want_latex:
+            if output is None:
+                click.echo(compiled.latex(**latex_options), nl=False)
+            else:
+                compiled.write_latex(output, **latex_options)
+                click.echo(f"wrote {output}", err=True)
+        if python_dir is not None:
+            path = compiled.to_python(python_dir, expand=expand, seq=seq, force=force, dtype=dtype)
+            click.echo(f"wrote {path}" + ("" if expand else f" and {path.with_name('weights.safetensors')}"),
+                       err=True)
+        if tex_path is not None:
+            compiled.tex(tex_path, fragment=fragment, **options)
+            needs = f" (its preamble needs \\usepackage{{{','.join(PACKAGES)}}})" if fragment else ""
+            click.echo(f"wrote {tex_path}{needs}", err=True)
+        if pdf_path is not None:
+            compiled.pdf(pdf_path, **options)
+            click.echo(f"wrote {pdf_path}", err=True)
+        if html_path is not None:
+            compiled.html(html_path, **options)
+            click.echo(f"wrote {html_path}", err=True)
+
+    _guarded(work)
+
+
+@main.command("stats")
+@click.argument("model")
+@click.option("--seq", type=click.IntRange(min=1), help="Context length n (default: the model's).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats_command(model, seq, as_json):
+    """How big is MODEL's equation? Counted from the shapes alone, in well under a second.
+
+    \b
+    parameters: the equation's constants
+    operations: scalar operations of the literal equation for n tokens, by kind
+    per token: operations to add the n-th token given the earlier ones (a KV cache)
+    weights read: bytes of weights one generated token reads (lookup tables: one row)
+    literal size: estimated characters of LaTeX and A4 pages if written out
+    """
+    import dataclasses
+    import json
 
     def work():
         compiled = api.compile(model)
-        if want_latex:
-            text = compiled.latex(level=level, unroll=unroll, standalone=standalone)
-            if output is None:
-                click.echo(text, nl=False)
-            else:
-                compiled.write_latex(output, level=level, unroll=unroll, standalone=standalone)
-                click.echo(f"wrote {output}", err=True)
-        if python_dir is not None:
-            path = compiled.to_python(python_dir)
-            click.echo(f"wrote {path} and {path.with_name('weights.safetensors')}", err=True)
+        if seq is not None and seq > compiled.program.max_seq:
+            raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
+        result = compiled.stats(seq)
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(result), indent=2))
+            return
+        kinds = ", ".join(f"{kind} {count:,}" for kind, count in result.operations.items())
+        rows = [
+            ("family", compiled.program.family),
+            ("parameters", f"{result.parameters:,}"),
+            ("context length n", f"{result.seq:,}"),
+            ("operations for n tokens", f"{result.operations_total:,}  ({kinds})"),
+            ("operations per token at n", f"{result.operations_per_token:,}"),
+            ("weights read per token", f"{result.weight_bytes_per_token:,} bytes"),
+            ("literal equation (est.)", f"{result.latex_chars:,} LaTeX characters, {result.pages:,.1f} A4 pages"),
+        ]
+        for label, value in rows:
+            click.echo(f"{label:<27} {value}")
 
     _guarded(work)
 
@@ -94,16 +192,32 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
 @click.argument("model")
 @click.option("--seq", "seqs", type=click.IntRange(min=1), multiple=True,
               help="Sequence length to test (repeatable; default 1, 7 and the full context up to 128).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random tokens.")
-def verify_command(model, seqs, seed):
-    """Run the emitted module and transformers on the same random tokens and compare logits.
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--exact", is_flag=True,
+              help="Compare every implementation with the equation evaluated in arbitrary precision.")
+@click.option("--digits", type=click.IntRange(min=20), default=40, show_default=True,
+              help="Decimal digits of the exact evaluation.")
+@click.option("--json", "as_json", is_flag=True, help="With --exact: machine-readable output.")
+@click.option("--force", is_flag=True, help="With --exact: run even when the estimate is long.")
+@activation_option
+def verify_command(model, seqs, seed, exact, digits, as_json, force, activation):
+    """Run the emitted module and the reference on the same random inputs; compare the outputs.
 
+    The reference is transformers (torch's nn.Sequential for an mlp).
     Exits 1 when max |error| > 1e-4 or max |error| / max |reference| > 1e-5.
+
+    With --exact: the equation is evaluated with mpmath (--digits), the checkpoint's weights taken
+    as exact numbers, and each implementation (numpy float32 and float64, torch float32 and
+    bfloat16) is measured against it: max absolute and relative error, agreeing bits, whether
+    its argmax agrees, and whether three runs are bit-identical. Default --seq 16.
     """
     from .verify import ABS_TOLERANCE, REL_TOLERANCE, verify
 
     def work():
-        compiled = api.compile(model)
+        compiled = api.compile(model, activation=activation)
+        if exact:
+            return _exact_report(compiled, min(seqs[0] if seqs else 16, compiled.program.max_seq),
+                                 digits, seed, as_json, force)
         longest = min(compiled.program.max_seq, 128)
         lengths = sorted(set(seqs or (1, min(7, longest), longest)))
         if max(lengths) > compiled.program.max_seq:
@@ -117,3 +231,22 @@ def verify_command(model, seqs, seed):
 
     if not _guarded(work):
         _fail("verification failed: the emitted module differs from the reference beyond tolerance", 1)
+
+
+def _exact_report(compiled, seq, digits, seed, as_json, force) -> bool:
+    import dataclasses
+    import json
+
+    from .exact import deviations
+
+    rows = deviations(compiled, seq, digits, seed, force)
+    if as_json:
+        click.echo(json.dumps({"seq": seq, "digits": digits,
+                               "implementations": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        return True
+    click.echo(f"exact: {digits} digits, seq {seq}")
+    click.echo(f"{'implementation':<16} {'max abs err':>12} {'max rel err':>12} {'bits':>6} {'argmax':>7} deterministic")
+    for r in rows:
+        click.echo(f"{r.implementation:<16} {r.max_abs:>12.3e} {r.max_rel:>12.3e} {r.bits:>6.1f} "
+                   f"{r.argmax_agrees:>7.0%} {'yes' if r.deterministic else 'no'}")
+    return True

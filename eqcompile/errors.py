@@ -19,3 +19,15 @@ class UnsupportedArchitecture(EqcompileError):
 
 class ReferenceUnavailable(EqcompileError):
     """Verification needs the reference implementation (transformers + torch), which is missing."""
+
+
+class TooLarge(EqcompileError):
+    """The literal expansion would be too big to build (the user can insist with --force)."""
+
+
+class TeXError(EqcompileError):
+    """TeX failed on a generated document, or is missing. Not the input's fault: the CLI exits 1."""
+
+    def __init__(self, message: str, out_of_memory: bool = False):
+        super().__init__(message)
+        self.out_of_memory = out_of_memory  # pdflatex hit its memory limits: lualatex may manage

@@ -51,6 +51,10 @@ class Param:
     def name(self) -> str:
         return self.symbol.name
 
+    def latex_at(self, layer: str) -> str:
+        """Its LaTeX with the layer written as ``layer`` ("l" or a 1-based number)."""
+        return Template(self.latex).substitute(_layer_fill(layer))
+
 
 @dataclass(frozen=True)
 class Equation:
@@ -72,6 +76,7 @@ class Stage:
     layers: int | None = None  # None: applied once; L: applied L times with superscript (l)
     layer_symbols: tuple[sp.Symbol, ...] = ()  # scalar symbols that depend on the layer (e.g. l)
     extra_inputs: tuple[MatrixSymbol, ...] = ()  # inputs besides the stream (e.g. a padding mask)
+    cached: tuple[MatrixSymbol, ...] = ()  # rows kept across generation steps (keys and values)
 
     @property
     def output(self) -> MatrixSymbol:
@@ -79,10 +84,8 @@ class Stage:
 
     def latex_names(self, layer: str) -> dict[sp.Basic, str]:
         """LaTeX for every symbol of this stage, with the layer written as ``layer``."""
-        names = {}
+        names = {p.symbol: p.latex_at(layer) for p in self.params}
         fill = _layer_fill(layer)
-        for p in self.params:
-            names[p.symbol] = Template(p.latex).substitute(fill)
         for eq in [Equation(s, s) for s in (self.input, *self.extra_inputs)] + self.equations:
             template = self.locals_latex.get(eq.lhs.name, eq.lhs.name)
             names[eq.lhs] = Template(template).substitute(fill)
@@ -106,14 +109,55 @@ class Program:
     dim_latex: dict[sp.Symbol, str]
     dim_python: dict[sp.Symbol, str]
     input_symbol: MatrixSymbol  # what forward() takes: token ids t, or a vector x
-    seq: sp.Symbol  # the sequence length n (set by the input)
-    max_seq: int
-    vocab: int
+    seq: sp.Symbol | None  # the sequence length n (set by the input); None for a fixed-size input
+    max_seq: int  # the longest input verify may draw (1 for a single vector)
+    vocab: int  # token ids lie in [0, vocab); 0 when forward() takes no tokens
+    positions: MatrixSymbol | None = None  # token positions p = (0, ..., n-1), an input of known value
     interface: str = "causal_lm"  # the emitted forward(): templates/forward_<interface>.py.j2
     source: str = ""
     notes: list[str] = field(default_factory=list)  # stated assumptions (e.g. inferred config)
     config: dict = field(default_factory=dict)  # the family's parsed config, for the model card
 
     @property
+    def takes_tokens(self) -> bool:
+        """Whether forward() takes token ids (the other interface takes a real vector)."""
+        return self.interface != "vector"
+
+    @property
     def params(self) -> list[tuple[Stage, Param]]:
         return [(stage, p) for stage in self.stages for p in stage.params]
+
+    def bindings(self) -> list[Binding]:
+        """Every parameter bound to each layer that uses it, in order, each weight key once."""
+        found: dict[str, Binding] = {}
+        for stage in self.stages:
+            for layer in range(stage.layers) if stage.layers else [None]:
+                for p in stage.params:
+                    binding = Binding(stage, p, layer)
+                    found.setdefault(binding.key, binding)
+        return list(found.values())
+
+    def numeric_shape(self, symbol: MatrixSymbol) -> tuple[int, ...]:
+        """A symbol's shape with the dimensions' values put in."""
+        return tuple(int(sp.sympify(s).subs(self.dims)) for s in symbol.shape)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A parameter bound to one layer's tensor: what one key of the emitted weight file holds."""
+
+    stage: Stage
+    param: Param
+    layer: int | None  # 0-based, as in tensor names; None for a stage applied once
+
+    @property
+    def key(self) -> str:
+        return self.param.key if self.layer is None else self.param.key.format(layer=self.layer)
+
+    @property
+    def source(self) -> TensorRef:
+        return self.param.source.for_layer(self.layer)
+
+    @property
+    def latex(self) -> str:
+        return self.param.latex_at("l" if self.layer is None else str(self.layer + 1))

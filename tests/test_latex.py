@@ -18,7 +18,7 @@ WRAPPER = "\\documentclass{article}\n\\usepackage{amsmath,amssymb}\n\\begin{docu
 
 def test_layer_level_uses_the_notation():
     text = eqcompile.compile(SAMPLE).latex()
-    for piece in [r"X^{(l+1)}", r"W_Q^{(l)}", r"\operatorname{softmax}", r"\operatorname{mask}",
+    for piece in [r"X^{(l+1)}", r"W_Q^{(l)}", r"\operatorname{softmax}", r"\operatorname{mask}", r"\subsection*{Tokenizer}",
                   r"\operatorname{LN}\left(X^{(l)};\, \gamma_1^{(l)}, \beta_1^{(l)}\right)",
                   r"\frac{1}{\sqrt{d_{\mathrm{head}}}}", r"for $l = 1, \dots, L$", r"{W_E}^{\top}",
                   r"X^{(l+\frac{1}{2})} &= X^{(l)} + Z^{(l)} W_O^{(l)} + \mathbf{1} b_O^{(l)}"]:

@@ -108,10 +108,11 @@ def test_verify_uses_the_family_reference(tmp_path, model_type, overrides):
     assert [r.seq for r in results] == [1, 16] and all(r.ok for r in results)
 
 
-def _rope_adjacent_pairs(x, theta):  # GPT-J's convention: features (2k, 2k + 1) rotate together
-    angles = np.arange(x.shape[-2], dtype=np.float32)[:, None] * theta
+def _rope_adjacent_pairs(x, theta, positions):  # GPT-J's convention: features (2k, 2k + 1) rotate together
+    angles = (positions.astype(np.float32)[:, None] * theta)[:, None, :]
     cos, sin = np.cos(angles), np.sin(angles)
-    even, odd = x[..., 0::2], x[..., 1::2]
+    heads = x.reshape(x.shape[0], -1, 2 * theta.shape[-1])
+    even, odd = heads[..., 0::2], heads[..., 1::2]
     return np.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1).reshape(x.shape)
 
 
@@ -134,7 +135,8 @@ def test_emitted_block_reads_like_the_equations(tmp_path):
     folder = make_llama(tmp_path / "ckpt", num_key_value_heads=1, mlp_bias=True)
     source = eqcompile.compile(folder).to_python(tmp_path / "out").read_text()
     for line in ["theta = rope_frequencies(rope_theta, d_head)",
-                 "rope(split_heads(q, n_head), theta) @ rope(grouped_heads(k, n_kv_head, n_head), theta).mT",
+                 "q = rope(h @ W_Q, theta, p)", "k = cache.extend('k', k)",
+                 "split_heads(q, n_head) @ grouped_heads(k, n_kv_head, n_head).mT / math.sqrt(d_head)",
                  "m = silu(h_mid @ W_gate + b_gate) * (h_mid @ W_up + b_up)  # [n, d_ff]",
                  "x_next = x_mid + (m @ W_down + b_down)  # [n, d]"]:
         assert line in source, line
@@ -322,3 +324,24 @@ def test_sliding_window_mask_is_transformers_mask():
     expected = np.array([[bool(visible(0, 0, torch.tensor(q), torch.tensor(kv))) for kv in range(6)]
                          for q in range(6)])
     assert np.array_equal(np.isfinite(masked), expected)
+
+
+def test_cached_generation_matches_transformers(tmp_path):
+    """RoPE at the state's positions and the KV cache: greedy generation token-identical, and cached
+    logits equal to the full forward at every position (sliding window and GQA included)."""
+    import torch
+    import transformers
+
+    folder = make_llama(tmp_path / "ckpt", num_attention_heads=4, num_key_value_heads=2, head_dim=6)
+    module = emitted(folder, tmp_path / "out")
+    tokens = np.arange(16) * 7 % 50
+    state, full = module.init_state(), module.forward(tokens)
+    for i, token in enumerate(tokens):
+        state, logits = module.advance(state, [token])
+        np.testing.assert_allclose(logits[0], full[i], atol=1e-5, rtol=0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompt = [3, 17, 5]
+    with torch.no_grad():
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=0,
+                                  attention_mask=torch.ones(1, 3, dtype=torch.long))[0, 3:].tolist()
+    assert module.generate(prompt, 12, seed=0, temperature=0) == expected

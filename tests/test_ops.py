@@ -32,7 +32,7 @@ def example(op):
         Embed: Embed(W, t), FirstRows: FirstRows(W, n), Linear: Linear(X, W, b),
         LayerNorm: LayerNorm(X, g, beta, epsilon), RMSNorm: RMSNorm(X, g, epsilon),
         Softmax: Softmax(S), CausalMask: CausalMask(S), SplitHeads: SplitHeads(X, n_head),
-        MergeHeads: MergeHeads(X, n_head), RoPE: RoPE(X, theta),
+        MergeHeads: MergeHeads(X, n_head), RoPE: RoPE(X, theta, t),
         RotaryFrequencies: RotaryFrequencies(rope_theta, d_head),
         Llama3Frequencies: Llama3Frequencies(theta, rope_factor, low_freq_factor, high_freq_factor, original_context),
         GroupedHeads: GroupedHeads(X, n_kv_head, n_head), SlidingWindowMask: SlidingWindowMask(S, window),
@@ -56,7 +56,7 @@ GOLDEN = {
     SiLU: (r"\operatorname{SiLU}\left(X\right)", "silu(X)"),
     QuickGELU: (r"\operatorname{QuickGELU}\left(X\right)", "quick_gelu(X)"),
     Tanh: (r"\operatorname{\tanh}\left(X\right)", "tanh(X)"),
-    RoPE: (r"\operatorname{RoPE}_{\theta}\left(X\right)", "rope(X, theta)"),
+    RoPE: (r"\operatorname{RoPE}_{\theta}\left(X;\, t\right)", "rope(X, theta, t)"),
     RotaryFrequencies: (r"\left(rope_{\theta}^{-2(k-1)/d_{head}}\right)_{k=1}^{d_{head}/2}",
                         "rope_frequencies(rope_theta, d_head)"),
     Llama3Frequencies: (r"\operatorname{llama3}_{rope_{factor}, low_{freq factor}, high_{freq factor}, "
@@ -81,7 +81,8 @@ def test_every_op_prints_in_both_printers(op):
 @pytest.mark.parametrize("op", ACTIVATIONS, ids=lambda op: op.__name__)
 def test_numpy_activation_matches_its_scalar_definition(op):
     x = np.linspace(-9, 9, 2001)
-    expected = np.array([op.scalar(float(v)) for v in x])
+    expected = sp.lambdify(sp.Symbol("x"), op.scalar(sp.Symbol("x")), "math")
+    expected = np.array([expected(float(v)) for v in x])
     for dtype, tolerance in [(np.float64, 3e-7), (np.float32, 2e-6)]:
         got = op.numpy_functions[-1](x.astype(dtype))
         assert got.dtype == dtype  # no promotion of float32 to float64

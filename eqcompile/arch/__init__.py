@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 
-from ..errors import UnsupportedArchitecture
+from ..errors import ConfigError, UnsupportedArchitecture
 from ..load import Checkpoint
 from ..program import Program
+
+
+def random_tokens(program: Program, rng: np.random.Generator, length: int) -> np.ndarray:
+    """``length`` token ids drawn uniformly from the vocabulary: verify's input to a language model."""
+    return rng.integers(0, program.vocab, size=length)
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,10 @@ class Family:
     model_types: tuple[str, ...]  # config.json "model_type" values this family lowers
     recognises: Callable[[Checkpoint], bool]  # by tensor names, for files without config.json
     lower: Callable[[Checkpoint], Program]
-    reference: Callable[[Checkpoint], Callable[[np.ndarray], np.ndarray]]  # transformers forward
+    reference: Callable[..., Callable[[np.ndarray], np.ndarray]]  # (checkpoint, dtype=) -> torch forward
+    # verify's random input of forward() for a given length (tokens: the sequence length)
+    sample_input: Callable[[Program, np.random.Generator, int], np.ndarray] = random_tokens
+    settings: tuple[str, ...] = ()  # config keys the command line may set (e.g. "activation")
 
 
 def families() -> list[Family]:
@@ -53,6 +61,21 @@ def family_of(checkpoint: Checkpoint) -> Family:
     raise UnsupportedArchitecture(
         "cannot tell the architecture: no config.json with a model_type, and the tensor names "
         f"match no supported family (supported: {supported})")
+
+
+def with_settings(checkpoint: Checkpoint, settings: dict) -> Checkpoint:
+    """The checkpoint with command-line settings (e.g. ``--activation``) over its config.json's.
+
+    The lowering and the reference both read the merged config, so they compute the same model.
+    """
+    if not settings:
+        return checkpoint
+    family = family_of(checkpoint)
+    for key in settings:
+        if key not in family.settings:
+            takers = ", ".join(f.name for f in families() if key in f.settings)
+            raise ConfigError(f"{family.name} models take no {key!r} setting (it applies to: {takers})")
+    return replace(checkpoint, config={**(checkpoint.config or {}), **settings})
 
 
 def lower(checkpoint: Checkpoint) -> Program:

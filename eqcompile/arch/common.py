@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
@@ -68,9 +70,13 @@ class ConfigReader:
         return value
 
 
-def expect_shapes(checkpoint: Checkpoint, expected: dict[str, tuple[int, ...]]) -> None:
-    """Check that the tensors the lowering binds exist with the shapes the config implies."""
-    for name, shape in expected.items():
+def expect_shapes(checkpoint: Checkpoint, expected: Iterable[tuple[str, tuple[int, ...]]]) -> None:
+    """Check that the tensors the lowering binds exist with the shapes the config implies.
+
+    ``expected`` is consumed lazily, so a config claiming 10^12 layers fails at the first missing
+    tensor instead of listing them all first.
+    """
+    for name, shape in expected:
         if name not in checkpoint.tensors:
             raise CheckpointError(f"missing tensor {name!r} (the config implies it)")
         found = checkpoint.shape(name)

@@ -15,7 +15,7 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import ConfigError
 from ..load import Checkpoint
-from ..ops import (GELU, Embed, FirstRows, GELUTanh, LayerNorm, Linear, QuickGELU, ReLU, Sigmoid,
+from ..ops import (GELU, Embed, GELUTanh, LayerNorm, Linear, QuickGELU, ReLU, Sigmoid,
                    SiLU, Tanh, d_head, epsilon, n_head)
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
@@ -106,21 +106,7 @@ def lower(checkpoint: Checkpoint) -> Program:
     config, prefix, notes = read_config(checkpoint)
     d, inner, vocab = config.n_embd, config.n_inner, config.vocab_size
     h = "{layer}"
-    expected = {f"{prefix}wte.weight": (vocab, d), f"{prefix}wpe.weight": (config.n_positions, d),
-                f"{prefix}ln_f.weight": (d,), f"{prefix}ln_f.bias": (d,)}
-    for index in range(config.n_layer):
-        block = f"{prefix}h.{index}."
-        expected.update({
-            block + "ln_1.weight": (d,), block + "ln_1.bias": (d,),
-            block + "attn.c_attn.weight": (d, 3 * d), block + "attn.c_attn.bias": (3 * d,),
-            block + "attn.c_proj.weight": (d, d), block + "attn.c_proj.bias": (d,),
-            block + "ln_2.weight": (d,), block + "ln_2.bias": (d,),
-            block + "mlp.c_fc.weight": (d, inner), block + "mlp.c_fc.bias": (inner,),
-            block + "mlp.c_proj.weight": (inner, d), block + "mlp.c_proj.bias": (d,),
-        })
-    if not config.tie_word_embeddings:
-        expected["lm_head.weight"] = (vocab, d)
-    expect_shapes(checkpoint, expected)
+    expect_shapes(checkpoint, _expected_tensors(config, prefix))
 
     stages = [_embedding(prefix), _block(config, prefix + f"h.{h}."), _unembedding(config, prefix)]
     return Program(
@@ -128,19 +114,38 @@ def lower(checkpoint: Checkpoint) -> Program:
         dims={d_model: d, d_ff: inner, n_vocab: vocab, n_ctx: config.n_positions,
               n_head: config.n_head, d_head: d // config.n_head, epsilon: config.layer_norm_epsilon},
         dim_latex=DIM_LATEX, dim_python=DIM_PYTHON,
-        input_symbol=stages[0].input, seq=seq, max_seq=config.n_positions, vocab=vocab,
+        input_symbol=stages[0].input, positions=stages[0].extra_inputs[0], seq=seq, max_seq=config.n_positions, vocab=vocab,
         source=checkpoint.source, notes=notes, config=asdict(config),
     )
 
 
+def _expected_tensors(config: GPT2Config, prefix: str):
+    """(name, stored shape) of every tensor the lowering binds, layer by layer."""
+    d, inner, vocab = config.n_embd, config.n_inner, config.vocab_size
+    yield from [(f"{prefix}wte.weight", (vocab, d)), (f"{prefix}wpe.weight", (config.n_positions, d)),
+                (f"{prefix}ln_f.weight", (d,)), (f"{prefix}ln_f.bias", (d,))]
+    if not config.tie_word_embeddings:
+        yield "lm_head.weight", (vocab, d)
+    for index in range(config.n_layer):
+        block = f"{prefix}h.{index}."
+        yield from [
+            (block + "ln_1.weight", (d,)), (block + "ln_1.bias", (d,)),
+            (block + "attn.c_attn.weight", (d, 3 * d)), (block + "attn.c_attn.bias", (3 * d,)),
+            (block + "attn.c_proj.weight", (d, d)), (block + "attn.c_proj.bias", (d,)),
+            (block + "ln_2.weight", (d,)), (block + "ln_2.bias", (d,)),
+            (block + "mlp.c_fc.weight", (d, inner)), (block + "mlp.c_fc.bias", (inner,)),
+            (block + "mlp.c_proj.weight", (inner, d)), (block + "mlp.c_proj.bias", (d,)),
+        ]
+
+
 def _embedding(prefix: str) -> Stage:
-    t = MatrixSymbol("t", seq, 1)
+    t, positions = MatrixSymbol("t", seq, 1), MatrixSymbol("p", seq, 1)
     W_E = param("embedding", "W_E", n_vocab, d_model, "W_E", TensorRef(prefix + "wte.weight"))
     W_P = param("embedding", "W_P", n_ctx, d_model, "W_P", TensorRef(prefix + "wpe.weight"))
     x0 = MatrixSymbol("x", seq, d_model)
     return Stage("embedding", "Embedding", "E", t,
-                 [Equation(x0, residual(Embed(W_E.symbol, t), FirstRows(W_P.symbol, seq)))],
-                 [W_E, W_P], {"t": "t", "x": "X^{(0)}"})
+                 [Equation(x0, residual(Embed(W_E.symbol, t), Embed(W_P.symbol, positions)))],
+                 [W_E, W_P], {"t": "t", "p": "p", "x": "X^{(0)}"}, extra_inputs=(positions,))
 
 
 def _block(config: GPT2Config, block: str) -> Stage:
@@ -191,7 +196,7 @@ def _block(config: GPT2Config, block: str) -> Stage:
              "a": "A^{($l)}_h", "z": "Z^{($l)}", "x_mid": "X^{($half)}", "h_mid": r"\tilde{H}^{($l)}",
              "m": "M^{($l)}", "x_next": "X^{($next)}"}
     return Stage("block", "Transformer block", "B", x, equations, params, names,
-                 layers=config.n_layer,
+                 layers=config.n_layer, cached=(k, v),
                  layer_symbols=(layer,) if config.scale_attn_by_inverse_layer_idx else ())
 
 
@@ -211,8 +216,8 @@ def _unembedding(config: GPT2Config, prefix: str) -> Stage:
                  params, {"x": "X^{(L)}", "h": "H^{(L)}", "logits": "Z"})
 
 
-def reference(checkpoint: Checkpoint):
-    """transformers' GPT2LMHeadModel on the checkpoint's tensors: the ground truth for verify."""
+def reference(checkpoint: Checkpoint, dtype: str = "float32"):
+    """transformers' GPT2LMHeadModel on the checkpoint's tensors, computing in ``dtype``."""
     import torch
     import transformers
     from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
@@ -232,10 +237,11 @@ def reference(checkpoint: Checkpoint):
     missing = [m for m in missing if m != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
         raise ConfigError(f"reference model did not take the checkpoint (missing {missing}, unexpected {unexpected})")
+    model.to(getattr(torch, dtype))
 
     def forward(tokens: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model(torch.as_tensor(tokens, dtype=torch.long)[None]).logits[0].numpy()
+            return model(torch.as_tensor(tokens, dtype=torch.long)[None]).logits[0].float().numpy()
 
     return forward
 

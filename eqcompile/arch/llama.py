@@ -159,13 +159,14 @@ def recognises(checkpoint: Checkpoint) -> bool:
     return "model.embed_tokens.weight" in names and "model.layers.0.mlp.gate_proj.weight" in names
 
 
-def _expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(config: LlamaConfig):
+    """(name, stored shape) of every tensor the lowering binds, layer by layer (lazily)."""
     d, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     width_q = config.num_attention_heads * config.head_dim
     width_kv = config.num_key_value_heads * config.head_dim
-    expected = {"model.embed_tokens.weight": (vocab, d), "model.norm.weight": (d,)}
+    yield from [("model.embed_tokens.weight", (vocab, d)), ("model.norm.weight", (d,))]
     if not config.tie_word_embeddings:
-        expected["lm_head.weight"] = (vocab, d)
+        yield "lm_head.weight", (vocab, d)
     projections = {"self_attn.q_proj": (width_q, d, config.qkv_bias),
                    "self_attn.k_proj": (width_kv, d, config.qkv_bias),
                    "self_attn.v_proj": (width_kv, d, config.qkv_bias),
@@ -174,12 +175,11 @@ def _expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
                    "mlp.down_proj": (d, inner, config.mlp_bias)}
     for index in range(config.num_hidden_layers):
         block = f"model.layers.{index}."
-        expected.update({block + "input_layernorm.weight": (d,), block + "post_attention_layernorm.weight": (d,)})
+        yield from [(block + "input_layernorm.weight", (d,)), (block + "post_attention_layernorm.weight", (d,))]
         for name, (rows, cols, bias) in projections.items():
-            expected[block + name + ".weight"] = (rows, cols)
+            yield block + name + ".weight", (rows, cols)
             if bias:
-                expected[block + name + ".bias"] = (rows,)
-    return expected
+                yield block + name + ".bias", (rows,)
 
 
 def lower(checkpoint: Checkpoint) -> Program:
@@ -200,7 +200,8 @@ def lower(checkpoint: Checkpoint) -> Program:
         dims[window] = config.sliding_window
     return Program(
         family=config.model_type, stages=stages, dims=dims, dim_latex=DIM_LATEX, dim_python=DIM_PYTHON,
-        input_symbol=stages[0].input, seq=seq, max_seq=config.max_position_embeddings, vocab=config.vocab_size,
+        input_symbol=stages[0].input, positions=stages[1].extra_inputs[0], seq=seq,
+        max_seq=config.max_position_embeddings, vocab=config.vocab_size,
         source=checkpoint.source, notes=storage_notes(checkpoint, stages), config=asdict(config),
     )
 
@@ -242,6 +243,7 @@ def _block(config: LlamaConfig) -> Stage:
     gamma_1 = p("gamma_1", 1, d, r"\gamma_1", "input_layernorm.weight", transpose=False)
     gamma_2 = p("gamma_2", 1, d, r"\gamma_2", "post_attention_layernorm.weight", transpose=False)
     theta = MatrixSymbol("theta", 1, d_head / 2)
+    positions = MatrixSymbol("p", seq, 1)  # 0-based positions of the rows: RoPE turns by them
     x, h, q, k, v, a, z, x_mid, h_mid, m, x_next = (
         MatrixSymbol(name, seq, cols) for name, cols in
         [("x", d), ("h", d), ("q", width_q), ("k", width_kv), ("v", width_kv), ("a", seq), ("z", width_q),
@@ -256,12 +258,12 @@ def _block(config: LlamaConfig) -> Stage:
 
     grouped = config.num_key_value_heads != config.num_attention_heads
     keys, values = ((GroupedHeads(s, n_kv_head, n_head) if grouped else SplitHeads(s, n_head)) for s in (k, v))
-    scores = sp.Integer(1) / sp.sqrt(d_head) * RoPE(SplitHeads(q, n_head), theta) * RoPE(keys, theta).T
+    scores = sp.Integer(1) / sp.sqrt(d_head) * SplitHeads(q, n_head) * keys.T
     masked = SlidingWindowMask(scores, window) if config.sliding_window else CausalMask(scores)
     equations = [
         Equation(theta, _frequencies(config.rope)),
         Equation(h, RMSNorm(x, gamma_1.symbol, epsilon)),
-        Equation(q, query), Equation(k, key), Equation(v, value),
+        Equation(q, RoPE(query, theta, positions)), Equation(k, RoPE(key, theta, positions)), Equation(v, value),
         Equation(a, Softmax(masked)),
         Equation(z, MergeHeads(a * values, n_head)),
         Equation(x_mid, residual(x, output)),
@@ -271,10 +273,11 @@ def _block(config: LlamaConfig) -> Stage:
     ]
     params = [gamma_1, *query_params, *key_params, *value_params, *output_params, gamma_2, *gate_params,
               *up_params, *down_params]
-    names = {"theta": r"\theta", "x": "X^{($l)}", "h": "H^{($l)}", "q": "Q^{($l)}", "k": "K^{($l)}",
+    names = {"theta": r"\theta", "p": "p", "x": "X^{($l)}", "h": "H^{($l)}", "q": "Q^{($l)}", "k": "K^{($l)}",
              "v": "V^{($l)}", "a": "A^{($l)}_h", "z": "Z^{($l)}", "x_mid": "X^{($half)}",
              "h_mid": r"\tilde{H}^{($l)}", "m": "M^{($l)}", "x_next": "X^{($next)}"}
-    return Stage("block", "Transformer block", "B", x, equations, params, names, layers=config.num_hidden_layers)
+    return Stage("block", "Transformer block", "B", x, equations, params, names, layers=config.num_hidden_layers,
+                 extra_inputs=(positions,), cached=(k, v))
 
 
 def _unembedding(config: LlamaConfig) -> Stage:

@@ -35,24 +35,34 @@ def write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_output(path, "wb") as f:
+        f.write(data)
+
+
+SAFETENSORS_DTYPES = {"float32": ("F32", "<f4"), "float64": ("F64", "<f8")}
+
+
 def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]],
-                      produce: Callable[[str], np.ndarray], progress: Iterable | None = None) -> None:
-    """Stream float32 tensors into a safetensors file, one at a time (memory: one tensor).
+                      produce: Callable[[str], np.ndarray], progress: Iterable | None = None,
+                      dtype: str = "float32") -> None:
+    """Stream float tensors into a safetensors file, one at a time (memory: one tensor).
 
     ``entries`` gives names and shapes up front so the header is written first; ``produce(name)``
     returns each array when its turn comes.
     """
+    tag, stored = SAFETENSORS_DTYPES[dtype]
     header, offset = {}, 0
     for name, shape in entries:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(stored).itemsize
+        header[name] = {"dtype": tag, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format aligns data to 8 bytes
     with atomic_output(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         for name, shape in (progress if progress is not None else entries):
-            array = np.ascontiguousarray(produce(name), dtype="<f4")
+            array = np.ascontiguousarray(produce(name), dtype=stored)
             if array.shape != tuple(shape):
                 raise AssertionError(f"{name}: produced shape {array.shape}, declared {tuple(shape)}")
             f.write(array.tobytes())

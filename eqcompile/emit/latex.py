@@ -8,14 +8,15 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Callable
 
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE
 
 from ..ops import SplitHeads, is_per_head, n_head, ops_used_by
-from ..program import Program, Stage
+from ..program import Param, Program, Stage
 from .templates import render_template
 from .text import tex_escape
 
@@ -38,15 +39,55 @@ class EquationPrinter(LatexPrinter):
         return r" \odot ".join(self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
 
 
-def printer_for(program: Program, stage: Stage | None = None, layer: str = "l") -> EquationPrinter:
+# (parameter, layer as written, its LaTeX) -> the LaTeX to print, e.g. wrapped for hovering in HTML
+Decorate = Callable[[Param, str, str], str]
+
+
+@dataclass(frozen=True)
+class EquationLine:
+    lhs: str
+    rhs: str
+    scope: str = ""  # a range the equation holds over, e.g. "h = 1, \dots, n_{\mathrm{head}}"
+
+
+@dataclass(frozen=True)
+class StageBlock:
+    """A stage's equations, for a generic layer (l), one layer, or a stage applied once."""
+
+    stage: str  # the stage's name, "block"
+    title: str  # plain text: "Transformer block"
+    symbol: str  # LaTeX of the map in the composition, "B^{(3)}"; "" for a stage applied once
+    scope: str  # LaTeX of the layers it stands for, "l = 1, \dots, L"; "" otherwise
+    layer: int | None  # 1-based layer of an unrolled block
+    lines: list[EquationLine]
+
+
+@dataclass(frozen=True)
+class OpBlock:
+    """An op's definition in index notation."""
+
+    name: str
+    description: str  # plain text, the first line of its docstring
+    lines: list[EquationLine]
+
+
+def printer_for(program: Program, stage: Stage | None = None, layer: str = "l",
+                decorate: Decorate | None = None) -> EquationPrinter:
     names = {symbol: text for symbol, text in program.dim_latex.items()}
     if stage is not None:
         names.update(stage.latex_names(layer))
+        if decorate is not None:
+            for p in stage.params:
+                names[p.symbol] = decorate(p, layer, names[p.symbol])
     return EquationPrinter({"symbol_names": names})
 
 
-def render(program: Program, level: str = "layer", unroll: bool = False) -> str:
-    """A LaTeX fragment (needs amsmath and amssymb) stating the program at ``level``."""
+def render(program: Program, level: str = "layer", unroll: bool = False, tokenizer: str = "") -> str:
+    """A LaTeX fragment (needs amsmath and amssymb) stating the program at ``level``.
+
+    ``tokenizer``: the tokenizer's definition (``eqcompile.tokenizer.tokenizer_latex``), stated
+    first at the layer level, since the map starts with it.
+    """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}")
     parts = [f"% eqcompile: {program.family} model, level {level}\n% needs: "
@@ -55,8 +96,12 @@ def render(program: Program, level: str = "layer", unroll: bool = False) -> str:
         parts.append(composition(program))
     elif level == "layer":
         parts.append(composition(program))
+        if tokenizer:
+            parts.append(tokenizer)
         for stage in program.stages:
             parts.append(_stage_equations(program, stage, unroll))
+        if program.interface == "causal_lm":
+            parts.append(GENERATION)
         parts.append(symbol_table(program))
     else:
         parts.append(op_definitions(program))
@@ -67,8 +112,27 @@ def _notes(program: Program) -> str:
     return "".join(rf"\noindent\emph{{Note:}} {tex_escape(note)}\par" + "\n" for note in program.notes)
 
 
+GENERATION = r"""\paragraph{Generation.} The state after $i$ tokens holds, for every layer, the rows of
+$K^{(l)}$ and $V^{(l)}$ of positions $1, \dots, i$ (causal attention never changes them); $u$ is a
+uniform draw from a seeded generator, $T$ the temperature.
+\begin{align*}
+s_i &= \bigl(i,\ (K^{(l)}_{1:i},\, V^{(l)}_{1:i})_{l=1}^{L}\bigr), \qquad s_0 = (0, \varnothing) \\
+\operatorname{step}(s_i, t_{i+1}, u) &= \bigl(s_{i+1},\ F^{-1}\bigl(u;\ \operatorname{softmax}(Z_{i+1} / T)\bigr)\bigr) \\
+F^{-1}(u; \pi) &= \min\Bigl\{v : \sum_{w \le v} \pi_w > u\Bigr\}, \qquad u \sim \mathcal{U}[0, 1)
+\end{align*}
+where $Z_{i+1}$ is the last row of the logits $Z$ of $t_1, \dots, t_{i+1}$. Top-$k$ (top-$p$) sampling
+first sets $\pi_w = 0$ outside the $k$ most likely tokens (outside the most likely tokens whose
+mass reaches $p$) and renormalises; $T = 0$ means $\arg\max_v Z_{i+1, v}$.
+"""
+
+
 def composition(program: Program) -> str:
     """f_θ = U ∘ B^(L) ∘ … ∘ B^(1) ∘ E, with each map's domain and codomain."""
+    return "\\begin{align*}\n" + " \\\\\n".join(composition_lines(program)) + "\n\\end{align*}\n"
+
+
+def composition_lines(program: Program) -> list[str]:
+    """The lines of :func:`composition`, aligned at ``&``."""
     printer = printer_for(program)
     pieces, maps = [], []
     for stage in reversed(program.stages):
@@ -78,40 +142,65 @@ def composition(program: Program) -> str:
             pieces.append(stage.letter)
     for stage in program.stages:
         letter = stage.letter + ("^{(l)}" if stage.layers else "")
-        token_ids = stage.input == program.input_symbol and program.interface != "vector"
+        token_ids = stage.input == program.input_symbol and program.takes_tokens
         maps.append(rf"{letter} &: {_space(printer, stage.input, token_ids)} \to {_space(printer, stage.output)}")
     layers = next((s.layers for s in program.stages if s.layers), None)
     head = r"f_\theta &= " + r" \circ ".join(pieces)
     if layers:
         head += rf", \qquad L = {layers}"
-    lines = [head, *maps]
-    return "\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}\n"
+    return [head, *maps]
 
 
 def _space(printer, symbol, token_ids: bool = False) -> str:
     rows, cols = (printer._print(s) for s in symbol.shape)
     if token_ids:
         return rf"\mathcal{{V}}^{{{rows}}}"
+    if symbol.shape[1] == 1:  # a column vector
+        return rf"\mathbb{{R}}^{{{rows}}}"
     return rf"\mathbb{{R}}^{{{rows} \times {cols}}}"
 
 
 def _stage_equations(program: Program, stage: Stage, unroll: bool) -> str:
-    layers = [str(i) for i in range(1, stage.layers + 1)] if (stage.layers and unroll) else [None]
     out = []
-    for layer in layers:
-        printer = printer_for(program, stage, layer or "l")
-        if stage.layers and layer is None:
-            title = rf"{stage.title} $B^{{(l)}}$, for $l = 1, \dots, L$"
-        elif stage.layers:
-            title = rf"{stage.title} $B^{{({layer})}}$"
-        else:
-            title = stage.title
-        lines = [rf"{printer._print(eq.lhs)} &= {printer._print(eq.rhs)}" for eq in stage.equations]
-        heads = [eq for eq in stage.equations if is_per_head(eq.rhs)]
-        if heads:
-            lines[stage.equations.index(heads[-1])] += rf", \quad h = 1, \dots, {printer._print(n_head)}"
-        out.append(rf"\paragraph{{{title}.}}" + "\n\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}\n")
+    for block in stage_blocks(program, stage, unroll):
+        title = block.title
+        if block.symbol:
+            title += f" ${block.symbol}$"
+        if block.scope:
+            title += f", for ${block.scope}$"
+        out.append(rf"\paragraph{{{title}.}}" + "\n" + align(block.lines))
     return "".join(out)
+
+
+def align(lines: list[EquationLine]) -> str:
+    """An ``align*`` environment, aligned at the equals signs."""
+    rows = [rf"{line.lhs} &= {line.rhs}" + (rf", \quad {line.scope}" if line.scope else "") for line in lines]
+    return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}\n"
+
+
+def stage_blocks(program: Program, stage: Stage, unroll: bool,
+                 decorate: Decorate | None = None) -> list[StageBlock]:
+    """The stage's equations: once (for a generic layer l when repeated), or once per layer."""
+    layers = list(range(1, stage.layers + 1)) if (stage.layers and unroll) else [None]
+    blocks = []
+    for layer in layers:
+        printer = printer_for(program, stage, str(layer or "l"), decorate)
+        symbol = rf"{stage.letter}^{{({layer or 'l'})}}" if stage.layers else ""
+        scope = r"l = 1, \dots, L" if stage.layers and layer is None else ""
+        heads = [eq for eq in stage.equations if is_per_head(eq.rhs)]
+        lines = [EquationLine(printer._print(eq.lhs), printer._print(eq.rhs), _scope(program, printer, eq, heads))
+                 for eq in stage.equations]
+        blocks.append(StageBlock(stage.name, stage.title, symbol, scope, layer, lines))
+    return blocks
+
+
+def _scope(program: Program, printer, eq, heads) -> str:
+    """What an equation ranges over: the heads (stated once, on the last per-head line), positions."""
+    if heads and eq is heads[-1]:
+        return rf"h = 1, \dots, {printer._print(n_head)}"
+    if program.positions is not None and eq.rhs.has(program.positions):
+        return r"p = (0, 1, \dots, n - 1)"
+    return ""
 
 
 def symbol_table(program: Program) -> str:
@@ -128,13 +217,14 @@ def symbol_table(program: Program) -> str:
         source += r"$^{\top}$" if param.source.transpose else ""
         rows.append(rf"${printer._print(param.symbol)}$ & ${_space(printer, param.symbol)}$ & \texttt{{{source}}} \\")
     printer = printer_for(program)
-    dims = [rf"${printer._print(symbol)} = {_number(value)}$" for symbol, value in program.dims.items()]
+    dims = [rf"${printer._print(symbol)} = {number_latex(value)}$" for symbol, value in program.dims.items()]
     return ("\\paragraph{Symbols.}\n\\begin{tabular}{lll}\n\\hline\nsymbol & shape & source tensor \\\\\n"
             "\\hline\n" + "\n".join(rows) + "\n\\hline\n\\end{tabular}\n\n"
             + r"\paragraph{Dimensions.} " + ", ".join(dims) + ".\n")
 
 
-def _number(value) -> str:
+def number_latex(value) -> str:
+    """A dimension or constant as math: integers as they are, floats to 6 digits with a power of 10."""
     if isinstance(value, float):
         mantissa, _, exponent = f"{value:.6g}".partition("e")
         return rf"{mantissa} \times 10^{{{int(exponent)}}}" if exponent else mantissa
@@ -143,17 +233,22 @@ def _number(value) -> str:
 
 def op_definitions(program: Program) -> str:
     """Each op the program uses, in index notation."""
+    return "\n".join(rf"\paragraph{{{block.name}.}} {tex_escape(block.description)}" + "\n" + align(block.lines)
+                     for block in op_blocks(program))
+
+
+def op_blocks(program: Program) -> list[OpBlock]:
+    """The definitions of the ops the program uses, in ``OPS`` order."""
     printer = EquationPrinter({"symbol_names": dict(program.dim_latex)})
-    out = []
+    blocks = []
     for op in ops_used_by(program):
-        lines = op.definition_latex(printer)
-        title = (op.__doc__ or op.__name__).strip().splitlines()[0]
-        out.append(rf"\paragraph{{{op.__name__}.}} {tex_escape(title)}" + "\n\\begin{align*}\n"
-                   + " \\\\\n".join(line.replace(" = ", " &= ", 1) for line in lines) + "\n\\end{align*}\n")
-    return "\n".join(out)
+        lines = [EquationLine(*line.split(" = ", 1)) for line in op.definition_latex(printer)]
+        description = (op.__doc__ or op.__name__).strip().splitlines()[0]
+        blocks.append(OpBlock(op.__name__, description, lines))
+    return blocks
 
 
-def document(program: Program, fragment: str) -> str:
+def document(program: Program, fragment: str, packages=PACKAGES) -> str:
     """A standalone article around a fragment (``--standalone``)."""
-    return render_template("document.tex.j2", packages=PACKAGES, body=fragment,
+    return render_template("document.tex.j2", packages=packages, body=fragment,
                            title=f"A {program.family} model as equations", source=program.source)

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import sympy as sp
 
+from ..errors import ConfigError
 from ..load import Checkpoint
 from ..ops import is_per_head, ops_used_by
 from ..ops.base import numpy_source
 from ..program import Param, Program, Stage
+from ..tokenizer import load_tokenizer, write_tokenizer
 from .files import progress_bar, write_safetensors, write_text
 from .numpy_printer import ModulePrinter
 from .templates import render_template
 
 
-def module_source(program: Program) -> str:
-    """The text of ``model.py``: dims, op definitions, one function per stage, ``forward``."""
+def module_source(program: Program, tokenizer: str = "") -> str:
+    """The text of ``model.py``: dims, op definitions, one function per stage, ``forward``, and
+    ``tokenizer`` (the source :func:`eqcompile.tokenizer.write_tokenizer` returns), if any."""
     printer = ModulePrinter(program.dim_python)
     functions = []
     for op in ops_used_by(program):
@@ -40,6 +44,7 @@ def module_source(program: Program) -> str:
         parameters=parameters,
         repeated=[s.name for s in program.stages if s.layers],
         interface=program.interface,
+        tokenizer=tokenizer,
     )
 
 
@@ -49,7 +54,7 @@ def _composition(program: Program) -> str:
 
 
 def _shape(program: Program, symbol, expr) -> str:
-    if symbol == program.input_symbol:
+    if symbol == program.input_symbol and program.takes_tokens:
         return f"[{program.dim_python[program.seq]}]"  # token ids
     dims = [program.dim_python.get(s, str(s)) if isinstance(s, sp.Symbol) else str(s) for s in symbol.shape]
     if is_per_head(expr):
@@ -59,10 +64,15 @@ def _shape(program: Program, symbol, expr) -> str:
 
 def _stage_function(program: Program, stage: Stage, printer: ModulePrinter) -> str:
     args = [stage.input.name, *(p.name for p in stage.params), *(s.name for s in stage.extra_inputs),
-            *(str(s) for s in stage.layer_symbols)]
-    body = [f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {_shape(program, eq.lhs, eq.rhs)}"
-            for eq in stage.equations]
-    if any(_uses(line.split("  #")[0].split(" = ", 1)[1], program.dim_python[program.seq]) for line in body):
+            *(str(s) for s in stage.layer_symbols), *(["cache"] if stage.cached else [])]
+    body = []
+    for eq in stage.equations:
+        body.append(f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {_shape(program, eq.lhs, eq.rhs)}")
+        if eq.lhs in stage.cached:  # earlier positions' rows, then these: [m, d]
+            body.append(f"{eq.lhs.name} = cache.extend({eq.lhs.name!r}, {eq.lhs.name})  # with earlier positions")
+    if program.seq is not None and any(
+            _uses(line.split("  #")[0].split(" = ", 1)[1], program.dim_python[program.seq]) for line in body
+            if " = " in line):
         body.insert(0, f"{program.dim_python[program.seq]} = {stage.input.name}.shape[0]")
     doc = (f'"""{stage.title} {stage.letter}: {_shape(program, stage.input, stage.input)} -> '
            f'{_shape(program, stage.output, stage.output)}."""')
@@ -79,17 +89,19 @@ def _forward_calls(program: Program) -> list[str]:
     """The body of ``forward`` after its input checks: the composition, stage by stage."""
     calls, value = [], program.input_symbol.name
     for stage in program.stages:
-        extra = "".join(f", {name}={name}" for name in
-                        [*(s.name for s in stage.extra_inputs), *map(str, stage.layer_symbols)])
+        names = [*(s.name for s in stage.extra_inputs), *map(str, stage.layer_symbols)]
+        names += ["cache"] if stage.cached else []
+        extra = "".join(f", {name}={name}" for name in names)
         if stage.layers:
             loop, items = "params", f"weights[{stage.name!r}]"
+            if stage.cached:
+                loop, items = "params, cache", f"zip({items}, caches)"
             if stage.layer_symbols:
-                loop, items = "l, params", f"enumerate({items}, start=1)"
+                loop, items = f"l, ({loop})", f"enumerate({items}, start=1)"
             calls += [f"    for {loop} in {items}:", f"        x = {stage.name}({value}, **params{extra})"]
         else:
             calls.append(f"    x = {stage.name}({value}, **weights[{stage.name!r}]{extra})")
         value = "x"
-    calls.append("    return x")
     return calls
 
 
@@ -101,32 +113,40 @@ def parameter_value(checkpoint: Checkpoint, program: Program, param: Param, laye
         array = array[..., ref.columns[0]:ref.columns[1]]
     if ref.transpose:
         array = array.T
-    shape = tuple(int(sp.sympify(s).subs(program.dims)) for s in param.symbol.shape)
-    return np.ascontiguousarray(array.reshape(shape), dtype=np.float32)
+    return np.ascontiguousarray(array.reshape(program.numeric_shape(param.symbol)), dtype=np.float32)
 
 
 def weight_plan(program: Program) -> dict[str, tuple[Param, int | None]]:
     """Every key of the emitted weight file, with the parameter and layer it holds."""
-    plan: dict[str, tuple[Param, int | None]] = {}
-    for stage in program.stages:
-        for layer in range(stage.layers) if stage.layers else [None]:
-            for p in stage.params:
-                key = p.key.format(layer=layer) if layer is not None else p.key
-                plan.setdefault(key, (p, layer))
-    return plan
+    return {b.key: (b.param, b.layer) for b in program.bindings()}
 
 
-def write_module(program: Program, checkpoint: Checkpoint, folder: Path) -> Path:
-    """Write ``folder/model.py`` and ``folder/weights.safetensors``; return the module's path."""
+def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: str = "float32") -> Path:
+    """Write ``folder/model.py`` and ``folder/weights.safetensors`` (and ``tokenizer_data.json``
+    when the checkpoint folder has a supported tokenizer); return the module's path.
+
+    ``dtype="float64"`` stores the weights (float32 values, widened exactly) as float64, so the
+    module computes in float64: a second implementation to measure rounding against.
+    """
     folder = Path(folder)
+    tokenizer = _tokenizer_source(checkpoint, folder)
     plan = weight_plan(program)
-    shapes = [(key, tuple(int(sp.sympify(s).subs(program.dims)) for s in p.symbol.shape))
-              for key, (p, _) in plan.items()]
+    shapes = [(key, program.numeric_shape(p.symbol)) for key, (p, _) in plan.items()]
     write_safetensors(folder / "weights.safetensors", shapes,
                       lambda key: parameter_value(checkpoint, program, *plan[key]),
-                      progress_bar(shapes, "weights"))
-    write_text(folder / "model.py", module_source(program))
+                      progress_bar(shapes, "weights"), dtype)
+    write_text(folder / "model.py", module_source(program, tokenizer))
     return folder / "model.py"
+
+
+def _tokenizer_source(checkpoint: Checkpoint, folder: Path) -> str:
+    """``encode``/``decode`` for model.py; an unsupported tokenizer only costs them, with a warning."""
+    try:
+        tokenizer = load_tokenizer(checkpoint.folder)
+    except ConfigError as e:
+        warnings.warn(f"model.py gets no encode/decode: {e}", stacklevel=3)
+        return ""
+    return write_tokenizer(tokenizer, folder) if tokenizer is not None else ""
 
 
 def import_module(path: Path, name: str = "eqcompile_emitted"):

@@ -1,7 +1,8 @@
 """The jinja2 environment for ``templates/``, with LaTeX-safe delimiters.
 
 ``((* block *))``, ``((( variable )))`` and ``((= comment =))`` never clash with TeX's braces or
-with Python, so the templates stay readable as the documents they produce.
+with Python, so the templates stay readable as the documents they produce. Templates named
+``*.html.j2`` are HTML-escaped automatically; the others are escaped explicitly (``| tex``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from .text import tex_escape
+from .text import tex_code, tex_escape
 
 
 def template_folder() -> Path:
@@ -31,9 +32,11 @@ def environment() -> jinja2.Environment:
         variable_start_string="(((", variable_end_string=")))",
         comment_start_string="((=", comment_end_string="=))",
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined, autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
     )
     env.filters["tex"] = tex_escape
+    env.filters["texcode"] = tex_code
     env.filters["pyrepr"] = lambda value: pprint.pformat(value, width=100, sort_dicts=False)
     return env
 

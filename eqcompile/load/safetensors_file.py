@@ -73,21 +73,23 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
 
 
 def _tensor_info(path: Path, name: str, entry: object, data_start: int, size: int) -> TensorInfo:
-    where = f"{path.name}: tensor {name!r}"
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(f"{path.name}: tensor {name!r}: {problem}")
+
     if not isinstance(entry, dict):
-        raise CheckpointError(f"{where}: header entry is not an object")
+        raise bad("header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object tag is unhashable
-        raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
+        raise bad(f"unknown dtype {dtype!r}")
     if not (isinstance(shape, list) and all(_natural(s) for s in shape)):
-        raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
     if not (isinstance(offsets, list) and len(offsets) == 2
             and all(_natural(o) for o in offsets) and offsets[0] <= offsets[1]):
-        raise CheckpointError(f"{where}: data_offsets {offsets!r} are not [begin, end]")
+        raise bad(f"data_offsets {offsets!r} are not [begin, end]")
     nbytes = offsets[1] - offsets[0]
     expected = math.prod(shape) * DTYPES[dtype][1]
     if nbytes != expected:
-        raise CheckpointError(f"{where}: holds {nbytes} bytes but shape {shape} x {dtype} needs {expected}")
+        raise bad(f"holds {nbytes} bytes but shape {shape} x {dtype} needs {expected}")
     if data_start + offsets[1] > size:
         raise CheckpointError(
             f"{path.name}: file is truncated (tensor {name!r} ends at byte "

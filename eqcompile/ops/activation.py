@@ -7,9 +7,10 @@ from typing import Callable, ClassVar
 
 import latexify
 import numpy as np
+import sympy as sp
 
 from . import scalar
-from .base import MatrixOp, operator
+from .base import MatrixOp, count_operations, operator
 
 
 def gelu_tanh(x):  # GPT-2's "gelu_new"
@@ -65,6 +66,22 @@ class Activation(MatrixOp):
     @classmethod
     def definition_latex(cls, printer):
         return [str(latexify.get_latex(cls.scalar, use_math_symbols=True))]
+
+    @classmethod
+    def scalar_form(cls, x: sp.Symbol) -> sp.Expr:
+        """The definition applied to one scalar term, constants evaluated to 17 digits."""
+        return sp.nfloat(cls.scalar(x), 17)
+
+    def explicit(self, ev):
+        x = sp.Dummy("x")
+        form = self.scalar_form(x)
+        values = ev.shared(self.arg) if form.count(x) > 1 else ev.value(self.arg)
+        with sp.evaluate(False):  # keep tanh(-y) as written: sympy would pull the sign out
+            return values.applyfunc(lambda term: form.xreplace({x: term}))
+
+    def cost(self, ev):
+        rows, cols = ev.size(self)
+        return ev.cost(self.arg) + count_operations(self.scalar_form(sp.Dummy("x"))) * (rows * cols)
 
 
 class GELUTanh(Activation):

@@ -11,7 +11,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from .base import MatrixOp, i, j, k, m, n, operator
+from .base import MatrixOp, add, i, j, k, m, mul, n, operator, ops
 
 head = sp.Symbol("h", integer=True, positive=True)
 n_head = sp.Symbol("n_head", integer=True, positive=True)
@@ -23,8 +23,9 @@ def softmax(s):  # [..., n, n] -> [..., n, n], over the last axis
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def causal_mask(s):  # [..., n, n]: position i attends to j <= i only
-    future = np.triu(np.ones(s.shape[-2:], dtype=bool), k=1)
+def causal_mask(s):  # [..., n, m]: query i (the last n of m positions) attends to keys j <= i
+    n, m = s.shape[-2:]
+    future = np.triu(np.ones((n, m), dtype=bool), k=1 + m - n)
     return np.where(future, -np.inf, s)
 
 
@@ -47,6 +48,22 @@ class Softmax(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "softmax", self.arg)
 
+    def explicit(self, ev):  # masked (-oo) entries have probability 0 and cost nothing
+        scores = ev.value(self.arg)
+        out = sp.zeros(scores.rows, scores.cols)
+        for r in range(scores.rows):
+            visible = [c for c in range(scores.cols) if scores[r, c] != -sp.oo]
+            exps = {c: ev.name("e", sp.exp(scores[r, c], evaluate=False), r, c) for c in visible}
+            total = ev.name("D", add(*exps.values()), r)
+            for c in visible:
+                out[r, c] = mul(exps[c], sp.Pow(total, -1, evaluate=False))
+        return out
+
+    def cost(self, ev):
+        rows, cols = ev.size(self.arg)
+        visible = CausalMask.visible(rows, cols) if isinstance(self.arg, CausalMask) else rows * cols
+        return ev.cost(self.arg) + ops(exp=visible, add=visible - rows, div=visible)
+
     @classmethod
     def definition(cls):
         S = MatrixSymbol("S", m, n)
@@ -63,6 +80,21 @@ class CausalMask(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "causal_mask", self.arg)
+
+    @staticmethod
+    def visible(rows: int, cols: int) -> int:
+        """How many (i, j) with j <= i: the entries the mask keeps."""
+        return sum(min(cols, r + 1) for r in range(rows))
+
+    def explicit(self, ev):
+        scores = ev.value(self.arg)
+        return sp.Matrix(scores.rows, scores.cols, lambda r, c: scores[r, c] if c <= r else -sp.oo)
+
+    def cost(self, ev):  # masked scores are never computed: count the kept ones
+        rows, cols = ev.size(self.arg)
+        total = ev.cost(self.arg)
+        kept = self.visible(rows, cols)
+        return ops(**{kind: count * kept // (rows * cols) for kind, count in total.items()})
 
     @classmethod
     def definition(cls):
@@ -89,6 +121,15 @@ class SplitHeads(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "split_heads", self.arg, self.heads)
 
+    def explicit(self, ev):
+        width = ev.size(self)[1]
+        return ev.value(self.arg)[:, ev.head * width:(ev.head + 1) * width]
+
+    def cost(self, ev):
+        if not isinstance(self.arg, MatrixSymbol):
+            raise NotImplementedError("heads are split from named matrices only")
+        return ops()
+
     @classmethod
     def definition(cls):
         X = MatrixSymbol("X", n, n_head * d_head)
@@ -114,6 +155,12 @@ class MergeHeads(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "merge_heads", self.arg)
+
+    def explicit(self, ev):
+        return sp.Matrix.hstack(*ev.each_head(self.arg))
+
+    def cost(self, ev):
+        return ev.cost(self.arg) * ev.number(self.heads)
 
     @classmethod
     def definition(cls):

@@ -6,7 +6,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 from sympy.printing.precedence import PRECEDENCE
 
-from .base import MatrixOp, i, j, k, m, n, p
+from .base import MatrixOp, i, j, k, m, matmul, n, ops, p
 
 
 class Embed(MatrixOp):
@@ -29,6 +29,19 @@ class Embed(MatrixOp):
 
     def _numpycode(self, printer):
         return f"{printer._print(self.table)}[{printer._print(self.tokens)}]"
+
+    def explicit(self, ev):
+        """Known ids (positions) select rows; unknown tokens are one-hot rows [n, n_vocab] times W."""
+        index, table = ev.value(self.tokens), ev.value(self.table)
+        if index.cols == 1 and all(entry.is_Integer for entry in index):
+            return sp.Matrix([list(table.row(int(entry))) for entry in index])
+        return matmul(index, table)
+
+    def cost(self, ev):
+        if ev.is_known(self.tokens):  # a lookup at known rows is no arithmetic
+            return ops()
+        rows, vocab = ev.size(self.tokens)[0], ev.size(self.table)[0]
+        return ops(mul=vocab, add=vocab - 1) * (rows * ev.size(self)[1])  # one-hot row times W
 
     @classmethod
     def definition(cls):
@@ -57,6 +70,12 @@ class FirstRows(MatrixOp):
 
     def _numpycode(self, printer):
         return f"{printer._print(self.table)}[:{printer._print(self.count)}]"
+
+    def explicit(self, ev):
+        return ev.value(self.table)[:ev.number(self.count), :]
+
+    def cost(self, ev):
+        return ops()
 
     @classmethod
     def definition(cls):
@@ -93,6 +112,16 @@ class Linear(MatrixOp):
     def _numpycode(self, printer):
         product = f"{printer._print(self.arg)} @ {printer._print(self.weight)}"
         return product if self.bias is None else f"{product} + {printer._print(self.bias)}"
+
+    def explicit(self, ev):
+        bias = None if self.bias is None else ev.value(self.bias)
+        return matmul(ev.shared(self.arg), ev.value(self.weight), bias)
+
+    def cost(self, ev):
+        rows, inner = ev.size(self.arg)
+        cols = ev.size(self.weight)[1]
+        adds = inner if self.bias is not None else inner - 1
+        return ev.cost(self.arg) + ev.cost(self.weight) + ops(mul=inner, add=adds) * (rows * cols)
 
     @classmethod
     def definition(cls):

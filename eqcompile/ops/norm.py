@@ -6,7 +6,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from .base import MatrixOp, i, j, k, m, n
+from .base import MatrixOp, add, i, j, k, m, mul, n, neg, ops
 
 epsilon = sp.Symbol("epsilon", positive=True)
 
@@ -34,6 +34,24 @@ class LayerNorm(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "layer_norm", *self.args)
 
+    def explicit(self, ev):
+        x, gamma, beta = ev.shared(self.arg), ev.value(self.args[1]), ev.value(self.args[2])
+        eps, width = ev.number(self.args[3]), x.cols
+        out = sp.zeros(x.rows, width)
+        for r in range(x.rows):
+            mean = ev.name("mu", mul(sp.Rational(1, width), add(*x.row(r))), r)
+            centred = [add(x[r, c], neg(mean)) for c in range(width)]
+            var = ev.name("var", mul(sp.Rational(1, width), add(*(sp.Pow(e, 2, evaluate=False) for e in centred))), r)
+            scale = ev.name("r", sp.Pow(add(var, eps), sp.Rational(-1, 2), evaluate=False), r)
+            for c in range(width):
+                out[r, c] = add(mul(gamma[0, c], add(x[r, c], neg(mean)), scale), beta[0, c])
+        return out
+
+    def cost(self, ev):
+        rows, width = ev.size(self.arg)
+        per_row = ops(add=5 * width - 1, mul=3 * width + 2, neg=2 * width, sqrt=1, div=1)
+        return ev.cost(self.arg) + per_row * rows
+
     @classmethod
     def definition(cls):
         X = MatrixSymbol("X", n, m)
@@ -59,6 +77,21 @@ class RMSNorm(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "rms_norm", *self.args)
+
+    def explicit(self, ev):
+        x, gamma, eps = ev.shared(self.arg), ev.value(self.args[1]), ev.number(self.args[2])
+        width = x.cols
+        out = sp.zeros(x.rows, width)
+        for r in range(x.rows):
+            mean_square = ev.name("ms", mul(sp.Rational(1, width), add(*(sp.Pow(e, 2, evaluate=False) for e in x.row(r)))), r)
+            scale = ev.name("r", sp.Pow(add(mean_square, eps), sp.Rational(-1, 2), evaluate=False), r)
+            for c in range(width):
+                out[r, c] = mul(gamma[0, c], x[r, c], scale)
+        return out
+
+    def cost(self, ev):
+        rows, width = ev.size(self.arg)
+        return ev.cost(self.arg) + ops(mul=3 * width + 1, add=width, sqrt=1, div=1) * rows
 
     @classmethod
     def definition(cls):

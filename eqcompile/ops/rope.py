@@ -38,11 +38,12 @@ def llama3_frequencies(theta, factor, low_freq_factor, high_freq_factor, origina
     return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
 
 
-def rope(x, theta):  # [..., n, d_head] -> same shape: features j, j + d_head/2 of position i turned by i theta_j
-    angles = np.arange(x.shape[-2], dtype=np.float32)[:, None] * theta  # [n, d_head / 2]
+def rope(x, theta, positions):  # [n, heads * d_head]: each head's features j, j + d_head/2 turned by p_i theta_j
+    angles = (positions.astype(np.float32)[:, None] * theta)[:, None, :]  # [n, 1, d_head / 2]
     cos, sin = np.cos(angles), np.sin(angles)
-    first, second = np.split(x, 2, axis=-1)
-    return np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    heads = x.reshape(x.shape[0], -1, 2 * theta.shape[-1])  # [n, heads, d_head]
+    first, second = np.split(heads, 2, axis=-1)
+    return np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1).reshape(x.shape)
 
 
 class RotaryFrequencies(MatrixOp):
@@ -107,7 +108,11 @@ class Llama3Frequencies(MatrixOp):
 
 
 class RoPE(MatrixOp):
-    """Rotary position embedding: features j and j + d_head/2 at position i turned by (i - 1) theta_j."""
+    """Rotary position embedding: in each head, features j and j + d_head/2 at position p_i turned by p_i theta_j.
+
+    It acts on all heads side by side (``[n, heads d_head]``), so keys are rotated once, before
+    they are cached, and the positions p are an input: generation continues at p = (i, ...).
+    """
 
     numpy_functions = (rope,)
 
@@ -115,19 +120,23 @@ class RoPE(MatrixOp):
     def frequencies(self):
         return self.args[1]
 
+    @property
+    def positions(self):
+        return self.args[2]
+
     def _latex(self, printer):
-        frequencies, x = printer._print(self.frequencies), printer._print(self.arg)
-        return rf"\operatorname{{RoPE}}_{{{frequencies}}}\left({x}\right)"
+        frequencies, x, p = printer._print(self.frequencies), printer._print(self.arg), printer._print(self.positions)
+        return rf"\operatorname{{RoPE}}_{{{frequencies}}}\left({x};\, {p}\right)"
 
     def _numpycode(self, printer):
-        return self._call(printer, "rope", self.arg, self.frequencies)
+        return self._call(printer, "rope", self.arg, self.frequencies, self.positions)
 
     @classmethod
-    def definition(cls):
+    def definition(cls):  # one head's block of columns; every head is turned the same way
         X, half = MatrixSymbol("X", n, d_head), d_head / 2
-        theta = sp.IndexedBase("theta")
-        rotated = cls(X, MatrixSymbol("theta", 1, half))[i, j]
-        angle, partner_angle = (i - 1) * theta[j], (i - 1) * theta[j - half]
+        theta, p = sp.IndexedBase("theta"), sp.IndexedBase("p")
+        rotated = cls(X, MatrixSymbol("theta", 1, half), MatrixSymbol("p", n, 1))[i, j]
+        angle, partner_angle = p[i] * theta[j], p[i] * theta[j - half]
         first = sp.Add(X[i, j] * sp.cos(angle), -X[i, j + half] * sp.sin(angle), evaluate=False)
         second = sp.Add(X[i, j] * sp.cos(partner_angle), X[i, j - half] * sp.sin(partner_angle), evaluate=False)
         return [(rotated, sp.Piecewise((first, sp.Le(j, half)), (second, True)))]

@@ -1,10 +1,11 @@
-"""Scalar definitions of the activations, as plain Python.
+"""Scalar definitions of the activations, as plain Python over sympy's functions.
 
-These are the mathematical meaning: latexify-py renders them for ``--level index`` and the tests
-check each vectorised numpy version in ``activation.py`` against them.
+They are the mathematical meaning: latexify-py renders their source for ``--level index``, the
+literal expansion (``--expand``) applies them to each scalar term, and the tests check each
+vectorised numpy version in ``activation.py`` against them.
 """
 
-from math import erf, exp, pi, sqrt, tanh
+from sympy import Max, erf, exp, pi, sqrt, tanh
 
 
 def gelu_tanh(x):
@@ -16,7 +17,7 @@ def gelu(x):
 
 
 def relu(x):
-    return max(x, 0)
+    return Max(x, 0)
 
 
 def sigmoid(x):

@@ -14,9 +14,9 @@ from .base import MatrixOp, i, j, n
 window = sp.Symbol("w", integer=True, positive=True)
 
 
-def sliding_window_mask(s, window):  # [..., n, n]: position i attends to j with i - window < j <= i
-    positions = np.arange(s.shape[-1])
-    behind = positions[:, None] - positions[None, :]  # i - j
+def sliding_window_mask(s, window):  # [..., n, m]: query i (the last n of m) sees keys i - window < j <= i
+    n, m = s.shape[-2:]
+    behind = np.arange(m - n, m)[:, None] - np.arange(m)[None, :]  # i - j
     return np.where((behind < 0) | (behind >= window), -np.inf, s)
 
 
