@@ -153,9 +153,10 @@ def test_sigterm_mid_write_leaves_the_previous_output(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "eqcompile", str(folder), "--python", str(out)],
                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and not list(out.glob(".weights*.tmp")):
+    staging = lambda: list(tmp_path.glob(".out.*.tmp/.weights*.tmp"))  # noqa: E731
+    while time.time() < deadline and not staging():
         time.sleep(0.05)
-    assert list(out.glob(".weights*.tmp")), "the writer never started"
+    assert staging(), "the writer never started"
     time.sleep(0.3)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
@@ -163,6 +164,7 @@ def test_sigterm_mid_write_leaves_the_previous_output(tmp_path):
     assert (out / "model.py").read_text() == "previous model\n"
     assert (out / "weights.safetensors").read_text() == "previous weights\n"
     assert sorted(p.name for p in out.iterdir()) == ["model.py", "weights.safetensors"]
+    assert not list(tmp_path.glob(".out.*"))  # the staging folder is gone too
 
 
 def test_errors_never_leave_temp_files(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from ..ops import is_per_head, ops_used_by
 from ..ops.base import numpy_source
 from ..program import Param, Program, Stage
 from ..tokenizer import load_tokenizer, write_tokenizer
-from .files import progress_bar, write_safetensors, write_text
+from .files import progress_bar, staging_folder, write_safetensors, write_text
 from .numpy_printer import ModulePrinter
 from .templates import render_template
 
@@ -129,13 +129,14 @@ def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: 
     module computes in float64: a second implementation to measure rounding against.
     """
     folder = Path(folder)
-    tokenizer = _tokenizer_source(checkpoint, folder)
-    plan = weight_plan(program)
-    shapes = [(key, program.numeric_shape(p.symbol)) for key, (p, _) in plan.items()]
-    write_safetensors(folder / "weights.safetensors", shapes,
-                      lambda key: parameter_value(checkpoint, program, *plan[key]),
-                      progress_bar(shapes, "weights"), dtype)
-    write_text(folder / "model.py", module_source(program, tokenizer))
+    with staging_folder(folder) as staging:  # nothing reaches ``folder`` unless every file is written
+        tokenizer = _tokenizer_source(checkpoint, staging)
+        plan = weight_plan(program)
+        shapes = [(key, program.numeric_shape(p.symbol)) for key, (p, _) in plan.items()]
+        write_safetensors(staging / "weights.safetensors", shapes,
+                          lambda key: parameter_value(checkpoint, program, *plan[key]),
+                          progress_bar(shapes, "weights"), dtype)
+        write_text(staging / "model.py", module_source(program, tokenizer))
     return folder / "model.py"
 
 
