@@ -149,8 +149,9 @@ def test_layer_level_uses_the_notation(tmp_path):
                         rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})
     text = eqcompile.compile(folder).latex()
     for piece in [r"\operatorname{RMSNorm}\left(X^{(l)};\, \gamma_1^{(l)}\right)",
-                  r"\operatorname{RoPE}_{\theta}\left({Q^{(l)}}_{h}\right)",
-                  r"\operatorname{RoPE}_{\theta}\left({K^{(l)}}_{g{\left(h \right)}}\right)",
+                  r"Q^{(l)} &= \operatorname{RoPE}_{\theta}\left(H^{(l)} W_{Q}^{(l)};\, p\right)",
+                  r"K^{(l)} &= \operatorname{RoPE}_{\theta}\left(H^{(l)} W_{K}^{(l)};\, p\right)",
+                  r"{Q^{(l)}}_{h} \left({K^{(l)}}_{g{\left(h \right)}}\right)^{\top}",
                   r"\operatorname{mask}_{w}",
                   r"\theta &= \frac{1}{s} \left(\theta_{\mathrm{base}}^{-2(k-1)/d_{\mathrm{head}}}",
                   r"M^{(l)} &= \operatorname{SiLU}\left(\tilde{H}^{(l)} W_{\mathrm{gate}}^{(l)}\right) \odot "
@@ -167,7 +168,7 @@ def test_index_level_defines_the_new_ops(tmp_path):
     for op in ["RoPE", "RotaryFrequencies", "Llama3Frequencies", "GroupedHeads", "SlidingWindowMask", "RMSNorm"]:
         assert rf"\paragraph{{{op}.}}" in text, op
     assert r"\left\lceil{\frac{h n_{\mathrm{kv}}}{n_{\mathrm{head}}}}\right\rceil" in text
-    assert r"\cos{\left(\left(-1 + i\right) {\theta}_{j} \right)}" in text
+    assert r"\cos{\left({p}_{i} {\theta}_{j} \right)}" in text
 
 
 needs_tex = pytest.mark.skipif(not pdflatex_available(), reason="pdflatex is not installed (CI installs it)")
@@ -271,7 +272,8 @@ def test_rope_matches_transformers(rope):
     cos, sin = embedding(torch.from_numpy(x), torch.arange(16)[None])
     heads = torch.from_numpy(x)[None]
     expected, _ = modeling_llama.apply_rotary_pos_emb(heads, heads, cos, sin)
-    got = rotate(x, theta)
+    side_by_side = x.swapaxes(0, 1).reshape(16, 30)  # [n, heads * d_head], as the block holds it
+    got = rotate(side_by_side, theta, np.arange(16)).reshape(16, 3, 10).swapaxes(0, 1)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected[0].numpy(), rtol=0, atol=1e-6)
 
@@ -288,9 +290,11 @@ def test_rope_definition_agrees_with_its_numpy_meaning():
     (_, definition), = RoPE.definition()
     x = np.random.default_rng(1).standard_normal((5, 6))
     theta = np.array([[0.9, 0.3, 0.05]])
-    expected = rope(x, theta)
+    expected = rope(x, theta, np.arange(5))  # one head, positions 0..4
     entry, frequency = sp.Function("x"), sp.Function("theta")  # 1-based placeholders, so no bounds checks
     definition = definition.replace(lambda e: isinstance(e, MatrixElement), lambda e: entry(e.i, e.j))
+    definition = definition.replace(lambda e: isinstance(e, sp.Indexed) and e.base.label.name == "p",
+                                    lambda e: e.indices[0] - 1)
     definition = definition.replace(lambda e: isinstance(e, sp.Indexed), lambda e: frequency(e.indices[0]))
     for row in range(5):
         for col in range(6):

@@ -188,17 +188,18 @@ def stage_blocks(program: Program, stage: Stage, unroll: bool,
         symbol = rf"{stage.letter}^{{({layer or 'l'})}}" if stage.layers else ""
         scope = r"l = 1, \dots, L" if stage.layers and layer is None else ""
         heads = [eq for eq in stage.equations if is_per_head(eq.rhs)]
-        lines = [EquationLine(printer._print(eq.lhs), printer._print(eq.rhs), _scope(program, printer, eq, heads))
+        lines = [EquationLine(printer._print(eq.lhs), printer._print(eq.rhs), _scope(program, printer, eq, heads, stage.equations))
                  for eq in stage.equations]
         blocks.append(StageBlock(stage.name, stage.title, symbol, scope, layer, lines))
     return blocks
 
 
-def _scope(program: Program, printer, eq, heads) -> str:
+def _scope(program: Program, printer, eq, heads, stage_equations) -> str:
     """What an equation ranges over: the heads (stated once, on the last per-head line), positions."""
     if heads and eq is heads[-1]:
         return rf"h = 1, \dots, {printer._print(n_head)}"
-    if program.positions is not None and eq.rhs.has(program.positions):
+    if program.positions is not None and eq is next(
+            (e for e in stage_equations if e.rhs.has(program.positions)), None):  # stated once
         return r"p = (0, 1, \dots, n - 1)"
     return ""
 
