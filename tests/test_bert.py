@@ -42,6 +42,7 @@ CONFIGS = {
     "eps-1e-5-relu": dict(layer_norm_eps=1e-5, hidden_act="relu"),
     "eps-1e-3-gelu-new": dict(layer_norm_eps=1e-3, hidden_act="gelu_new"),
     "silu-one-token-type": dict(hidden_act="silu", type_vocab_size=1),
+    "gelu-python-tanh-two-types": dict(hidden_act="gelu_python_tanh", type_vocab_size=2),
 }
 
 
@@ -251,7 +252,7 @@ def test_latex_states_the_encoder(tmp_path):
                   r"\, \gamma_E, \beta_E\right)",
                   r"\operatorname{softmax}\left(\operatorname{mask}_{m}\left(\frac{1}{\sqrt{d_{\mathrm{head}}}} "
                   r"{Q^{(l)}}_{h} {{K^{(l)}}_{h}}^{\top}\right)\right)",
-                  r"X^{(l+\frac{1}{2})} &= \operatorname{LN}\left(X^{(l)} + Z^{(l)} W_{O}^{(l)} + \mathbf{1} b_{O}^{(l)};"
+                  r"X^{(l+\frac{1}{2})} &= \operatorname{LN}\left(X^{(l)} + Z^{(l)} W_O^{(l)} + \mathbf{1} b_O^{(l)};"
                   r"\, \gamma_1^{(l)}, \beta_1^{(l)}\right)",
                   r"X^{(l+1)} &= \operatorname{LN}\left(X^{(l+\frac{1}{2})} + M^{(l)} W_{\mathrm{out}}^{(l)}",
                   r"e &= \frac{m X^{(L)}}{m \mathbf{1}}",

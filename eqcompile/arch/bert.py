@@ -86,17 +86,21 @@ def _infer_config(checkpoint: Checkpoint, prefix: str) -> tuple[dict, list[str]]
     while f"{prefix}encoder.layer.{layers}.output.dense.weight" in checkpoint.tensors:
         layers += 1
     heads = width // HEAD_DIM_GUESS if width % HEAD_DIM_GUESS == 0 else 1
-    config = {
+    intermediate = f"{prefix}encoder.layer.0.intermediate.dense.weight"
+    config = {  # a tensor missing here is reported by the shape check of lower()
         "vocab_size": vocab, "hidden_size": width, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "max_position_embeddings": checkpoint.shape(embeddings + "position_embeddings.weight")[0],
-        "type_vocab_size": checkpoint.shape(embeddings + "token_type_embeddings.weight")[0],
-        "intermediate_size": checkpoint.shape(f"{prefix}encoder.layer.0.intermediate.dense.weight")[0]
-        if layers else 4 * width,
+        "max_position_embeddings": _rows(checkpoint, embeddings + "position_embeddings.weight", 1),
+        "type_vocab_size": _rows(checkpoint, embeddings + "token_type_embeddings.weight", 1),
+        "intermediate_size": _rows(checkpoint, intermediate, 4 * width),
     }
     notes = [f"no config.json: inferred a BERT encoder with {layers} layers, d = {width}, "
              f"vocabulary {vocab}; assumed {heads} heads (head width {width // heads}), "
              "epsilon = 1e-12 and exact GELU. Put a config.json beside the file to state them."]
     return config, notes
+
+
+def _rows(checkpoint: Checkpoint, name: str, default: int) -> int:
+    return checkpoint.shape(name)[0] if name in checkpoint.tensors else default
 
 
 def recognises(checkpoint: Checkpoint) -> bool:
@@ -110,8 +114,8 @@ def lower(checkpoint: Checkpoint) -> Program:
     expect_shapes(checkpoint, _expected_tensors(config, prefix))
 
     notes.append("Inputs: token ids t, token type (segment) ids s, and the attention mask m, 1 for a token "
-                 "and 0 for padding. A padded key's score is minus infinity (transformers adds the most "
-                 "negative float32 instead; the softmax is the same).")
+                 "and 0 for padding. A padded key's score is minus infinity; transformers adds the most "
+                 "negative float32 or passes a boolean mask, the same softmax while one token is unmasked.")
     stages = [_embedding(embeddings), _block(config, f"{prefix}encoder.layer.{{layer}}.")]
     if config.pooling == "mean":
         stages.append(_mean_pooling())
@@ -152,7 +156,8 @@ def _embedding(embeddings: str) -> Stage:
     W_E = p("W_E", n_vocab, d_model, "W_E", "word_embeddings.weight")
     W_S = p("W_S", n_types, d_model, "W_S", "token_type_embeddings.weight")
     W_P = p("W_P", n_ctx, d_model, "W_P", "position_embeddings.weight")
-    gamma, beta = p("gamma_E", 1, d_model, r"\gamma_E", "LayerNorm.weight"), p("beta_E", 1, d_model, r"\beta_E", "LayerNorm.bias")
+    gamma = p("gamma_E", 1, d_model, r"\gamma_E", "LayerNorm.weight")
+    beta = p("beta_E", 1, d_model, r"\beta_E", "LayerNorm.bias")
     rows = sp.MatAdd(Embed(W_E.symbol, t), Embed(W_S.symbol, TOKEN_TYPES), FirstRows(W_P.symbol, seq), evaluate=False)
     x0 = MatrixSymbol("x", seq, d_model)
     return Stage("embedding", "Embedding", "E", t, [Equation(x0, LayerNorm(rows, gamma.symbol, beta.symbol, epsilon))],
@@ -163,23 +168,24 @@ def _embedding(embeddings: str) -> Stage:
 def _block(config: BertConfig, block: str) -> Stage:
     d, inner = d_model, d_ff
 
-    def linear(name, rows, cols, tensor, latex):  # nn.Linear: W is stored [out, in]
-        weight = param("block", "W_" + name, rows, cols, f"W_{{{latex}}}^{{($l)}}",
-                       TensorRef(block + tensor + ".weight", transpose=True))
-        bias = param("block", "b_" + name, 1, cols, f"b_{{{latex}}}^{{($l)}}", TensorRef(block + tensor + ".bias"))
-        return weight, bias
+    def p(name, rows, cols, latex, tensor, transpose=False):
+        return param("block", name, rows, cols, latex + "^{($l)}", TensorRef(block + tensor, transpose=transpose))
 
-    def norm(index, tensor):
-        return (param("block", f"gamma_{index}", 1, d, rf"\gamma_{index}^{{($l)}}", TensorRef(block + tensor + ".weight")),
-                param("block", f"beta_{index}", 1, d, rf"\beta_{index}^{{($l)}}", TensorRef(block + tensor + ".bias")))
+    def linear(name, cols_in, cols_out, subscript, module):  # nn.Linear stores W as [out, in]
+        return (p("W_" + name, cols_in, cols_out, "W_" + subscript, module + ".weight", transpose=True),
+                p("b_" + name, 1, cols_out, "b_" + subscript, module + ".bias"))
 
-    W_Q, b_Q = linear("Q", d, d, "attention.self.query", "Q")
-    W_K, b_K = linear("K", d, d, "attention.self.key", "K")
-    W_V, b_V = linear("V", d, d, "attention.self.value", "V")
-    W_O, b_O = linear("O", d, d, "attention.output.dense", "O")
+    def norm(index, module):
+        return (p(f"gamma_{index}", 1, d, rf"\gamma_{index}", module + ".weight"),
+                p(f"beta_{index}", 1, d, rf"\beta_{index}", module + ".bias"))
+
+    W_Q, b_Q = linear("Q", d, d, "Q", "attention.self.query")
+    W_K, b_K = linear("K", d, d, "K", "attention.self.key")
+    W_V, b_V = linear("V", d, d, "V", "attention.self.value")
+    W_O, b_O = linear("O", d, d, "O", "attention.output.dense")
     gamma_1, beta_1 = norm(1, "attention.output.LayerNorm")
-    W_in, b_in = linear("in", d, inner, "intermediate.dense", r"\mathrm{in}")
-    W_out, b_out = linear("out", inner, d, "output.dense", r"\mathrm{out}")
+    W_in, b_in = linear("in", d, inner, r"{\mathrm{in}}", "intermediate.dense")
+    W_out, b_out = linear("out", inner, d, r"{\mathrm{out}}", "output.dense")
     gamma_2, beta_2 = norm(2, "output.LayerNorm")
     params = [W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O, gamma_1, beta_1, W_in, b_in, W_out, b_out, gamma_2, beta_2]
 
@@ -194,10 +200,11 @@ def _block(config: BertConfig, block: str) -> Stage:
         Equation(k, Linear(x, W_K.symbol, b_K.symbol)),
         Equation(v, Linear(x, W_V.symbol, b_V.symbol)),
         *attention,
-        Equation(x_mid, LayerNorm(residual(x, Linear(z, W_O.symbol, b_O.symbol)), gamma_1.symbol, beta_1.symbol, epsilon)),
+        Equation(x_mid, LayerNorm(residual(x, Linear(z, W_O.symbol, b_O.symbol)),
+                                  gamma_1.symbol, beta_1.symbol, epsilon)),
         Equation(m, activation(Linear(x_mid, W_in.symbol, b_in.symbol))),
-        Equation(x_next, LayerNorm(residual(x_mid, Linear(m, W_out.symbol, b_out.symbol)), gamma_2.symbol,
-                                   beta_2.symbol, epsilon)),
+        Equation(x_next, LayerNorm(residual(x_mid, Linear(m, W_out.symbol, b_out.symbol)),
+                                   gamma_2.symbol, beta_2.symbol, epsilon)),
     ]
     names = {"x": "X^{($l)}", "q": "Q^{($l)}", "k": "K^{($l)}", "v": "V^{($l)}", "a": "A^{($l)}_h",
              "z": "Z^{($l)}", "x_mid": "X^{($half)}", "m": "M^{($l)}", "x_next": "X^{($next)}",
