@@ -155,6 +155,9 @@ def test_bare_safetensors_is_recognised(tmp_path):
     assert_close(module.forward(tokens, mask, token_types),
                  reference_hidden(reference_model(folder), tokens, mask, token_types), (11, 12))
     assert all(r.ok for r in verify(compiled, [1, N_CTX]))
+    pooled = eqcompile.compile(bare, pooling="mean")  # a setting, with the rest still inferred
+    assert pooled.program.stages[-1].name == "pooling" and "no config.json" in pooled.program.notes[0]
+    assert all(r.ok for r in verify(pooled, [1, N_CTX]))
 
 
 def test_verify_uses_the_bert_reference(tmp_path):
@@ -214,6 +217,8 @@ def test_cli_pooling(tmp_path):
     result = CliRunner().invoke(main, [str(folder), "--python", str(tmp_path / "out"), "--pooling", "mean"])
     assert result.exit_code == 0, result.output
     assert "def pooling(x, attention_mask):" in (tmp_path / "out" / "model.py").read_text()
+    result = CliRunner().invoke(main, ["verify", str(folder), "--pooling", "mean", "--seq", "1", "--seq", "16"])
+    assert result.exit_code == 0 and result.output.count(" ok") == 2, result.output
     result = CliRunner().invoke(main, [str(SAMPLE), "--latex", "--pooling", "mean"])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "no 'pooling' setting" in result.output
 
@@ -336,6 +341,31 @@ def test_minilm_padding_changes_nothing(minilm):
     assert_close(padded, masked_mean(reference_hidden(minilm["reference"], tokens, mask), mask), (1, 384))
 
 
+def test_minilm_binds_every_encoder_tensor(minilm):
+    """The equations' constants are exactly the checkpoint's encoder weights (not the pooler)."""
+    model = eqcompile.compile(minilm["folder"])
+    encoder = [name for name in model.checkpoint.tensors
+               if not name.startswith("pooler.") and name != "embeddings.position_ids"]
+    assert model.stats().parameters == sum(int(np.prod(model.checkpoint.shape(name))) for name in encoder)
+
+
 @needs_tex
 def test_minilm_latex_compiles(minilm, tmp_path):
     assert_documents_compile(eqcompile.compile(minilm["folder"], pooling="mean"), tmp_path)
+
+
+def test_stats_count_an_unpadded_encoder(tmp_path):
+    """``eqcompile stats`` sizes a bert program; mean pooling adds its column sums and divisions."""
+    folder = make_bert(tmp_path / "ckpt")
+    plain, pooled = eqcompile.compile(folder).stats(), eqcompile.compile(folder, pooling="mean").stats()
+    width = 12
+    extra = {kind: pooled.operations.get(kind, 0) - plain.operations.get(kind, 0) for kind in pooled.operations}
+    assert {k: v for k, v in extra.items() if v} == {"add": (N_CTX - 1) * width, "div": width}
+    result = CliRunner().invoke(main, ["stats", str(folder)])
+    assert result.exit_code == 0 and "bert" in result.output, result.output
+
+
+def test_literal_expansion_is_refused_with_a_reason(tmp_path):
+    result = CliRunner().invoke(main, [str(make_bert(tmp_path / "ckpt")), "--latex", "--expand", "--seq", "2"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "token_type_ids, attention_mask" in result.output

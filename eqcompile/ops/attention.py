@@ -192,6 +192,9 @@ class PaddingMask(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "padding_mask", self.arg, self.mask)
 
+    def cost(self, ev):  # counted for an input without padding: every score is kept, none is changed
+        return ev.cost(self.arg)
+
     @classmethod
     def definition(cls):
         S, mask = MatrixSymbol("S", n, n), MatrixSymbol("m", 1, n)

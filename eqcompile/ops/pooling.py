@@ -5,7 +5,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from .base import MatrixOp, i, j, m, n
+from .base import MatrixOp, i, j, m, n, ops
 
 
 def mean_pool(x, mask):  # [n, d] with mask [1, n] -> [1, d]
@@ -31,6 +31,10 @@ class MeanPool(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "mean_pool", self.arg, self.mask)
+
+    def cost(self, ev):  # counted for an input without padding (m = 1): column sums, one division each
+        rows, cols = ev.size(self.arg)
+        return ev.cost(self.arg) + ops(add=(rows - 1) * cols, div=cols)
 
     @classmethod
     def definition(cls):
