@@ -126,7 +126,8 @@ class _Evaluator:
 
 def expand(program: Program, checkpoint: Checkpoint, seq: int | None = None) -> Expansion:
     """Substitute every weight and write each output entry through named scalar terms."""
-    extra = list(dict.fromkeys(s.name for stage in program.stages for s in stage.extra_inputs))
+    extra = list(dict.fromkeys(s.name for stage in program.stages for s in stage.extra_inputs
+                               if s != program.positions))  # positions are known: 0, ..., n - 1
     if extra:
         raise ConfigError(f"the literal expansion (--expand) supports models with one input; "
                           f"{program.family} models also take {', '.join(extra)}")
