@@ -219,8 +219,8 @@ def _mean_pooling() -> Stage:
                  {"x": "X^{(L)}", "e": "e", ATTENTION_MASK.name: "m"}, extra_inputs=(ATTENTION_MASK,))
 
 
-def reference(checkpoint: Checkpoint):
-    """transformers' BertModel on the checkpoint's tensors: the ground truth.
+def reference(checkpoint: Checkpoint, dtype: str = "float32"):
+    """transformers' BertModel on the checkpoint's tensors, computing in ``dtype``: the ground truth.
 
     Its output is the last hidden states, mean-pooled over the unpadded tokens when the program is.
     """
@@ -238,6 +238,7 @@ def reference(checkpoint: Checkpoint):
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(f"reference model did not take the checkpoint (missing {missing}, unexpected {unexpected})")
+    model.to(getattr(torch, dtype))
 
     def forward(tokens: np.ndarray, attention_mask=None, token_type_ids=None) -> np.ndarray:
         inputs = {name: torch.as_tensor(np.asarray(value), dtype=torch.long)[None] for name, value in
@@ -248,7 +249,7 @@ def reference(checkpoint: Checkpoint):
         if config.pooling == "mean":  # sentence-transformers' mean pooling
             weights = inputs.get("attention_mask", torch.ones(1, hidden.shape[0]))[0, :, None].to(hidden.dtype)
             hidden = (hidden * weights).sum(0, keepdim=True) / weights.sum()
-        return hidden.numpy()
+        return hidden.float().numpy()
 
     return forward
 
