@@ -125,11 +125,13 @@ class CompiledModel:
         return latex_emitter.composition(self.program).replace("align*", "aligned").join(("$$", "$$"))
 
 
-def compile(source: str | Path, activation: str | None = None) -> CompiledModel:
+def compile(source: str | Path, activation: str | None = None, pooling: str | None = None) -> CompiledModel:
     """Load a checkpoint (file, folder, sharded index or cached hub id) and lower it to equations.
 
-    ``activation`` sets an mlp model's activation over its config.json's (or supplies it).
+    ``activation`` sets an mlp model's activation over its config.json's (or supplies it);
+    ``pooling="mean"`` ends an encoder (bert) with mean pooling: a sentence embedding.
     """
-    settings = {"activation": activation} if activation is not None else {}
+    given = {"activation": activation, "pooling": pooling}
+    settings = {key: value for key, value in given.items() if value is not None}
     checkpoint = arch.with_settings(load_checkpoint(source), settings)
     return CompiledModel(checkpoint, arch.lower(checkpoint))

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from . import api
+from .arch.bert import POOLINGS
 from .emit.appendix import PACKAGES
 from .emit.latex import LEVELS
 from .errors import EqcompileError, TeXError
@@ -64,7 +65,7 @@ def main():
     eqcompile stats MODEL [--json]
     eqcompile MODEL --pdf FILE | --tex FILE [--fragment] | --html FILE
     eqcompile verify MODEL [--seq N]
-    (compile and verify take --activation NAME for an mlp model)
+    (compile and verify take --activation NAME for an mlp model, --pooling mean for a bert one)
 
     MODEL is a .safetensors or .gguf file, a model folder, a model.safetensors.index.json of
     shards, or a Hugging Face hub id already in the local cache (nothing is downloaded).
@@ -74,6 +75,9 @@ def main():
 activation_option = click.option(
     "--activation", help="Activation between the Linear layers of an mlp model (relu, tanh, sigmoid, "
     "gelu, silu); overrides config.json's.")
+pooling_option = click.option(
+    "--pooling", type=click.Choice(POOLINGS),
+    help="A bert encoder's output: the last hidden states (none) or their mean over the unpadded tokens (mean).")
 
 
 @main.command("compile")
@@ -105,8 +109,10 @@ activation_option = click.option(
 @click.option("--author", default="", help="The appendix's author line.")
 @click.option("--numbers", is_flag=True, help="Add every weight's values to the appendix (tiny models only).")
 @activation_option
+@pooling_option
 def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, expand, seq, force,
-                    dtype, pdf_path, tex_path, fragment, html_path, title, author, numbers, activation):
+                    dtype, pdf_path, tex_path, fragment, html_path, title, author, numbers, activation,
+                    pooling):
     """Compile MODEL to LaTeX, a numpy module, and/or an appendix (PDF, TeX, HTML)."""
     appendix_paths = [p for p in (pdf_path, tex_path, html_path) if p is not None]
     if fragment and tex_path is None:
@@ -118,7 +124,7 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
     options = dict(title=title, author=author, numbers=numbers)
 
     def work():
-        compiled = api.compile(model, activation=activation)
+        compiled = api.compile(model, activation=activation, pooling=pooling)
         if seq is not None and seq > compiled.program.max_seq:
             raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
         latex_options = dict(level=level, unroll=unroll, standalone=standalone, expand=expand, seq=seq,
@@ -200,7 +206,8 @@ def stats_command(model, seq, as_json):
 @click.option("--json", "as_json", is_flag=True, help="With --exact: machine-readable output.")
 @click.option("--force", is_flag=True, help="With --exact: run even when the estimate is long.")
 @activation_option
-def verify_command(model, seqs, seed, exact, digits, as_json, force, activation):
+@pooling_option
+def verify_command(model, seqs, seed, exact, digits, as_json, force, activation, pooling):
     """Run the emitted module and the reference on the same random inputs; compare the outputs.
 
     The reference is transformers (torch's nn.Sequential for an mlp).
@@ -214,7 +221,7 @@ def verify_command(model, seqs, seed, exact, digits, as_json, force, activation)
     from .verify import ABS_TOLERANCE, REL_TOLERANCE, verify
 
     def work():
-        compiled = api.compile(model, activation=activation)
+        compiled = api.compile(model, activation=activation, pooling=pooling)
         if exact:
             return _exact_report(compiled, min(seqs[0] if seqs else 16, compiled.program.max_seq),
                                  digits, seed, as_json, force)

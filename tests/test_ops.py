@@ -12,9 +12,9 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 from eqcompile.emit.latex import EquationPrinter
 from eqcompile.emit.numpy_printer import ModulePrinter
 from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows, GELUTanh, GroupedHeads,
-                           LayerNorm, Linear, Llama3Frequencies, MergeHeads, QuickGELU, ReLU, RMSNorm, RoPE,
-                           RotaryFrequencies, Sigmoid, SiLU, SlidingWindowMask, Softmax, SplitHeads, Tanh,
-                           d_head, epsilon, n_head, n_kv_head, window)
+                           LayerNorm, Linear, Llama3Frequencies, MeanPool, MergeHeads, PaddingMask, QuickGELU,
+                           ReLU, RMSNorm, RoPE, RotaryFrequencies, Sigmoid, SiLU, SlidingWindowMask, Softmax,
+                           SplitHeads, Tanh, d_head, epsilon, n_head, n_kv_head, window)
 from eqcompile.ops.activation import erf
 from eqcompile.ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 
@@ -24,6 +24,7 @@ g, beta = MatrixSymbol("gamma", 1, d), MatrixSymbol("beta", 1, d)
 t = MatrixSymbol("t", n, 1)
 S = MatrixSymbol("S", n, n)
 theta = MatrixSymbol("theta", 1, d / 2)
+mask = MatrixSymbol("m", 1, n)
 
 
 def example(op):
@@ -36,6 +37,7 @@ def example(op):
         RotaryFrequencies: RotaryFrequencies(rope_theta, d_head),
         Llama3Frequencies: Llama3Frequencies(theta, rope_factor, low_freq_factor, high_freq_factor, original_context),
         GroupedHeads: GroupedHeads(X, n_kv_head, n_head), SlidingWindowMask: SlidingWindowMask(S, window),
+        PaddingMask: PaddingMask(S, mask), MeanPool: MeanPool(X, mask),
     }.get(op) or op(X)
 
 
@@ -49,6 +51,8 @@ GOLDEN = {
     CausalMask: (r"\operatorname{mask}\left(S\right)", "causal_mask(S)"),
     SplitHeads: ("{X}_{h}", "split_heads(X, n_head)"),
     MergeHeads: (r"\operatorname{concat}_{h=1}^{n_{head}}\left(X\right)", "merge_heads(X)"),
+    PaddingMask: (r"\operatorname{mask}_{m}\left(S\right)", "padding_mask(S, m)"),
+    MeanPool: (r"\frac{m X}{m \mathbf{1}}", "mean_pool(X, m)"),
     GELUTanh: (r"\operatorname{GELU}\left(X\right)", "gelu_tanh(X)"),
     GELU: (r"\operatorname{GELU}\left(X\right)", "gelu(X)"),
     ReLU: (r"\operatorname{ReLU}\left(X\right)", "relu(X)"),

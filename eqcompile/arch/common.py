@@ -10,7 +10,8 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 from ..errors import CheckpointError, ConfigError
 from ..load import Checkpoint
 from ..load.gguf import QUANTIZATION_MAPS
-from ..ops import CausalMask, MergeHeads, Softmax, SplitHeads, d_head, epsilon, n_head, n_kv_head, window
+from ..ops import (GELU, CausalMask, GELUTanh, MergeHeads, QuickGELU, ReLU, Sigmoid, SiLU, Softmax, SplitHeads,
+                   Tanh, d_head, epsilon, n_head, n_kv_head, window)
 from ..ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 from ..program import Equation, Param, Stage, TensorRef
 
@@ -20,6 +21,13 @@ d_ff = sp.Symbol("d_ff", integer=True, positive=True)
 n_vocab = sp.Symbol("n_vocab", integer=True, positive=True)
 n_ctx = sp.Symbol("n_ctx", integer=True, positive=True)
 layer = sp.Symbol("l", integer=True, positive=True)  # 1-based layer index
+
+# transformers' ACT2FN names, and the op each one is
+ACTIVATIONS = {
+    "gelu_new": GELUTanh, "gelu_pytorch_tanh": GELUTanh, "gelu_python_tanh": GELUTanh, "gelu_fast": GELUTanh,
+    "gelu": GELU, "gelu_python": GELU, "relu": ReLU, "silu": SiLU, "swish": SiLU,
+    "tanh": Tanh, "sigmoid": Sigmoid, "quick_gelu": QuickGELU,
+}
 
 DIM_LATEX = {
     seq: "n", d_model: "d", d_ff: r"d_{\mathrm{ff}}", n_vocab: r"n_{\mathrm{vocab}}",
@@ -96,14 +104,19 @@ def residual(x, update):
 
 
 def causal_self_attention(q, k, v, scale) -> list[Equation]:
-    """Multi-head causal attention, stated for one generic head h.
+    """Multi-head attention in which position i sees positions j <= i only."""
+    return self_attention(q, k, v, scale, CausalMask)
+
+
+def self_attention(q, k, v, scale, mask) -> list[Equation]:
+    """Multi-head attention, stated for one generic head h; ``mask`` maps scores to masked scores.
 
     ``A_h = softmax(mask(scale · Q_h K_hᵀ))`` and ``Z = concat_h(A_h V_h)``.
     """
     q_h, k_h, v_h = (SplitHeads(x, n_head) for x in (q, k, v))
     a = MatrixSymbol("a", seq, seq)
     z = MatrixSymbol("z", seq, d_model)
-    return [Equation(a, Softmax(CausalMask(scale * q_h * k_h.T))), Equation(z, MergeHeads(a * v_h, n_head))]
+    return [Equation(a, Softmax(mask(scale * q_h * k_h.T))), Equation(z, MergeHeads(a * v_h, n_head))]
 
 
 def storage_notes(checkpoint: Checkpoint, stages: list[Stage]) -> list[str]:

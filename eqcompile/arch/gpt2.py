@@ -15,19 +15,11 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import ConfigError
 from ..load import Checkpoint
-from ..ops import (GELU, Embed, GELUTanh, LayerNorm, Linear, QuickGELU, ReLU, Sigmoid,
-                   SiLU, Tanh, d_head, epsilon, n_head)
+from ..ops import Embed, LayerNorm, Linear, d_head, epsilon, n_head
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
-from .common import (DIM_LATEX, DIM_PYTHON, ConfigReader, causal_self_attention, d_ff, d_model,
+from .common import (ACTIVATIONS, DIM_LATEX, DIM_PYTHON, ConfigReader, causal_self_attention, d_ff, d_model,
                      expect_shapes, layer, n_ctx, n_vocab, param, residual, seq)
-
-# transformers' ACT2FN names that GPT-2 accepts, and the op each one is
-ACTIVATIONS = {
-    "gelu_new": GELUTanh, "gelu_pytorch_tanh": GELUTanh, "gelu_fast": GELUTanh,
-    "gelu": GELU, "gelu_python": GELU, "relu": ReLU, "silu": SiLU, "swish": SiLU,
-    "tanh": Tanh, "sigmoid": Sigmoid, "quick_gelu": QuickGELU,
-}
 HEAD_DIM_GUESS = 64  # GPT-2's own head width, assumed when no config.json gives n_head
 
 

@@ -1,18 +1,21 @@
 """The canonical operations, as sympy matrix expressions (see ``base.py`` for the recipe)."""
 
 from .activation import GELU, Activation, GELUTanh, QuickGELU, ReLU, Sigmoid, SiLU, Tanh
-from .attention import CausalMask, MergeHeads, Softmax, SplitHeads, d_head, head, is_per_head, n_head
+from .attention import (CausalMask, MergeHeads, PaddingMask, Softmax, SplitHeads, d_head, head, is_per_head,
+                        n_head)
 from .base import MatrixOp
 from .gqa import GroupedHeads, n_kv_head
 from .linear import Embed, FirstRows, Linear
 from .norm import LayerNorm, RMSNorm, epsilon
 from .rope import Llama3Frequencies, RoPE, RotaryFrequencies
 from .window import SlidingWindowMask, window
+from .pooling import MeanPool
 
 __all__ = [
     "Embed", "FirstRows", "Linear", "LayerNorm", "RMSNorm", "Softmax", "CausalMask",
     "SplitHeads", "MergeHeads", "GELUTanh", "GELU", "ReLU", "Sigmoid", "SiLU", "QuickGELU", "Tanh",
     "RoPE", "RotaryFrequencies", "Llama3Frequencies", "GroupedHeads", "SlidingWindowMask",
+    "PaddingMask", "MeanPool",
 ]
 OPS: tuple[type[MatrixOp], ...] = tuple(globals()[name] for name in __all__)
 ACTIVATIONS: tuple[type[Activation], ...] = tuple(op for op in OPS if issubclass(op, Activation))

@@ -171,3 +171,31 @@ class MergeHeads(MatrixOp):
 def is_per_head(expr) -> bool:
     """True for an expression stated for one generic head h (it splits heads, does not merge)."""
     return expr.has(SplitHeads) and not isinstance(expr, MergeHeads)
+
+
+def padding_mask(s, mask):  # [..., n, n] with mask [1, n]: key j is seen only where mask_j = 1
+    return np.where(mask > 0, s, -np.inf)
+
+
+class PaddingMask(MatrixOp):
+    """Padding mask: no position attends to a padded key j (mask m_j = 0); its score becomes minus infinity."""
+
+    numpy_functions = (padding_mask,)
+
+    @property
+    def mask(self):
+        return self.args[1]
+
+    def _latex(self, printer):
+        return rf"\operatorname{{mask}}_{{{printer._print(self.mask)}}}\left({printer._print(self.arg)}\right)"
+
+    def _numpycode(self, printer):
+        return self._call(printer, "padding_mask", self.arg, self.mask)
+
+    def cost(self, ev):  # counted for an input without padding: every score is kept, none is changed
+        return ev.cost(self.arg)
+
+    @classmethod
+    def definition(cls):
+        S, mask = MatrixSymbol("S", n, n), MatrixSymbol("m", 1, n)
+        return [(cls(S, mask)[i, j], sp.Piecewise((S[i, j], sp.Eq(sp.IndexedBase("m")[j], 1)), (-sp.oo, True)))]

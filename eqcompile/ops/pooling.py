@@ -1,0 +1,44 @@
+"""Pooling of a sequence's hidden states into one vector (sentence-embedding models)."""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixSymbol
+
+from .base import MatrixOp, i, j, m, n, ops
+
+
+def mean_pool(x, mask):  # [n, d] with mask [1, n] -> [1, d]
+    return (mask @ x) / mask.sum()
+
+
+class MeanPool(MatrixOp):
+    """Mean pooling: the average of the rows of X whose mask m_i is 1 (padding left out)."""
+
+    numpy_functions = (mean_pool,)
+
+    @property
+    def mask(self):
+        return self.args[1]
+
+    @property
+    def shape(self):
+        return (1, self.arg.shape[1])
+
+    def _latex(self, printer):
+        mask = printer._print(self.mask)
+        return rf"\frac{{{mask} {printer._print(self.arg)}}}{{{mask} \mathbf{{1}}}}"
+
+    def _numpycode(self, printer):
+        return self._call(printer, "mean_pool", self.arg, self.mask)
+
+    def cost(self, ev):  # counted for an input without padding (m = 1): column sums, one division each
+        rows, cols = ev.size(self.arg)
+        return ev.cost(self.arg) + ops(add=(rows - 1) * cols, div=cols)
+
+    @classmethod
+    def definition(cls):
+        X, mask = MatrixSymbol("X", n, m), MatrixSymbol("m", 1, n)
+        weight = sp.IndexedBase("m")[i]
+        entry = sp.IndexedBase(cls(X, mask))[j]  # entry j of the row vector
+        return [(entry, sp.Sum(weight * X[i, j], (i, 1, n)) / sp.Sum(weight, (i, 1, n)))]
