@@ -24,13 +24,19 @@ def make_gpt2(folder: Path, seed: int = 0, lm_head_model: bool = True, **overrid
     torch.manual_seed(seed)
     config = transformers.GPT2Config(**settings)
     cls = transformers.GPT2LMHeadModel if lm_head_model else transformers.GPT2Model
-    model = cls(config).eval()
-    with torch.no_grad():  # non-trivial LayerNorm gains and biases, so they are tested too
+    return save_with_random_norms(cls(config).eval(), folder, ("ln_1.weight", "ln_2.weight", "ln_f.weight"))
+
+
+def save_with_random_norms(model, folder: Path, gains: tuple[str, ...], bias_scale: float = 0.1) -> Path:
+    """Random norm gains (around 1) and biases: a fresh model has 1 and 0, which would test nothing."""
+    import torch
+
+    with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            if name.endswith(gains):
                 p.copy_(1 + 0.3 * torch.randn_like(p))
             elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
+                p.copy_(bias_scale * torch.randn_like(p))
     model.save_pretrained(folder)
     return folder
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import save_with_random_norms
+
 CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,14 +31,7 @@ def make_llama(folder: Path, model_type: str = "llama", seed: int = 0, **overrid
     config_class, model_class = (getattr(transformers, name) for name in CLASSES[model_type])
     torch.manual_seed(seed)
     model = model_class(config_class(**settings)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.3 * torch.randn_like(p))
-    model.save_pretrained(folder)
-    return folder
+    return save_with_random_norms(model, folder, ("norm.weight",), bias_scale=0.3)
 
 
 def reference_logits(folder: Path, tokens, **options) -> np.ndarray:

@@ -29,7 +29,7 @@ from eqcompile.ops.attention import padding_mask
 from eqcompile.ops.pooling import mean_pool
 from eqcompile.verify import compare, verify
 
-from conftest import SAMPLE, compile_tex, pdflatex_available
+from conftest import SAMPLE, compile_tex, pdflatex_available, save_with_random_norms
 
 needs_tex = pytest.mark.skipif(not pdflatex_available(), reason="pdflatex is not installed (CI installs it)")
 
@@ -56,14 +56,7 @@ def make_bert(folder: Path, seed: int = 0, model_class: str = "BertModel", **ove
     settings.update(overrides)
     torch.manual_seed(seed)
     model = getattr(transformers, model_class)(transformers.BertConfig(**settings)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("LayerNorm.weight"):
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-    model.save_pretrained(folder)
-    return folder
+    return save_with_random_norms(model, folder, ("LayerNorm.weight",))
 
 
 def reference_model(folder: Path):
