@@ -286,6 +286,35 @@ def test_renamed_tensors_by_hash_and_by_role(base, tmp_path):
     assert_latex_compiles(tmp_path, diff)
 
 
+def test_other_families_need_no_changes(tmp_path):
+    """An mlp (nn.Sequential of Linear layers): a rank-2 update of W_2, then another activation."""
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    def save(model, folder, activation):
+        folder.mkdir()
+        save_torch(model.state_dict(), str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps({"model_type": "mlp", "activation": activation}))
+        return folder
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 4))
+    before = save(model, tmp_path / "a", "relu")
+    with torch.no_grad():
+        model[2].weight += 0.05 * torch.randn(32, 2) @ torch.randn(2, 32)
+    updated, other = save(model, tmp_path / "b", "relu"), save(model, tmp_path / "c", "tanh")
+
+    diff = compare(before, updated)
+    assert diff.programs[0].family == "mlp" and not diff.structure.changed
+    (changed,) = diff.changed_weights
+    assert changed.label == "W_2" and changed.delta.form == "low-rank" and changed.delta.spectrum.numerical_rank == 2
+    assert r"W^{\prime}_{2} &= W_{2} + \Delta W_{2}" in assert_latex_compiles(tmp_path, diff)
+    structure = compare(before, other).structure
+    assert [(c.name, c.before, c.after) for c in structure.config] == [("activation", "relu", "tanh")]
+    assert {e.lhs for stage in structure.stages for e in stage.equations} == {"h_1", "h_2"}
+
+
 # -------------------------------------------------------------------------------- the other forms
 
 def test_scale_noise_and_raw_tensors(base, tmp_path):
