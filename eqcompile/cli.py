@@ -36,13 +36,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # so that half-written temp files are removed on the way out
 
 
-def _guarded(work):
-    """Run ``work()``; turn any failure into one line and an exit code, never a traceback."""
+def _guarded(work, not_the_input: int = 1):
+    """Run ``work()``; turn any failure into one line and an exit code, never a traceback.
+
+    Failures that are not the input's fault (TeX, a bug) exit with ``not_the_input``: 1, except
+    for ``diff``, where 1 means "different" and every trouble is 2.
+    """
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return work()
     except TeXError as e:  # the generated document or the TeX installation, not the input
-        _fail(f"error: {e}", 1)
+        _fail(f"error: {e}", not_the_input)
     except EqcompileError as e:
         _fail(f"error: {e}", 2)
     except KeyboardInterrupt:
@@ -50,7 +54,7 @@ def _guarded(work):
     except OSError as e:
         _fail(f"error: {e.strerror or e}: {e.filename or ''}", 2)
     except Exception as e:  # a bug: still one line, and a different exit code
-        _fail(f"internal error ({type(e).__name__}: {e}); please report it", 1)
+        _fail(f"internal error ({type(e).__name__}: {e}); please report it", not_the_input)
 
 
 @click.group(cls=DefaultToCompile, context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,6 +69,7 @@ def main():
     eqcompile stats MODEL [--json]
     eqcompile MODEL --pdf FILE | --tex FILE [--fragment] | --html FILE
     eqcompile verify MODEL [--seq N]
+    eqcompile diff A B [--json | --latex] [-o FILE] [--pdf FILE]
     (compile and verify take --activation NAME for an mlp model, --pooling mean for a bert one)
 
     MODEL is a .safetensors or .gguf file, a model folder, a model.safetensors.index.json of
@@ -257,3 +262,40 @@ def _exact_report(compiled, seq, digits, seed, as_json, force) -> bool:
         click.echo(f"{r.implementation:<16} {r.max_abs:>12.3e} {r.max_rel:>12.3e} {r.bits:>6.1f} "
                    f"{r.argmax_agrees:>7.0%} {'yes' if r.deterministic else 'no'}")
     return True
+
+
+@main.command("diff")
+@click.argument("before", metavar="A")
+@click.argument("after", metavar="B")
+@click.option("--json", "as_json", is_flag=True, help="Write the report as JSON.")
+@click.option("--latex", "as_latex", is_flag=True, help="Write the report as a LaTeX document.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Report file (default: standard output).")
+@click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also build the LaTeX report as this PDF (needs latexmk and pdflatex).")
+def diff_command(before, after, as_json, as_latex, output, pdf_path):
+    """Compare two checkpoints: which equations changed, and how far and in what form each weight moved.
+
+    Exits 0 when A and B are identical, 1 when they differ, 2 on any trouble (like diff).
+    """
+    from .diff import compare, render
+    from .emit.files import write_bytes, write_text
+    from .emit.pdf import build_pdf
+
+    if as_json and as_latex:
+        _fail("error: choose one of --json and --latex", 2)
+
+    def work():
+        result = compare(before, after)
+        report = render.json_text(result) if as_json else render.latex(result) if as_latex else render.text(result)
+        if output is None:
+            click.echo(report, nl=False)
+        else:
+            write_text(output, report)
+            click.echo(f"wrote {output}", err=True)
+        if pdf_path is not None:
+            write_bytes(pdf_path, build_pdf(render.latex(result)).pdf)
+            click.echo(f"wrote {pdf_path}", err=True)
+        return result.identical
+
+    sys.exit(0 if _guarded(work, not_the_input=2) else 1)

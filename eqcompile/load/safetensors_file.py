@@ -117,7 +117,9 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
         if count else np.zeros(0, dtype=stored)
     array = flat.reshape(info.shape)
     if info.dtype == "BF16":  # bfloat16 is the top half of a float32: widening is exact
-        return (np.asarray(array).astype(np.uint32) << 16).view(np.float32)
+        widened = np.asarray(array).astype(np.uint32)
+        widened <<= 16  # in place: one float32 copy of the tensor, not two
+        return widened.view(np.float32)
     if array.dtype.kind == "f":
         return np.asarray(array, dtype=np.float32)
     return np.array(array)

@@ -1,0 +1,160 @@
+"""``eqcompile diff A B``: what changed between two checkpoints, as mathematics.
+
+The pipeline, wired in :func:`compare`:
+
+1. load both checkpoints (headers only) and lower each to its Program;
+2. the structural diff (:mod:`.structure`): config, dimensions, equations, parameters, tensor names;
+3. the parametric diff (:mod:`.delta`), one pair at a time: each parameter of the equations
+   (W_Q of layer 3, a slice of ``c_attn``) against the same symbol and layer in B, then every raw
+   tensor outside the equations by name. Bit-identical sources are recognised by their hash without
+   reading them as numbers; the others are streamed in blocks, so the two models are never in
+   memory, only a few blocks of one pair.
+
+Rendering (text, JSON, LaTeX) is in :mod:`.render`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from .. import arch
+from ..emit.files import progress_bar
+from ..errors import CheckpointError, EqcompileError
+from ..load import Checkpoint, TensorInfo, load_checkpoint
+from ..program import Program, TensorRef
+from .delta import IDENTICAL, Delta, as_matrix, measure
+from .structure import Slot, StructureDiff, compare_programs, compare_tensors, slots
+
+__all__ = ["ModelDiff", "WeightDiff", "compare"]
+
+SIDES = ("before", "after")
+
+
+@dataclass(frozen=True)
+class WeightDiff:
+    """One compared pair: a parameter (symbol and layer) or a raw tensor outside the equations."""
+
+    label: str  # "W_Q^(3)", or the tensor's name
+    slot: Slot | None  # A's parameter; None for a raw tensor
+    sources: tuple[str, str]  # where the numbers come from in A and in B
+    shape: tuple[int, ...]  # the parameter's shape in the equations, or the tensor's stored shape
+    dtypes: tuple[str, str]  # storage dtypes in A and B
+    delta: Delta
+
+
+@dataclass
+class ModelDiff:
+    before: str  # the two inputs, as the user named them
+    after: str
+    programs: tuple[Program | None, Program | None]  # None: that side could not be lowered
+    structure: StructureDiff
+    parameters: list[WeightDiff]  # in the model's order
+    tensors: list[WeightDiff]  # raw tensors that are not the source of a compared parameter
+
+    @property
+    def identical(self) -> bool:
+        return not self.structure.changed and all(
+            w.delta.form == IDENTICAL for w in self.parameters + self.tensors)
+
+    @property
+    def changed_weights(self) -> list[WeightDiff]:
+        """Changed parameters and tensors, largest relative change first."""
+        changed = [w for w in self.parameters + self.tensors if w.delta.form != IDENTICAL]
+        return sorted(changed, key=lambda w: -w.delta.relative)
+
+
+def compare(before: str | Path, after: str | Path) -> ModelDiff:
+    """Diff two checkpoints (anything :func:`~eqcompile.load.load_checkpoint` accepts)."""
+    checkpoints = (load_checkpoint(before), load_checkpoint(after))
+    lowered = [_lower(checkpoint, side) for checkpoint, side in zip(checkpoints, "AB")]
+    programs = (lowered[0][0], lowered[1][0])
+    slot_maps = [slots(p) if p is not None else {} for p in programs]
+    digests = _Digests(checkpoints)
+    pairs = [(slot_maps[0][key], slot_maps[1][key]) for key in slot_maps[0]
+             if key in slot_maps[1] and slot_maps[0][key].shape == slot_maps[1][key].shape]
+    tensors = compare_tensors(*checkpoints, digests.of, [(a.source.name, b.source.name) for a, b in pairs])
+    structure = compare_programs(*programs, *slot_maps, raw_configs=tuple(c.config for c in checkpoints),
+                                 tensors=tensors, notes=[note for _, note in lowered if note])
+
+    covered = [{s.source.name for s in slot_map.values()} for slot_map in slot_maps]
+    raw_names = [name for name, info in checkpoints[0].tensors.items()
+                 if name in checkpoints[1].tensors and info.shape == checkpoints[1].tensors[name].shape
+                 and not (name in covered[0] and name in covered[1])]
+    work = [partial(_compare_slots, checkpoints, digests, a, b) for a, b in pairs]
+    work += [partial(_compare_tensors, checkpoints, digests, name) for name in raw_names]
+    compared = [task() for task in progress_bar(work, "comparing")]
+    return ModelDiff(str(before), str(after), programs, structure,
+                     parameters=[w for w in compared if w.slot is not None],
+                     tensors=[w for w in compared if w.slot is None])
+
+
+def _lower(checkpoint: Checkpoint, side: str) -> tuple[Program | None, str]:
+    """The Program, or None and why: the tensors can still be compared by name."""
+    try:
+        return arch.lower(checkpoint), ""
+    except EqcompileError as e:
+        return None, f"{side} has no equations ({e}); its tensors are compared by name"
+
+
+class _Digests:
+    """SHA-256 of each tensor's stored bytes (with its dtype and shape), computed once."""
+
+    def __init__(self, checkpoints: tuple[Checkpoint, Checkpoint]):
+        self.checkpoints = dict(zip(SIDES, checkpoints))
+        self.cache: dict[tuple[str, str], tuple] = {}
+
+    def of(self, side: str, name: str) -> tuple:
+        if (side, name) not in self.cache:
+            self.cache[side, name] = _digest(self.checkpoints[side].tensors[name])
+        return self.cache[side, name]
+
+
+def _digest(info: TensorInfo) -> tuple:
+    sha = hashlib.sha256()
+    with open(info.path, "rb") as f:
+        f.seek(info.start)
+        remaining = info.nbytes
+        while remaining:
+            chunk = f.read(min(remaining, 1 << 20))
+            if not chunk:
+                raise CheckpointError(f"{info.path.name}: file is truncated (tensor {info.name!r})")
+            sha.update(chunk)
+            remaining -= len(chunk)
+    return info.dtype, info.shape, sha.hexdigest()
+
+
+def _source_view(checkpoint: Checkpoint, ref: TensorRef) -> np.ndarray:
+    """A parameter's numbers as stored: sliced but not transposed (no statistic depends on it)."""
+    array = checkpoint.tensor(ref.name)
+    if ref.columns:
+        array = array[..., ref.columns[0]:ref.columns[1]]
+    return as_matrix(array)
+
+
+def _compare_slots(checkpoints, digests: _Digests, a: Slot, b: Slot) -> WeightDiff:
+    infos = (checkpoints[0].tensors[a.source.name], checkpoints[1].tensors[b.source.name])
+    dtypes = (infos[0].dtype, infos[1].dtype)
+    same_slice = (a.source.columns, a.source.transpose) == (b.source.columns, b.source.transpose)
+    if same_slice and digests.of("before", a.source.name) == digests.of("after", b.source.name):
+        delta = Delta.unchanged(int(np.prod(a.shape)))
+    else:
+        old, new = _source_view(checkpoints[0], a.source), _source_view(checkpoints[1], b.source)
+        if a.source.transpose != b.source.transpose:
+            new = new.T
+        delta = measure(old, new, dtypes)
+    return WeightDiff(a.label, a, (a.source.describe(), b.source.describe()), a.shape, dtypes, delta)
+
+
+def _compare_tensors(checkpoints, digests: _Digests, name: str) -> WeightDiff:
+    infos = (checkpoints[0].tensors[name], checkpoints[1].tensors[name])
+    dtypes = (infos[0].dtype, infos[1].dtype)
+    if digests.of("before", name) == digests.of("after", name):
+        delta = Delta.unchanged(int(np.prod(infos[0].shape)))
+    else:
+        delta = measure(as_matrix(checkpoints[0].tensor(name)), as_matrix(checkpoints[1].tensor(name)), dtypes)
+    return WeightDiff(name, None, (name, name), infos[0].shape, dtypes, delta)
