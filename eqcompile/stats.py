@@ -13,7 +13,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .emit.python import weight_plan
-from .ops import CausalMask, Embed, MatrixOp, Softmax, is_per_head, n_head
+from .ops import Embed, MatrixOp, Softmax, is_per_head, n_head
 from .ops.base import Cost
 from .program import Program
 
@@ -22,9 +22,9 @@ CHARS_PER_PAGE = 4000  # dense display math on an A4 page at 10 pt
 
 
 class _CostEvaluator:
-    def __init__(self, numbers: dict, triangular: set, known: set):
+    def __init__(self, numbers: dict, masked: dict, known: set):
         self.numbers = numbers
-        self.triangular = triangular  # causal attention weights: zero above the diagonal
+        self.masked = masked  # attention weights -> the mask that zeroes some of them
         self.known = known  # inputs whose values are known in advance (positions)
 
     def is_known(self, symbol) -> bool:
@@ -55,8 +55,8 @@ class _CostEvaluator:
             for index, factor in enumerate(matrices[1:]):
                 inner_dim, right_cols = self.size(factor)
                 terms = left_rows * inner_dim  # products per output column
-                if index == 0 and matrices[0] in self.triangular:  # masked weights add no term
-                    terms = CausalMask.visible(left_rows, inner_dim)
+                if index == 0 and matrices[0] in self.masked:  # masked weights add no term
+                    terms = self.masked[matrices[0]].kept(self)
                 inner += Cost(mul=right_cols * terms, add=right_cols * (terms - left_rows))
             if coefficient != 1:
                 inner += Cost(mul=rows * cols)
@@ -72,10 +72,10 @@ def operation_counts(program: Program, seq: int) -> Cost:
     """
     numbers = dict(program.dims) | {program.seq: seq}
     total: Cost = Cost()
-    triangular = {eq.lhs for stage in program.stages for eq in stage.equations
-                  if isinstance(eq.rhs, Softmax) and isinstance(eq.rhs.arg, CausalMask)}
+    masked = {eq.lhs: eq.rhs.arg for stage in program.stages for eq in stage.equations
+              if isinstance(eq.rhs, Softmax) and hasattr(eq.rhs.arg, "kept")}
     for stage in program.stages:
-        ev = _CostEvaluator(numbers | {symbol: 1 for symbol in stage.layer_symbols}, triangular,
+        ev = _CostEvaluator(numbers | {symbol: 1 for symbol in stage.layer_symbols}, masked,
                             {program.positions})
         for eq in stage.equations:
             cost = ev.cost(eq.rhs) * (stage.layers or 1)

@@ -129,19 +129,23 @@ def sparse_gpt2(folder, layers: int, width: int, vocab: int = 50257, ctx: int = 
                             "mlp.c_fc.weight": [width, 4 * width], "mlp.c_fc.bias": [4 * width],
                             "mlp.c_proj.weight": [4 * width, width], "mlp.c_proj.bias": [width]}.items():
             shapes[f"h.{i}.{name}"] = shape
+    return sparse_checkpoint(folder, shapes, {"model_type": "gpt2", "vocab_size": vocab, "n_positions": ctx,
+                                              "n_embd": width, "n_layer": layers, "n_head": width // 64})
+
+
+def sparse_checkpoint(folder, shapes: dict, config: dict, dtype: str = "F32", size: int = 4):
+    """A safetensors header for ``shapes`` and a data region that is a hole: no disk used."""
     header, offset = {}, 0
     for name, shape in shapes.items():
-        size = int(np.prod(shape)) * 4
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
+        nbytes = int(np.prod(shape)) * size
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw = json.dumps(header).encode()
     folder.mkdir(parents=True)
     with open(folder / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         f.truncate(8 + len(raw) + offset)
-    (folder / "config.json").write_text(json.dumps(
-        {"model_type": "gpt2", "vocab_size": vocab, "n_positions": ctx, "n_embd": width,
-         "n_layer": layers, "n_head": width // 64}))
+    (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 
@@ -174,3 +178,27 @@ def test_mlp_4_16_4_expands_exactly(tmp_path, activation):
     np.testing.assert_allclose(literal[:, 0], numpy_forward, atol=1e-6, rtol=0)
     pure = import_module(model.to_python(tmp_path / "pure", expand=True), f"mlp_pure_{activation}")
     np.testing.assert_allclose(pure.forward(x), numpy_forward, atol=1e-6, rtol=0)
+
+
+def test_stats_of_a_llama_7b_header(tmp_path):
+    """Llama-7B shape (bf16, 6.74B parameters): stats and the layer-level LaTeX from the header alone."""
+    d, ffn, layers, vocab = 4096, 11008, 32, 32000
+    shapes = {"model.embed_tokens.weight": [vocab, d], "model.norm.weight": [d], "lm_head.weight": [vocab, d]}
+    for i in range(layers):
+        block = f"model.layers.{i}."
+        shapes.update({block + "input_layernorm.weight": [d], block + "post_attention_layernorm.weight": [d]})
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[f"{block}self_attn.{name}.weight"] = [d, d]
+        shapes.update({block + "mlp.gate_proj.weight": [ffn, d], block + "mlp.up_proj.weight": [ffn, d],
+                       block + "mlp.down_proj.weight": [d, ffn]})
+    folder = sparse_checkpoint(tmp_path / "7b", shapes, {
+        "model_type": "llama", "vocab_size": vocab, "hidden_size": d, "intermediate_size": ffn,
+        "num_hidden_layers": layers, "num_attention_heads": 32, "num_key_value_heads": 32,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}, "BF16", 2)
+    model = eqcompile.compile(folder)
+    result = model.stats(seq=2048)
+    assert result.parameters == 6_738_415_616
+    matmul_weights = result.parameters - vocab * d - (2 * layers + 1) * d  # no lookup table, no gains
+    assert 2 * matmul_weights < result.operations_per_token < 2.2 * matmul_weights + 4 * layers * d * 2048
+    assert result.weight_bytes_per_token == 2 * (result.parameters - (vocab - 1) * d)
+    assert r"\operatorname{RoPE}" in model.latex()

@@ -61,7 +61,7 @@ class Softmax(MatrixOp):
 
     def cost(self, ev):
         rows, cols = ev.size(self.arg)
-        visible = CausalMask.visible(rows, cols) if isinstance(self.arg, CausalMask) else rows * cols
+        visible = self.arg.kept(ev) if hasattr(self.arg, "kept") else rows * cols
         return ev.cost(self.arg) + ops(exp=visible, add=visible - rows, div=visible)
 
     @classmethod
@@ -90,11 +90,11 @@ class CausalMask(MatrixOp):
         scores = ev.value(self.arg)
         return sp.Matrix(scores.rows, scores.cols, lambda r, c: scores[r, c] if c <= r else -sp.oo)
 
-    def cost(self, ev):  # masked scores are never computed: count the kept ones
-        rows, cols = ev.size(self.arg)
-        total = ev.cost(self.arg)
-        kept = self.visible(rows, cols)
-        return ops(**{kind: count * kept // (rows * cols) for kind, count in total.items()})
+    def kept(self, ev) -> int:
+        return self.visible(*ev.size(self))
+
+    def cost(self, ev):
+        return kept_cost(self, ev)
 
     @classmethod
     def definition(cls):
@@ -166,6 +166,12 @@ class MergeHeads(MatrixOp):
     def definition(cls):
         Y = MatrixSymbol("Y", n, d_head)
         return [(cls(Y, n_head)[i, (head - 1) * d_head + j], SplitHeads(Y, 1)[i, j])]
+
+
+def kept_cost(mask, ev):
+    """A mask's cost: masked scores are never computed, so only the kept ones count."""
+    rows, cols = ev.size(mask.arg)
+    return ops(**{kind: count * mask.kept(ev) // (rows * cols) for kind, count in ev.cost(mask.arg).items()})
 
 
 def is_per_head(expr) -> bool:

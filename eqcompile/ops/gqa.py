@@ -12,7 +12,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .attention import d_head, head, n_head, split_heads
-from .base import MatrixOp, i, j, n
+from .base import MatrixOp, i, j, n, ops
 
 n_kv_head = sp.Symbol("n_kv_head", integer=True, positive=True)
 group = sp.Function("g")  # the key/value head that query head h reads
@@ -44,6 +44,11 @@ class GroupedHeads(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "grouped_heads", *self.args)
+
+    def cost(self, ev):  # re-indexing only
+        if not isinstance(self.arg, MatrixSymbol):
+            raise NotImplementedError("heads are grouped from named matrices only")
+        return ops()
 
     @classmethod
     def definition(cls):

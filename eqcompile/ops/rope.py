@@ -16,7 +16,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .attention import d_head
-from .base import MatrixOp, i, j, k, n
+from .base import MatrixOp, i, j, k, n, ops
 
 rope_theta = sp.Symbol("rope_theta", positive=True)  # the base, 10000 in the original RoPE
 rope_factor = sp.Symbol("rope_factor", positive=True)  # s: how much the context was stretched
@@ -70,6 +70,9 @@ class RotaryFrequencies(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "rope_frequencies", self.base, self.width)
 
+    def cost(self, ev):  # one power per frequency (the exponents are constants)
+        return ops(pow=ev.size(self)[1])
+
     @classmethod
     def definition(cls):
         theta = sp.IndexedBase("theta")[k]
@@ -91,6 +94,9 @@ class Llama3Frequencies(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "llama3_frequencies", *self.args)
+
+    def cost(self, ev):  # per frequency: its wavelength, the scaled value, the blend (as the definition)
+        return ev.cost(self.arg) + ops(div=4, mul=3, add=3, neg=2) * ev.size(self)[1]
 
     @classmethod
     def definition(cls):
@@ -130,6 +136,14 @@ class RoPE(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "rope", self.arg, self.frequencies, self.positions)
+
+    def cost(self, ev):
+        """An angle, its cos and sin per position and frequency; two products and a sum per entry."""
+        rows, cols = ev.size(self)
+        half = ev.size(self.frequencies)[1]
+        angles = rows * half
+        return ev.cost(self.arg) + ops(mul=angles + 2 * rows * cols, add=rows * cols, neg=rows * cols // 2,
+                                       cos=angles, sin=angles)
 
     @classmethod
     def definition(cls):  # one head's block of columns; every head is turned the same way

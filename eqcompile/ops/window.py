@@ -9,6 +9,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
+from .attention import kept_cost
 from .base import MatrixOp, i, j, n
 
 window = sp.Symbol("w", integer=True, positive=True)
@@ -34,6 +35,14 @@ class SlidingWindowMask(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "sliding_window_mask", self.arg, self.window)
+
+    def kept(self, ev) -> int:  # the last rows of the keys are the queries
+        rows, cols = ev.size(self)
+        width = int(ev.number(self.window))
+        return sum(min(width, cols - rows + r + 1) for r in range(rows))
+
+    def cost(self, ev):
+        return kept_cost(self, ev)
 
     @classmethod
     def definition(cls):
