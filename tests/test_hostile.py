@@ -23,7 +23,8 @@ from eqcompile.errors import EqcompileError
 
 from conftest import ROOT, SAMPLE, compile_tex, make_gpt2, pdflatex_available
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+# EQCOMPILE_FUZZ_EXAMPLES=20000 python -m pytest tests/test_hostile.py -k fuzz  runs a longer, CI-free search
+FUZZ = settings(max_examples=int(os.environ.get("EQCOMPILE_FUZZ_EXAMPLES", "150")), deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
