@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eqcompile.verify import compare
+
 from conftest import save_with_random_norms
 
 CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
@@ -150,3 +152,17 @@ def cut_gguf(reader, path: Path, layers: int) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def assert_matches(module, reference, vocab, seqs, seed=0) -> tuple[float, float]:
+    """Emitted logits vs ``reference(tokens)`` on random tokens of each length; the worst errors."""
+    rng = np.random.default_rng(seed)
+    worst = (0.0, 0.0)
+    for seq in seqs:
+        tokens = rng.integers(0, vocab, size=seq)
+        logits = module.forward(tokens)
+        assert logits.dtype == np.float32 and logits.shape == (seq, vocab)
+        max_abs, max_rel, ok = compare(logits, reference(tokens))
+        assert ok and max_abs <= 1e-4 and max_rel <= 1e-5, (seq, max_abs, max_rel)
+        worst = (max(worst[0], max_abs), max(worst[1], max_rel))
+    return worst

