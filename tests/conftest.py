@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eqcompile.load.sparse import header_only
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "shakespeare-char"
 
@@ -67,39 +69,20 @@ def compile_tex(tex: Path) -> subprocess.CompletedProcess:
         cwd=tex.parent, capture_output=True, text=True, timeout=120)
 
 
-def make_sparse_gpt2(folder: Path, n_layer: int = 12, n_embd: int = 768, n_head: int = 12,
+def make_sparse_gpt2(folder: Path, n_layer: int = 12, n_embd: int = 768, n_head: int | None = None,
                      vocab_size: int = 50257, n_positions: int = 1024) -> Path:
-    """A GPT-2-124M-shaped checkpoint in a second: a real safetensors header, zeros for data.
+    """A GPT-2-shaped checkpoint in a moment: a real safetensors header, its data a hole (zeros).
 
-    The data is a hole in a sparse file (the file is truncated to its full size), so every
-    symbolic stage sees the real names and shapes; numeric stages read zeros.
+    Every symbolic stage sees the real names and shapes; numeric stages would read zeros.
     """
-    import json
-    import struct
+    return header_only(folder, dict(model_type="gpt2", vocab_size=vocab_size, n_positions=n_positions,
+                                    n_embd=n_embd, n_layer=n_layer, n_head=n_head or n_embd // 64))
 
-    inner = 4 * n_embd
-    shapes = {"wte.weight": [vocab_size, n_embd], "wpe.weight": [n_positions, n_embd]}
-    for layer in range(n_layer):
-        for name, shape in [("ln_1.weight", [n_embd]), ("ln_1.bias", [n_embd]),
-                            ("attn.c_attn.weight", [n_embd, 3 * n_embd]), ("attn.c_attn.bias", [3 * n_embd]),
-                            ("attn.c_proj.weight", [n_embd, n_embd]), ("attn.c_proj.bias", [n_embd]),
-                            ("ln_2.weight", [n_embd]), ("ln_2.bias", [n_embd]),
-                            ("mlp.c_fc.weight", [n_embd, inner]), ("mlp.c_fc.bias", [inner]),
-                            ("mlp.c_proj.weight", [inner, n_embd]), ("mlp.c_proj.bias", [n_embd])]:
-            shapes[f"h.{layer}.{name}"] = shape
-    shapes.update({"ln_f.weight": [n_embd], "ln_f.bias": [n_embd]})
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        size = 4 * int(np.prod(shape))
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)
-    config = dict(model_type="gpt2", vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd,
-                  n_layer=n_layer, n_head=n_head)
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
+
+def make_sparse_llama(folder: Path, n_layer: int = 32, width: int = 4096, heads: int = 32, kv_heads: int = 32,
+                      ffn: int = 11008, vocab: int = 32000, ctx: int = 4096) -> Path:
+    """A Llama-2-7B-shaped (by default) bfloat16 checkpoint, header only."""
+    return header_only(folder, {
+        "model_type": "llama", "vocab_size": vocab, "hidden_size": width, "intermediate_size": ffn,
+        "num_hidden_layers": n_layer, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "max_position_embeddings": ctx, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}, "BF16")

@@ -7,7 +7,6 @@ must reproduce the numpy forward to 1e-6.
 from __future__ import annotations
 
 import json
-import struct
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from eqcompile.emit.python import import_module
 from eqcompile.expand import expand
 from eqcompile.stats import CHARS_PER_OPERATION, operation_counts
 
-from conftest import compile_tex, make_gpt2, pdflatex_available
+from conftest import compile_tex, make_gpt2, make_sparse_gpt2, make_sparse_llama, pdflatex_available
 
 TINY = dict(vocab_size=8, n_positions=4, n_embd=4, n_layer=1, n_head=2)
 
@@ -119,39 +118,9 @@ def test_per_token_operations_are_the_last_rows_cost(tiny):
     assert eqcompile.compile(tiny).stats(4).operations_per_token == four - three
 
 
-def sparse_gpt2(folder, layers: int, width: int, vocab: int = 50257, ctx: int = 1024):
-    """A GPT-2-shaped safetensors header whose data region is a hole: no disk used, nothing read."""
-    shapes = {"wte.weight": [vocab, width], "wpe.weight": [ctx, width], "ln_f.weight": [width], "ln_f.bias": [width]}
-    for i in range(layers):
-        for name, shape in {"ln_1.weight": [width], "ln_1.bias": [width], "attn.c_attn.weight": [width, 3 * width],
-                            "attn.c_attn.bias": [3 * width], "attn.c_proj.weight": [width, width],
-                            "attn.c_proj.bias": [width], "ln_2.weight": [width], "ln_2.bias": [width],
-                            "mlp.c_fc.weight": [width, 4 * width], "mlp.c_fc.bias": [4 * width],
-                            "mlp.c_proj.weight": [4 * width, width], "mlp.c_proj.bias": [width]}.items():
-            shapes[f"h.{i}.{name}"] = shape
-    return sparse_checkpoint(folder, shapes, {"model_type": "gpt2", "vocab_size": vocab, "n_positions": ctx,
-                                              "n_embd": width, "n_layer": layers, "n_head": width // 64})
-
-
-def sparse_checkpoint(folder, shapes: dict, config: dict, dtype: str = "F32", size: int = 4):
-    """A safetensors header for ``shapes`` and a data region that is a hole: no disk used."""
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        nbytes = int(np.prod(shape)) * size
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header).encode()
-    folder.mkdir(parents=True)
-    with open(folder / "model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
 def test_stats_of_a_large_model_from_its_header(tmp_path):
     """GPT-2 XL shape (1.56B parameters): counted from shapes, the data never read."""
-    model = eqcompile.compile(sparse_gpt2(tmp_path / "xl", layers=48, width=1600))
+    model = eqcompile.compile(make_sparse_gpt2(tmp_path / "xl", n_layer=48, n_embd=1600))
     result = model.stats()
     assert result.parameters == 1_557_611_200
     assert result.operations_per_token > 2 * 1_500_000_000  # ~ 2 operations per weight, plus attention
@@ -182,19 +151,8 @@ def test_mlp_4_16_4_expands_exactly(tmp_path, activation):
 
 def test_stats_of_a_llama_7b_header(tmp_path):
     """Llama-7B shape (bf16, 6.74B parameters): stats and the layer-level LaTeX from the header alone."""
-    d, ffn, layers, vocab = 4096, 11008, 32, 32000
-    shapes = {"model.embed_tokens.weight": [vocab, d], "model.norm.weight": [d], "lm_head.weight": [vocab, d]}
-    for i in range(layers):
-        block = f"model.layers.{i}."
-        shapes.update({block + "input_layernorm.weight": [d], block + "post_attention_layernorm.weight": [d]})
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[f"{block}self_attn.{name}.weight"] = [d, d]
-        shapes.update({block + "mlp.gate_proj.weight": [ffn, d], block + "mlp.up_proj.weight": [ffn, d],
-                       block + "mlp.down_proj.weight": [d, ffn]})
-    folder = sparse_checkpoint(tmp_path / "7b", shapes, {
-        "model_type": "llama", "vocab_size": vocab, "hidden_size": d, "intermediate_size": ffn,
-        "num_hidden_layers": layers, "num_attention_heads": 32, "num_key_value_heads": 32,
-        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}, "BF16", 2)
+    d, layers, vocab = 4096, 32, 32000
+    folder = make_sparse_llama(tmp_path / "7b")
     model = eqcompile.compile(folder)
     result = model.stats(seq=2048)
     assert result.parameters == 6_738_415_616

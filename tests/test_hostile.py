@@ -21,7 +21,7 @@ import eqcompile
 from eqcompile.cli import main
 from eqcompile.errors import EqcompileError
 
-from conftest import ROOT, SAMPLE, compile_tex, make_gpt2, pdflatex_available
+from conftest import ROOT, SAMPLE, compile_tex, make_gpt2, make_sparse_gpt2, pdflatex_available
 
 # EQCOMPILE_FUZZ_EXAMPLES=20000 python -m pytest tests/test_hostile.py -k fuzz  runs a longer, CI-free search
 FUZZ = settings(max_examples=int(os.environ.get("EQCOMPILE_FUZZ_EXAMPLES", "150")), deadline=None, derandomize=True,
@@ -144,9 +144,7 @@ def test_outputs_are_byte_identical_across_runs(tmp_path):
 
 def test_sigterm_mid_write_leaves_the_previous_output(tmp_path):
     """A big (sparse, all-zero) checkpoint takes seconds to write; killing it keeps the old files."""
-    from test_expand import sparse_gpt2
-
-    folder = sparse_gpt2(tmp_path / "big", layers=12, width=768)
+    folder = make_sparse_gpt2(tmp_path / "big")
     out = tmp_path / "out"
     out.mkdir()
     (out / "model.py").write_text("previous model\n")

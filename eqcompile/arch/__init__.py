@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -33,6 +33,8 @@ class Family:
     # verify's random input of forward() for a given length (tokens: the sequence length)
     sample_input: Callable[[Program, np.random.Generator, int], np.ndarray] = random_tokens
     settings: tuple[str, ...] = ()  # config keys the command line may set (e.g. "activation")
+    # (name, shape) of every tensor a config.json implies: header-only checkpoints (load/sparse.py)
+    tensors: Callable[[dict], Iterable[tuple[str, tuple[int, ...]]]] | None = None
 
 
 def families() -> list[Family]:
@@ -45,16 +47,21 @@ def families() -> list[Family]:
     return found
 
 
+def family_named(model_type) -> Family:
+    """The family that lowers config.json's ``model_type``."""
+    known = families()
+    for family in known:
+        if model_type in family.model_types:
+            return family
+    supported = ", ".join(t for f in known for t in f.model_types)
+    raise UnsupportedArchitecture(f"unsupported architecture {str(model_type)!r} (supported: {supported})")
+
+
 def family_of(checkpoint: Checkpoint) -> Family:
+    if checkpoint.config is not None and "model_type" in checkpoint.config:
+        return family_named(checkpoint.config["model_type"])
     known = families()
     supported = ", ".join(t for f in known for t in f.model_types)
-    if checkpoint.config is not None and "model_type" in checkpoint.config:
-        model_type = checkpoint.config["model_type"]
-        for family in known:
-            if model_type in family.model_types:
-                return family
-        raise UnsupportedArchitecture(
-            f"unsupported architecture {str(model_type)!r} (supported: {supported})")
     for family in known:
         if family.recognises(checkpoint):
             return family

@@ -45,6 +45,11 @@ def read_config(checkpoint: Checkpoint) -> tuple[GPT2Config, str, list[str]]:
     raw = checkpoint.config
     if raw is None:
         raw, notes = _infer_config(checkpoint, prefix)
+    return config_from_dict(raw), prefix, notes
+
+
+def config_from_dict(raw: dict) -> GPT2Config:
+    """config.json's values, checked, with transformers' defaults."""
     cfg = ConfigReader(raw, "gpt2")
     for flag in ("add_cross_attention",):
         if cfg.flag(flag, False):
@@ -54,7 +59,7 @@ def read_config(checkpoint: Checkpoint) -> tuple[GPT2Config, str, list[str]]:
     if n_embd % heads:
         raise ConfigError(f"gpt2 config: n_embd={n_embd} is not divisible by n_head={heads}")
     inner = raw.get("n_inner")
-    config = GPT2Config(
+    return GPT2Config(
         vocab_size=cfg.integer("vocab_size"),
         n_positions=cfg.integer("n_positions"),
         n_embd=n_embd,
@@ -67,7 +72,6 @@ def read_config(checkpoint: Checkpoint) -> tuple[GPT2Config, str, list[str]]:
         scale_attn_by_inverse_layer_idx=cfg.flag("scale_attn_by_inverse_layer_idx", False),
         tie_word_embeddings=cfg.flag("tie_word_embeddings", True),
     )
-    return config, prefix, notes
 
 
 def _infer_config(checkpoint: Checkpoint, prefix: str) -> tuple[dict, list[str]]:
@@ -98,7 +102,7 @@ def lower(checkpoint: Checkpoint) -> Program:
     config, prefix, notes = read_config(checkpoint)
     d, inner, vocab = config.n_embd, config.n_inner, config.vocab_size
     h = "{layer}"
-    expect_shapes(checkpoint, _expected_tensors(config, prefix))
+    expect_shapes(checkpoint, expected_tensors(config, prefix))
 
     stages = [_embedding(prefix), _block(config, prefix + f"h.{h}."), _unembedding(config, prefix)]
     return Program(
@@ -111,7 +115,7 @@ def lower(checkpoint: Checkpoint) -> Program:
     )
 
 
-def _expected_tensors(config: GPT2Config, prefix: str):
+def expected_tensors(config: GPT2Config, prefix: str = ""):
     """(name, stored shape) of every tensor the lowering binds, layer by layer."""
     d, inner, vocab = config.n_embd, config.n_inner, config.vocab_size
     yield from [(f"{prefix}wte.weight", (vocab, d)), (f"{prefix}wpe.weight", (config.n_positions, d)),
@@ -238,4 +242,5 @@ def reference(checkpoint: Checkpoint, dtype: str = "float32"):
     return forward
 
 
-FAMILY = Family("gpt2", ("gpt2",), recognises, lower, reference)
+FAMILY = Family("gpt2", ("gpt2",), recognises, lower, reference,
+                tensors=lambda raw: expected_tensors(config_from_dict(raw)))

@@ -69,6 +69,11 @@ def read_config(checkpoint: Checkpoint) -> LlamaConfig:
     if raw is None:
         raise ConfigError("a Llama-family checkpoint needs its config.json: RoPE base, epsilon and head "
                           "counts cannot be read from tensor shapes")
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict) -> LlamaConfig:
+    """config.json's values, checked, read as transformers reads them."""
     model_type = raw.get("model_type", "llama")
     cfg = ConfigReader(raw, model_type)
     hidden, heads = cfg.integer("hidden_size"), cfg.integer("num_attention_heads")
@@ -159,7 +164,7 @@ def recognises(checkpoint: Checkpoint) -> bool:
     return "model.embed_tokens.weight" in names and "model.layers.0.mlp.gate_proj.weight" in names
 
 
-def _expected_shapes(config: LlamaConfig):
+def expected_tensors(config: LlamaConfig):
     """(name, stored shape) of every tensor the lowering binds, layer by layer (lazily)."""
     d, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     width_q = config.num_attention_heads * config.head_dim
@@ -184,7 +189,7 @@ def _expected_shapes(config: LlamaConfig):
 
 def lower(checkpoint: Checkpoint) -> Program:
     config = read_config(checkpoint)
-    expect_shapes(checkpoint, _expected_shapes(config))
+    expect_shapes(checkpoint, expected_tensors(config))
     stages = [_embedding(), _block(config), _unembedding(config)]
     rope = config.rope
     dims = {d_model: config.hidden_size, d_ff: config.intermediate_size, n_vocab: config.vocab_size,
@@ -321,4 +326,5 @@ def reference(checkpoint: Checkpoint):
     return forward
 
 
-FAMILY = Family("llama", ("llama", "mistral", "qwen2"), recognises, lower, reference)
+FAMILY = Family("llama", ("llama", "mistral", "qwen2"), recognises, lower, reference,
+                tensors=lambda raw: expected_tensors(config_from_dict(raw)))

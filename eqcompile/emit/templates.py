@@ -12,8 +12,6 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-import jinja2
-
 from .text import tex_code, tex_escape
 
 
@@ -25,7 +23,9 @@ def template_folder() -> Path:
 
 
 @cache
-def environment() -> jinja2.Environment:
+def environment():
+    import jinja2  # only documents and modules need it: the command line's --latex does not
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template_folder()),
         block_start_string="((*", block_end_string="*))",

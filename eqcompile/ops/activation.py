@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import Callable, ClassVar
 
-import latexify
 import numpy as np
 import sympy as sp
 
 from . import scalar
-from .base import MatrixOp, count_operations, operator
+from .base import Cost, MatrixOp, count_operations, operator
 
 
 def gelu_tanh(x):  # GPT-2's "gelu_new"
@@ -65,6 +65,8 @@ class Activation(MatrixOp):
 
     @classmethod
     def definition_latex(cls, printer):
+        import latexify  # only --level index needs it: the command line does not pay its import
+
         return [str(latexify.get_latex(cls.scalar, use_math_symbols=True))]
 
     @classmethod
@@ -79,9 +81,15 @@ class Activation(MatrixOp):
         with sp.evaluate(False):  # keep tanh(-y) as written: sympy would pull the sign out
             return values.applyfunc(lambda term: form.xreplace({x: term}))
 
+    @classmethod
+    @cache
+    def scalar_cost(cls) -> Cost:
+        """Operations of the definition on one scalar (sympy's nfloat is slow: counted once)."""
+        return count_operations(cls.scalar_form(sp.Dummy("x")))
+
     def cost(self, ev):
         rows, cols = ev.size(self)
-        return ev.cost(self.arg) + count_operations(self.scalar_form(sp.Dummy("x"))) * (rows * cols)
+        return ev.cost(self.arg) + self.scalar_cost() * (rows * cols)
 
 
 class GELUTanh(Activation):

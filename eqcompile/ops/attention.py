@@ -25,7 +25,7 @@ def softmax(s):  # [..., n, n] -> [..., n, n], over the last axis
 
 def causal_mask(s):  # [..., n, m]: query i (the last n of m positions) attends to keys j <= i
     n, m = s.shape[-2:]
-    future = np.triu(np.ones((n, m), dtype=bool), k=1 + m - n)
+    future = np.arange(m) > np.arange(m - n, m)[:, None]  # [n, m]: key j comes after query i
     return np.where(future, -np.inf, s)
 
 
@@ -83,8 +83,9 @@ class CausalMask(MatrixOp):
 
     @staticmethod
     def visible(rows: int, cols: int) -> int:
-        """How many (i, j) with j <= i: the entries the mask keeps."""
-        return sum(min(cols, r + 1) for r in range(rows))
+        """How many (i, j) with j <= i: the entries the mask keeps (row i keeps min(cols, i + 1))."""
+        full = min(rows, cols)  # rows 0 .. full-1 keep 1 .. full entries; later rows keep all cols
+        return full * (full + 1) // 2 + (rows - full) * cols
 
     def explicit(self, ev):
         scores = ev.value(self.arg)
