@@ -128,7 +128,7 @@ def test_emitted_block_reads_like_the_equations(tmp_path):
     source = eqcompile.compile(folder).to_python(tmp_path / "out").read_text()
     for line in ["theta = rope_frequencies(rope_theta, d_head)",
                  "q = rope(h @ W_Q, theta, p)", "k = cache.extend('k', k)",
-                 "split_heads(q, n_head) @ grouped_heads(k, n_kv_head, n_head).mT / math.sqrt(d_head)",
+                 "split_heads(q, n_head) / math.sqrt(d_head) @ grouped_heads(k, n_kv_head, n_head).mT",
                  "m = silu(h_mid @ W_gate + b_gate) * (h_mid @ W_up + b_up)  # [n, d_ff]",
                  "x_next = x_mid + (m @ W_down + b_down)  # [n, d]"]:
         assert line in source, line

@@ -1,0 +1,58 @@
+"""scaling.png: the run's scaling figures in three panels (matplotlib, a benchmark-only dependency)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, (layers_ax, emission_ax, forward_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+    symbolic = results["symbolic"]
+    counts = [int(layers) for layers in symbolic["layers"]]
+    for command, style in (("latex", "o-"), ("stats", "s-")):
+        walls = [row[command]["wall"] for row in symbolic["layers"].values()]
+        layers_ax.plot(counts, walls, style, label=f"eqcompile {'MODEL --latex' if command == 'latex' else 'stats MODEL'}")
+    floor = symbolic["floor"]["import eqcompile.cli"]["wall"]
+    layers_ax.axhline(floor, color="grey", ls=":", label="import eqcompile.cli")
+    layers_ax.set(xlabel="layers (GPT-2, d = 768, header only)", ylabel="wall time, s (fresh process)",
+                  title="Symbolic compile vs depth", xscale="log", ylim=(0, None))
+    layers_ax.set_xticks(counts, [str(c) for c in counts])
+    layers_ax.legend(fontsize=8)
+
+    emission = symbolic["emission"]
+    for key, label in (("compile", "compile"), ("latex", "LaTeX, block once"), ("latex_unrolled", "LaTeX, unrolled"),
+                       ("stats", "stats")):
+        emission_ax.plot(counts, [1e3 * row[key] for row in emission.values()], "o-", label=label)
+    emission_ax.set(xlabel="layers", ylabel="ms (in process)", title="Emission vs depth", xscale="log", yscale="log")
+    emission_ax.set_xticks(counts, [str(c) for c in counts])
+    emission_ax.legend(fontsize=8)
+
+    for (name, mode), color in zip(results["numeric"]["modes"].items(), ("C0", "C1")):
+        lengths = [int(n) for n in mode["forward"]]
+        rows = list(mode["forward"].values())
+        forward_ax.plot(lengths, [row["ratio"] for row in rows], "o-", color=color, label=f"numpy / PyTorch, {name}")
+        forward_ax.plot(lengths, [row["numpy_peak_fraction"] for row in rows], "s--", color=color,
+                        label=f"numpy, fraction of sgemm peak, {name}")
+    forward_ax.axhline(0.5, color="grey", ls=":", label="target ratio 0.5")
+    shape = "tiny GPT-2 (--quick)" if results["quick"] else "GPT-2-124M"
+    forward_ax.set(xlabel="sequence length", xscale="log", ylim=(0, None), title=f"Emitted {shape} forward")
+    forward_ax.set_xticks(lengths, [str(n) for n in lengths])
+    forward_ax.legend(fontsize=7)
+    for ax in (layers_ax, emission_ax, forward_ax):
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    emission_ax.yaxis.set_major_formatter(ScalarFormatter())
+    emission_ax.yaxis.set_minor_formatter(NullFormatter())
+
+    machine = results["machine"]
+    fig.suptitle(f"eqcompile benchmarks: {machine['cpu']}, {machine['threads']} threads, "
+                 f"load average {machine['load_average_at_start'][0]:.1f} at start", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
