@@ -24,9 +24,11 @@ from eqcompile.emit.python import import_module
 import_module(eqcompile.compile(sys.argv[1]).to_python(sys.argv[2])).forward([0])
 """
 EMITTED = """
-import sys
-from eqcompile.emit.python import import_module
-import_module(sys.argv[1]).forward([0])
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("model", sys.argv[1])  # numpy only: eqcompile is not imported
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+module.forward([0])
 """
 TRANSFORMERS = """
 import sys, torch, transformers

@@ -97,7 +97,7 @@ def report(results: dict) -> str:
     lines += ["", "## Load to first logits", ""] + loading.table(results["loading"])
     lines += ["", "## Documents and diff", ""] + documents.table(results["documents"])
     if results["notes"]:
-        lines += ["", "Not measured on this machine:"] + [f"- {note}" for note in results["notes"]]
+        lines += ["", "Not measured in this run:"] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines)
 
 
