@@ -216,14 +216,15 @@ def verify_command(model, seqs, seed, exact, digits, as_json, force, activation,
     """Run the emitted module and the reference on the same random inputs; compare the outputs.
 
     The reference is transformers (torch's nn.Sequential for an mlp).
-    Exits 1 when max |error| > 1e-4 or max |error| / max |reference| > 1e-5.
+    Exits 1 when max |error| > 1e-4 (times L/12 for L > 12 blocks: float32 rounding grows with
+    depth) or max |error| / max |reference| > 1e-5.
 
     With --exact: the equation is evaluated with mpmath (--digits), the checkpoint's weights taken
     as exact numbers, and each implementation (numpy float32 and float64, torch float32 and
     bfloat16) is measured against it: max absolute and relative error, agreeing bits, whether
     its argmax agrees, and whether three runs are bit-identical. Default --seq 16.
     """
-    from .verify import ABS_TOLERANCE, REL_TOLERANCE, verify
+    from .verify import REL_TOLERANCE, absolute_tolerance, verify
 
     def work():
         compiled = api.compile(model, activation=activation, pooling=pooling)
@@ -236,7 +237,7 @@ def verify_command(model, seqs, seed, exact, digits, as_json, force, activation,
             raise EqcompileError(f"--seq {max(lengths)} exceeds the context length {compiled.program.max_seq}")
         results = verify(compiled, lengths, seed)
         click.echo(f"{'seq':>5} {'max abs err':>12} {'max rel err':>12}  "
-                   f"(tolerance {ABS_TOLERANCE:g} abs, {REL_TOLERANCE:g} rel)")
+                   f"(tolerance {absolute_tolerance(compiled):g} abs, {REL_TOLERANCE:g} rel)")
         for r in results:
             click.echo(f"{r.seq:>5} {r.max_abs:>12.3e} {r.max_rel:>12.3e}  {'ok' if r.ok else 'FAIL'}")
         return all(r.ok for r in results)

@@ -15,7 +15,7 @@ import eqcompile
 from eqcompile.emit.python import import_module
 from eqcompile.verify import compare
 
-from conftest import SAMPLE, make_gpt2, reference_logits
+from conftest import SAMPLE, make_gpt2, make_sparse_gpt2, reference_logits
 
 CONFIGS = {
     "default": {},
@@ -107,6 +107,17 @@ def test_verify_reports_within_tolerance(tiny_gpt2):
     results = verify(eqcompile.compile(tiny_gpt2), [1, 16])
     assert [r.seq for r in results] == [1, 16]
     assert all(r.ok and r.max_abs <= 1e-4 for r in results)
+
+
+def test_verify_allows_deeper_models_proportionally_more_absolute_error(tmp_path):
+    from eqcompile.verify import ABS_TOLERANCE, absolute_tolerance
+
+    def tolerance(layers):
+        return absolute_tolerance(eqcompile.compile(make_sparse_gpt2(tmp_path / str(layers), n_layer=layers,
+                                                                     n_embd=64, vocab_size=10, n_positions=8)))
+
+    assert tolerance(2) == tolerance(12) == ABS_TOLERANCE
+    assert tolerance(30) == pytest.approx(2.5 * ABS_TOLERANCE)
 
 
 def test_verify_catches_a_wrong_module(tiny_gpt2, monkeypatch):
