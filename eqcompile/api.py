@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +22,7 @@ from .load import Checkpoint, load_checkpoint
 from .load.safetensors_file import DTYPES
 from .program import Program
 from .stats import Stats, stats
-from .tokenizer import Tokenizer, load_tokenizer, tokenizer_latex
+from .tokenizer import Tokenizer, checkpoint_tokenizer, tokenizer_latex
 
 EXPANSION_LIMIT = 200_000  # scalar operations; beyond this --expand needs --force
 
@@ -47,15 +48,18 @@ class CompiledModel:
             packages = latex_emitter.PACKAGES
         return latex_emitter.document(self.program, fragment, packages) if standalone else fragment
 
-    @cached_property
+    @property
     def tokenizer(self) -> Tokenizer | None:
-        """The checkpoint's tokenizer, when its folder has one eqcompile supports."""
-        if self.checkpoint.folder is None:
-            return None
+        """The checkpoint's tokenizer (its GGUF metadata or its folder's files), if eqcompile supports it."""
+        return self._tokenizer[0]
+
+    @cached_property
+    def _tokenizer(self) -> tuple[Tokenizer | None, str]:
+        """(the tokenizer or None, why there is none when the checkpoint has an unsupported one)."""
         try:
-            return load_tokenizer(self.checkpoint.folder)
-        except EqcompileError:
-            return None
+            return checkpoint_tokenizer(self.checkpoint), ""
+        except EqcompileError as e:
+            return None, str(e)
 
     def stats(self, seq: int | None = None) -> Stats:
         """Size of the equation, counted analytically (no expansion is built)."""
@@ -93,7 +97,10 @@ class CompiledModel:
             path = Path(folder) / "model.py"
             write_text(path, expansion_python(self.expand(seq, force)))
             return path
-        return write_module(self.program, self.checkpoint, Path(folder), dtype)
+        tokenizer, unsupported = self._tokenizer
+        if unsupported:
+            warnings.warn(f"model.py gets no encode/decode: {unsupported}", stacklevel=2)
+        return write_module(self.program, self.checkpoint, Path(folder), dtype, tokenizer)
 
     def appendix(self, title: str | None = None, author: str = "", numbers: bool = False,
                  cost: appendix_emitter.Table | None = None,

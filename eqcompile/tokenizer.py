@@ -34,7 +34,7 @@ from .errors import ConfigError
 from .tokenizer_runtime import WHITE_SPACE, Tokenizer, bytes_to_unicode
 
 __all__ = ["GGUF_PRE_TOKENIZERS", "GPT2_PATTERN", "LLAMA3_PATTERN", "Tokenizer", "bytes_to_unicode", "from_gguf",
-           "from_tokenizer_json", "from_vocab_merges", "load_tokenizer", "tokenizer_latex",
+           "checkpoint_tokenizer", "from_tokenizer_json", "from_vocab_merges", "load_tokenizer", "tokenizer_latex",
            "translate_pattern", "write_tokenizer"]
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -311,6 +311,21 @@ def from_gguf(tokens: list[str], merges: list[str], pre: str, token_types: list[
                   added_tokens=[_added_token(t) for t in added], ignore_merges=ignore_merges,
                   prefix=[bos_id] if add_bos and bos_id is not None else [],
                   suffix=[eos_id] if add_eos and eos_id is not None else [])
+
+
+def checkpoint_tokenizer(checkpoint) -> Tokenizer | None:
+    """The tokenizer that belongs to a :class:`~eqcompile.load.Checkpoint`: a GGUF file's own
+    metadata, else the files in its folder; None when it has neither, ConfigError when eqcompile
+    does not support the one it has."""
+    embedded = checkpoint.tokenizer
+    if embedded is None:
+        return load_tokenizer(checkpoint.folder)
+    if embedded.model != "gpt2":
+        raise ConfigError(f"GGUF tokenizer model {embedded.model!r} is not supported (byte-level BPE, "
+                          "'gpt2', is)")
+    return from_gguf(embedded.tokens, embedded.merges, embedded.pre, embedded.token_types,
+                     bos_id=embedded.bos_id, add_bos=bool(embedded.add_bos_token),
+                     eos_id=embedded.eos_id, add_eos=bool(embedded.add_eos_token))
 
 
 def load_tokenizer(folder: str | Path | None) -> Tokenizer | None:

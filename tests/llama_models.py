@@ -69,7 +69,7 @@ HF_TO_GGUF = {  # llama.cpp's tensor names, written out independently of eqcompi
     "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
-TOKENS = ["<s>", "</s>", *(f"t{i}" for i in range(48))]  # a stand-in vocabulary of 50 tokens
+TOKENS = ["<s>", "</s>", "t", "1", "2", "t1", "t2", *(f"w{i}" for i in range(43))]  # a stand-in vocabulary of 50 tokens
 
 
 def gguf_name(hf_name: str) -> str:
@@ -105,7 +105,7 @@ def write_llama_gguf(folder: Path, path: Path, quantization: str | None = None) 
     writer.add_rope_dimension_count(config["head_dim"])
     writer.add_vocab_size(config["vocab_size"])
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre("gpt2")
     writer.add_token_list(TOKENS[:config["vocab_size"]])
     writer.add_token_merges(["t 1", "t 2"])
     writer.add_token_types([3, 3] + [1] * (config["vocab_size"] - 2))

@@ -17,6 +17,7 @@ import eqcompile
 from eqcompile import CheckpointError, UnsupportedArchitecture
 from eqcompile.emit.latex import LEVELS
 from eqcompile.emit.python import import_module
+from eqcompile.tokenizer import from_gguf
 from eqcompile.verify import compare
 
 from conftest import compile_tex, pdflatex_available
@@ -285,6 +286,16 @@ def test_smollm2_cut_matches_transformers(smollm2_cut, tmp_path):
     print(f"SmolLM2 2-layer cut: max abs error {max_abs:.2e}, relative {max_rel:.2e}")
 
 
+def tokenizer_from_metadata(path):
+    """The reference path of tests/test_tokenizer.py: gguf's own reader, then from_gguf (itself
+    token-identical to Hugging Face tokenizers there)."""
+    fields = gguf.GGUFReader(path).fields
+    tokens, merges, types = (fields[f"tokenizer.ggml.{k}"].contents() for k in ("tokens", "merges", "token_type"))
+    return from_gguf(tokens, merges, fields["tokenizer.ggml.pre"].contents(), types,
+                     bos_id=fields["tokenizer.ggml.bos_token_id"].contents(),
+                     add_bos=fields["tokenizer.ggml.add_bos_token"].contents())
+
+
 @needs_smollm2
 def test_smollm2_tokenizer_and_latex(smollm2_cut, tmp_path):
     path, _ = smollm2_cut
@@ -295,6 +306,11 @@ def test_smollm2_tokenizer_and_latex(smollm2_cut, tmp_path):
     assert (tokenizer.model, tokenizer.pre, tokenizer.tokens[504], tokenizer.merges[0]) == \
         ("gpt2", "smollm", "The", "Ġ t")
     text = compiled.latex()
+    assert r"\tau\colon \Sigma^* \to V^*" in text and r"|V| = 49\,152" in text  # τ from the GGUF metadata
+    module = import_module(compiled.to_python(tmp_path / "out"), name="smollm2_tokenizer")
+    prompt = "The capital of France is 1999 Paris!"
+    assert module.encode(prompt) == tokenizer_from_metadata(path).encode(prompt)
+    assert module.decode(module.encode(prompt)) == prompt
     assert r"Stored as Q8\_0 in the GGUF file: W\_E." in text
     assert r"Stored as Q4\_1 in the GGUF file: W\_Q, W\_K, W\_V, W\_O, W\_gate, W\_up, W\_down." in text
     if pdflatex_available():

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import sympy as sp
 
-from ..errors import ConfigError
 from ..load import Checkpoint
 from ..ops import is_per_head, ops_used_by
 from ..ops.base import numpy_source
 from ..program import Param, Program, Stage
-from ..tokenizer import load_tokenizer, write_tokenizer
+from ..tokenizer import Tokenizer, write_tokenizer
 from .files import progress_bar, staging_folder, write_safetensors, write_text
 from .numpy_printer import ModulePrinter
 from .templates import render_template
@@ -121,33 +119,24 @@ def weight_plan(program: Program) -> dict[str, tuple[Param, int | None]]:
     return {b.key: (b.param, b.layer) for b in program.bindings()}
 
 
-def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: str = "float32") -> Path:
+def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: str = "float32",
+                 tokenizer: Tokenizer | None = None) -> Path:
     """Write ``folder/model.py`` and ``folder/weights.safetensors`` (and ``tokenizer_data.json``
-    when the checkpoint folder has a supported tokenizer); return the module's path.
+    with ``encode``/``decode`` in model.py, given a tokenizer); return the module's path.
 
     ``dtype="float64"`` stores the weights (float32 values, widened exactly) as float64, so the
     module computes in float64: a second implementation to measure rounding against.
     """
     folder = Path(folder)
     with staging_folder(folder) as staging:  # nothing reaches ``folder`` unless every file is written
-        tokenizer = _tokenizer_source(checkpoint, staging)
+        tokenizer_source = write_tokenizer(tokenizer, staging) if tokenizer is not None else ""
         plan = weight_plan(program)
         shapes = [(key, program.numeric_shape(p.symbol)) for key, (p, _) in plan.items()]
         write_safetensors(staging / "weights.safetensors", shapes,
                           lambda key: parameter_value(checkpoint, program, *plan[key]),
                           progress_bar(shapes, "weights"), dtype)
-        write_text(staging / "model.py", module_source(program, tokenizer))
+        write_text(staging / "model.py", module_source(program, tokenizer_source))
     return folder / "model.py"
-
-
-def _tokenizer_source(checkpoint: Checkpoint, folder: Path) -> str:
-    """``encode``/``decode`` for model.py; an unsupported tokenizer only costs them, with a warning."""
-    try:
-        tokenizer = load_tokenizer(checkpoint.folder)
-    except ConfigError as e:
-        warnings.warn(f"model.py gets no encode/decode: {e}", stacklevel=3)
-        return ""
-    return write_tokenizer(tokenizer, folder) if tokenizer is not None else ""
 
 
 def import_module(path: Path, name: str = "eqcompile_emitted"):
