@@ -4,7 +4,9 @@ A pure expression tree explodes (one attention layer at n = 4, d = 8 is ~645k op
 tree), so every entry of every Program equation becomes a *named term* defined once, e.g.
 ``h^{(1)}_{2,3} = γ_3 (x_{2,3} − μ_2) r_2 + β_3``; ops name the terms they share (row means,
 softmax denominators). The result is a straight-line program: the definitions in order, the last
-ones being the outputs. Token inputs are one-hot indicators ``[t_i = v]``.
+ones being the outputs. Token inputs are one-hot indicators ``[t_i = v]``. The other inputs are
+known numbers: positions are 0, ..., n - 1 (a causal LM reads the tokens from the start), and a
+family's ``Program.input_defaults`` fix the rest (bert: attention mask 1, no padding; token type 0).
 """
 
 from __future__ import annotations
@@ -68,11 +70,14 @@ class _Evaluator:
         return tuple(int(self.number(s)) for s in expr.shape)
 
     def is_known(self, symbol) -> bool:
-        return symbol == self.expansion.program.positions
+        program = self.expansion.program
+        return symbol == program.positions or symbol in program.input_defaults
 
-    def name(self, base: str, expr, *index: int) -> sp.Symbol:
+    def name(self, base: str, expr, *index: int, latex: str | None = None) -> sp.Symbol:
+        """A term named ``base`` (its LaTeX ``\\mathrm{base}`` unless given) of the current equation."""
         python = "_".join([base, self.owner[0], *map(str, index)])
-        latex = rf"\mathrm{{{base}}}^{{[{self.owner[1]}]}}_{{{','.join(str(i + 1) for i in index)}}}"
+        head = rf"\mathrm{{{base}}}" if latex is None else f"{{{latex}}}"
+        latex = rf"{head}^{{[{self.owner[1]}]}}_{{{','.join(str(i + 1) for i in index)}}}"
         return self._define(python, expr, latex)
 
     def shared(self, expr) -> sp.Matrix:
@@ -127,7 +132,7 @@ class _Evaluator:
 def expand(program: Program, checkpoint: Checkpoint, seq: int | None = None) -> Expansion:
     """Substitute every weight and write each output entry through named scalar terms."""
     extra = list(dict.fromkeys(s.name for stage in program.stages for s in stage.extra_inputs
-                               if s != program.positions))  # positions are known: 0, ..., n - 1
+                               if s != program.positions and s not in program.input_defaults))
     if extra:
         raise ConfigError(f"the literal expansion (--expand) supports models with one input; "
                           f"{program.family} models also take {', '.join(extra)}")
@@ -136,8 +141,11 @@ def expand(program: Program, checkpoint: Checkpoint, seq: int | None = None) -> 
     inputs, input_latex, input_value = _inputs(program, seq)
     expansion = Expansion(program, seq, inputs, input_latex)
     values: dict = {program.input_symbol: input_value}
-    if program.positions is not None:
+    if program.positions is not None:  # positions are known: 0, ..., n - 1
         values[program.positions] = sp.Matrix(list(range(seq)))
+    for symbol, default in program.input_defaults.items():  # e.g. no padding, token type 0
+        rows, cols = (int(sp.sympify(s).xreplace(numbers)) for s in symbol.shape)
+        values[symbol] = sp.Matrix(rows, cols, lambda r, c: sp.Integer(default))
     plan = weight_plan(program)
     ev = _Evaluator(expansion, values, numbers)
     value = None

@@ -113,6 +113,9 @@ class Program:
     max_seq: int  # the longest input verify may draw (1 for a single vector)
     vocab: int  # token ids lie in [0, vocab); 0 when forward() takes no tokens
     positions: MatrixSymbol | None = None  # token positions p = (0, ..., n-1), an input of known value
+    # extra inputs the literal expansion (--expand) holds at one value in every entry, the value
+    # forward() takes when they are not given (e.g. bert's attention mask 1: no padding)
+    input_defaults: dict[MatrixSymbol, int] = field(default_factory=dict)
     interface: str = "causal_lm"  # the emitted forward(): templates/forward_<interface>.py.j2
     source: str = ""
     notes: list[str] = field(default_factory=list)  # stated assumptions (e.g. inferred config)

@@ -25,7 +25,7 @@ class _CostEvaluator:
     def __init__(self, numbers: dict, masked: dict, known: set):
         self.numbers = numbers
         self.masked = masked  # attention weights -> the mask that zeroes some of them
-        self.known = known  # inputs whose values are known in advance (positions)
+        self.known = known  # inputs whose values are known in advance (positions, input defaults)
 
     def is_known(self, symbol) -> bool:
         return symbol in self.known
@@ -76,7 +76,7 @@ def operation_counts(program: Program, seq: int) -> Cost:
               if isinstance(eq.rhs, Softmax) and hasattr(eq.rhs.arg, "kept")}
     for stage in program.stages:
         ev = _CostEvaluator(numbers | {symbol: 1 for symbol in stage.layer_symbols}, masked,
-                            {program.positions})
+                            {program.positions, *program.input_defaults})
         for eq in stage.equations:
             cost = ev.cost(eq.rhs) * (stage.layers or 1)
             total += cost * int(ev.number(n_head)) if is_per_head(eq.rhs) else cost

@@ -358,7 +358,10 @@ def test_stats_count_an_unpadded_encoder(tmp_path):
     assert result.exit_code == 0 and "bert" in result.output, result.output
 
 
-def test_literal_expansion_is_refused_with_a_reason(tmp_path):
-    result = CliRunner().invoke(main, [str(make_bert(tmp_path / "ckpt")), "--latex", "--expand", "--seq", "2"])
-    assert result.exit_code == 2 and result.output.count("\n") == 1
-    assert "token_type_ids, attention_mask" in result.output
+def test_literal_expansion_fixes_the_mask_and_token_types(tmp_path):
+    """--expand writes one unpadded sequence of token type 0 (tests/test_expand_families.py checks its numbers)."""
+    out = tmp_path / "literal.tex"
+    result = CliRunner().invoke(main, [str(make_bert(tmp_path / "ckpt", hidden_size=6, num_hidden_layers=1)),
+                                       "--latex", "--expand", "--seq", "2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert r"\texttt{attention\_mask} $= 1$ at every token" in out.read_text()

@@ -31,6 +31,9 @@ HEAD_DIM_GUESS = 64  # BERT-base's head width, assumed when no config.json gives
 # the extra inputs of the stages; templates/forward_encoder.py.j2 defines variables of these names
 TOKEN_TYPES = MatrixSymbol("token_type_ids", seq, 1)
 ATTENTION_MASK = MatrixSymbol("attention_mask", 1, seq)
+# what the literal equation (--expand) fixes them at, as forward() defaults them: one unpadded
+# sequence (mask 1 at every key) of the first segment (token type 0)
+LITERAL_INPUTS = {ATTENTION_MASK: 1, TOKEN_TYPES: 0}
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ def lower(checkpoint: Checkpoint) -> Program:
         dim_latex={**DIM_LATEX, n_types: r"n_{\mathrm{types}}"}, dim_python={**DIM_PYTHON, n_types: "n_types"},
         input_symbol=stages[0].input, seq=seq, max_seq=config.max_position_embeddings, vocab=vocab,
         interface="encoder", source=checkpoint.source, notes=notes, config=asdict(config),
+        input_defaults=LITERAL_INPUTS,
     )
 
 

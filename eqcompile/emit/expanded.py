@@ -22,6 +22,11 @@ def expansion_latex(expansion: Expansion) -> str:
     else:
         inputs = (rf"the tokens $t_1, \dots, t_{{{expansion.seq}}}$ as one-hot indicators "
                   r"$[t_i = v]$ (1 if token $i$ is $v$, else 0)")
+        fixed = ([rf"positions $p = 0, \dots, {expansion.seq - 1}$"] if program.positions is not None else []) + [
+            rf"\texttt{{{tex_escape(symbol.name)}}} $= {value}$ at every token"
+            for symbol, value in program.input_defaults.items()]
+        if fixed:
+            inputs += " (fixed: " + ", ".join(fixed) + ")"
     lines = [f"% eqcompile: the literal {program.family} equation, n = {expansion.seq}",
              "% needs: " + ", ".join(PACKAGES),
              rf"\noindent The model \texttt{{{tex_escape(program.source)}}} with every weight substituted, "
@@ -42,4 +47,5 @@ def expansion_python(expansion: Expansion) -> str:
     return render_template(
         "expanded.py.j2", family=program.family, source=program.source, seq=expansion.seq,
         interface=program.interface, vocab=program.vocab, inputs=[s.name for s in expansion.inputs],
+        defaults={symbol.name: value for symbol, value in program.input_defaults.items()},
         body=body, outputs=outputs)

@@ -199,6 +199,13 @@ class PaddingMask(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "padding_mask", self.arg, self.mask)
 
+    def explicit(self, ev):
+        """Scores of padded keys become minus infinity; the mask is known (``Program.input_defaults``)."""
+        scores, mask = ev.value(self.arg), ev.value(self.mask)
+        if not all(entry.is_Integer for entry in mask):
+            raise NotImplementedError("a padding mask is expanded for a known mask only")
+        return sp.Matrix(scores.rows, scores.cols, lambda r, c: scores[r, c] if mask[0, c] != 0 else -sp.oo)
+
     def cost(self, ev):  # counted for an input without padding: every score is kept, none is changed
         return ev.cost(self.arg)
 

@@ -45,6 +45,11 @@ class GroupedHeads(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "grouped_heads", *self.args)
 
+    def explicit(self, ev):  # the columns of key/value head g(h) (0-based: h // group size)
+        width = ev.size(self)[1]
+        kv = ev.head // (int(ev.number(self.heads)) // int(ev.number(self.kv_heads)))
+        return ev.value(self.arg)[:, kv * width:(kv + 1) * width]
+
     def cost(self, ev):  # re-indexing only
         if not isinstance(self.arg, MatrixSymbol):
             raise NotImplementedError("heads are grouped from named matrices only")

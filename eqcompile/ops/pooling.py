@@ -5,7 +5,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from .base import MatrixOp, i, j, m, n, ops
+from .base import MatrixOp, add, i, j, m, mul, n, ops
 
 
 def mean_pool(x, mask):  # [n, d] with mask [1, n] -> [1, d]
@@ -31,6 +31,15 @@ class MeanPool(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "mean_pool", self.arg, self.mask)
+
+    def explicit(self, ev):
+        """Column sums over the unpadded rows, each divided by their number (the mask is known)."""
+        x, mask = ev.value(self.arg), ev.value(self.mask)
+        if not all(entry in (0, 1) for entry in mask):
+            raise NotImplementedError("mean pooling is expanded for a known 0/1 mask only")
+        kept = [r for r in range(x.rows) if mask[0, r] == 1]
+        count = sp.Pow(sp.Integer(len(kept)), -1, evaluate=False)
+        return sp.Matrix(1, x.cols, lambda _, c: mul(add(*(x[r, c] for r in kept)), count))
 
     def cost(self, ev):  # counted for an input without padding (m = 1): column sums, one division each
         rows, cols = ev.size(self.arg)

@@ -16,7 +16,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .attention import d_head
-from .base import MatrixOp, i, j, k, n, ops
+from .base import Cost, MatrixOp, add, count_operations, i, j, k, mul, n, neg, ops
 
 rope_theta = sp.Symbol("rope_theta", positive=True)  # the base, 10000 in the original RoPE
 rope_factor = sp.Symbol("rope_factor", positive=True)  # s: how much the context was stretched
@@ -70,8 +70,16 @@ class RotaryFrequencies(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "rope_frequencies", self.base, self.width)
 
-    def cost(self, ev):  # one power per frequency (the exponents are constants)
-        return ops(pow=ev.size(self)[1])
+    def entries(self, ev) -> list[sp.Expr]:
+        """base^(-2k/d_head), k = 0, 1, ...: the exact exponents, the base from the config."""
+        base, width = ev.number(self.base), int(ev.number(self.width))
+        return [sp.Pow(base, sp.Rational(-2 * index, width), evaluate=False) for index in range(width // 2)]
+
+    def explicit(self, ev):  # computed in exact arithmetic (transformers rounds them to float32)
+        return sp.Matrix([self.entries(ev)])
+
+    def cost(self, ev):  # one power per frequency (x^0 and x^(-1/2) counted as the expansion writes them)
+        return sum((count_operations(entry) for entry in self.entries(ev)), Cost())
 
     @classmethod
     def definition(cls):
@@ -95,8 +103,43 @@ class Llama3Frequencies(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "llama3_frequencies", *self.args)
 
-    def cost(self, ev):  # per frequency: its wavelength, the scaled value, the blend (as the definition)
-        return ev.cost(self.arg) + ops(div=4, mul=3, add=3, neg=2) * ev.size(self)[1]
+    def regimes(self, ev) -> list[str]:
+        """Per frequency, which branch of the definition applies: "keep", "scale" or "blend".
+
+        The branch depends on constants only, so the literal equation writes just that branch.
+        """
+        if not isinstance(self.arg, RotaryFrequencies):
+            raise NotImplementedError("llama3 scaling is expanded for the RoPE frequencies only")
+        _, low, high, original = (float(ev.number(c)) for c in self.constants)
+        thetas = [float(sp.N(entry, 30)) for entry in self.arg.entries(ev)]
+        return ["scale" if 2 * math.pi / theta > original / low else
+                "keep" if 2 * math.pi / theta < original / high else "blend" for theta in thetas]
+
+    def explicit(self, ev):
+        """Per frequency θ: θ (high frequencies), θ / s (low ones), or the definition's blend with the
+        wavelength λ = 2π / θ and γ = (n_orig / λ − α_low) / (α_high − α_low)."""
+        thetas = ev.shared(self.arg)
+        factor, low, original = (ev.number(c) for c in (self.args[1], self.args[2], self.args[4]))
+        spread = ev.number(self.args[3] - self.args[2])  # α_high − α_low: a constant
+        out = []
+        for index, (theta, regime) in enumerate(zip(thetas, self.regimes(ev))):
+            if regime == "keep":
+                out.append(theta)
+            elif regime == "scale":
+                out.append(mul(theta, sp.Pow(factor, -1, evaluate=False)))
+            else:
+                wavelength = ev.name("lambda", mul(2, sp.pi, sp.Pow(theta, -1, evaluate=False)), index,
+                                     latex=r"\lambda")
+                ratio = add(mul(original, sp.Pow(wavelength, -1, evaluate=False)), neg(low))
+                blend = ev.name("gamma", mul(ratio, sp.Pow(spread, -1, evaluate=False)), index,
+                                latex=r"\gamma")
+                out.append(add(mul(add(1, neg(blend)), theta, sp.Pow(factor, -1, evaluate=False)),
+                               mul(blend, theta)))
+        return sp.Matrix([out])
+
+    def cost(self, ev):  # per frequency, its branch: none, a division, or wavelength, blend and sum
+        per_regime = {"keep": ops(), "scale": ops(div=1), "blend": ops(div=4, mul=3, add=3, neg=2)}
+        return ev.cost(self.arg) + sum((per_regime[regime] for regime in self.regimes(ev)), Cost())
 
     @classmethod
     def definition(cls):
@@ -136,6 +179,23 @@ class RoPE(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "rope", self.arg, self.frequencies, self.positions)
+
+    def explicit(self, ev):
+        """Per position i and frequency j the angle φ = p_i θ_j, its cos and sin (named once, shared by
+        every head); then each head's pair (x_j, x_{j+d_head/2}) is turned by φ."""
+        x, theta, positions = ev.shared(self.arg), ev.shared(self.frequencies), ev.value(self.positions)
+        half = theta.cols
+        out = sp.zeros(x.rows, x.cols)
+        for r in range(x.rows):
+            for f in range(half):
+                angle = ev.name("phi", mul(positions[r, 0], theta[0, f]), r, f, latex=r"\varphi")
+                cos = ev.name("cos", sp.cos(angle, evaluate=False), r, f, latex=r"\cos\varphi")
+                sin = ev.name("sin", sp.sin(angle, evaluate=False), r, f, latex=r"\sin\varphi")
+                for start in range(0, x.cols, 2 * half):
+                    first, second = x[r, start + f], x[r, start + f + half]
+                    out[r, start + f] = add(mul(first, cos), neg(mul(second, sin)))
+                    out[r, start + f + half] = add(mul(second, cos), mul(first, sin))
+        return out
 
     def cost(self, ev):
         """An angle, its cos and sin per position and frequency; two products and a sum per entry."""

@@ -36,6 +36,12 @@ class SlidingWindowMask(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "sliding_window_mask", self.arg, self.window)
 
+    def explicit(self, ev):  # scores outside the window are never computed: they are minus infinity
+        scores, width = ev.value(self.arg), int(ev.number(self.window))
+        offset = scores.cols - scores.rows  # the queries are the last rows of the keys
+        return sp.Matrix(scores.rows, scores.cols, lambda r, c: scores[r, c]
+                         if 0 <= r + offset - c < width else -sp.oo)
+
     def kept(self, ev) -> int:  # the last rows of the keys are the queries
         rows, cols = ev.size(self)
         width = int(ev.number(self.window))
