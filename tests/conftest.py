@@ -58,6 +58,51 @@ def tiny_gpt2(tmp_path) -> Path:
     return make_gpt2(tmp_path / "tiny")
 
 
+# Small checkpoints of the families besides GPT-2, for the emitters' tests (appendix, HTML):
+# name -> (how to make it in a folder, compile options). The makers live with each family's tests.
+FAMILIES = {
+    "llama-gqa": (lambda folder: _llama(folder, "llama", num_attention_heads=4, num_key_value_heads=2,
+                                        hidden_size=16), {}),
+    "qwen2-bias-window": (lambda folder: _llama(folder, "qwen2", num_key_value_heads=1, use_sliding_window=True,
+                                                sliding_window=4, max_window_layers=0, tie_word_embeddings=True),
+                          {}),
+    "bert": (lambda folder: _bert(folder), {}),
+    "bert-mean-pooling": (lambda folder: _bert(folder), dict(pooling="mean")),
+    "mlp": (lambda folder: _mlp(folder, (4, 16, 4), "gelu"), {}),
+}
+
+
+def _llama(folder: Path, model_type: str, **overrides) -> Path:
+    from llama_models import make_llama
+
+    return make_llama(folder, model_type, **overrides)
+
+
+def _bert(folder: Path) -> Path:
+    from test_bert import make_bert
+
+    return make_bert(folder)
+
+
+def _mlp(folder: Path, widths, activation: str) -> Path:
+    from test_mlp import save_mlp
+
+    return save_mlp(folder, widths, activation)[1]
+
+
+@pytest.fixture(scope="session")
+def family(tmp_path_factory):
+    """``family(name)``: the folder of the FAMILIES checkpoint ``name`` and its compile options, made once."""
+    made: dict[str, tuple[Path, dict]] = {}
+
+    def get(name: str) -> tuple[Path, dict]:
+        if name not in made:
+            make, options = FAMILIES[name]
+            made[name] = make(tmp_path_factory.mktemp(name) / "ckpt"), options
+        return made[name]
+    return get
+
+
 def pdflatex_available() -> bool:
     return shutil.which("pdflatex") is not None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from eqcompile.emit.latex import EquationLine
 from eqcompile.emit.pdf import build_pdf, error_summary
 from eqcompile.errors import ConfigError, TeXError
 
-from conftest import SAMPLE, make_gpt2, make_sparse_gpt2
+from conftest import FAMILIES, SAMPLE, make_gpt2, make_sparse_gpt2
 
 needs_tex = pytest.mark.skipif(not (shutil.which("latexmk") and shutil.which("pdflatex") and shutil.which("pdftotext")),
                                reason="latexmk, pdflatex and pdftotext are not installed (CI installs them)")
@@ -49,6 +50,19 @@ def squeeze(text: str) -> str:
 
 
 GPT2_SYMBOLS = ("softmax", "mask", "LN", "concat", "fθ=U◦B(L)◦···◦B(1)◦E")
+SYMBOLS = {  # what each model's appendix must show besides its tensors (pdftotext's text, squeezed)
+    "sample": (*GPT2_SYMBOLS, "62,496", "64tokens", "WordLevel", "Greedydecoding", "argmax", "Tokenizerandsampling",
+               "GELU"),
+    "llama-gqa": ("fθ=U◦B(L)◦···◦B(1)◦E", "RMSNorm", "RoPEθ", "SiLU", "softmax", "mask", "concat",
+                  "K(l)g(h)", "nkv=2", "Z=H(L)WU", "lm_head.weight"),  # g(h): the key/value head of head h
+    "qwen2-bias-window": ("RMSNorm", "RoPEθ", "WQ+1bQ", "WK+1bK", "WV+1bV", "maskw", "w=4", "nkv=1",
+                          "Z=H(L)WE⊤"),  # tied: the unembedding is the embedding's transpose
+    "bert": ("fθ=B(L)◦···◦B(1)◦E", "LN(WE[t]+WS[s]+WP[1:n];γE,βE)", "maskm", "GELU", "ntypes=3",
+             "Tensorsofthefilethatnoequationuses:pooler.dense.bias,pooler.dense.weight."),
+    "bert-mean-pooling": ("fθ=P◦B(L)◦···◦B(1)◦E", "P:Rn×d→R1×d", "maskm", "LN"),
+    "mlp": ("fθ=f2◦f1", "h1=GELU(W1x+b1)", "y=W2h1+b2", "Dimensions:d0=4,d1=16,d2=4.", "148"),
+}
+assert list(SYMBOLS) == ["sample", *FAMILIES]
 
 
 def assert_states_the_model(model: eqcompile.CompiledModel, pdf: bytes, log: str,
@@ -56,9 +70,11 @@ def assert_states_the_model(model: eqcompile.CompiledModel, pdf: bytes, log: str
     """What every appendix must show a reader; returns the squeezed text for further checks."""
     assert page_count(pdf) > 0
     text = squeeze(pdf_text(pdf))
-    for piece in ["Modelcard", *symbols, "Symbols", "Operationsinindexnotation", model.checkpoint.sha256()]:
+    for piece in ["Modelcard", "Themodelasacomposition", "Equations", *symbols, "Symbols", "Operationsinindexnotation",
+                  model.checkpoint.sha256()]:
         assert piece in text, piece
-    for stage in model.program.stages:  # every block, layer by layer
+    for stage in model.program.stages:  # every stage, and every block layer by layer
+        assert squeeze(stage.title) in text, stage.title
         for layer in range(1, (stage.layers or 0) + 1):
             assert f"{stage.letter}({layer})" in text, f"{stage.title} {layer} is missing"
     for name in model.checkpoint.tensors:
@@ -77,11 +93,51 @@ def sample_build(sample):
     return build_pdf(appendix_emitter.tex(sample.appendix()))
 
 
-def test_sample_appendix_states_the_model(sample, sample_build):
-    text = assert_states_the_model(sample, sample_build.pdf, sample_build.log)
-    for piece in ["62,496", "64tokens", "WordLevel", "Greedydecoding", "argmax", "Tokenizerandsampling",
-                  "GELU"]:
-        assert piece in text, piece
+@pytest.fixture(scope="module")
+def built(sample, sample_build, family):
+    """``built(name)``: the sample or a FAMILIES model, compiled, and its appendix's PDF; made once."""
+    made = {"sample": (sample, sample_build)}
+
+    def get(name: str):
+        if name not in made:
+            folder, options = family(name)
+            model = eqcompile.compile(folder, **options)
+            made[name] = model, build_pdf(appendix_emitter.tex(model.appendix()))
+        return made[name]
+    return get
+
+
+def model_source(name: str, family) -> tuple[Path, dict]:
+    return (SAMPLE, {}) if name == "sample" else family(name)
+
+
+@pytest.mark.parametrize("name", SYMBOLS)
+def test_appendix_states_the_model(built, name):
+    model, build = built(name)
+    text = assert_states_the_model(model, build.pdf, build.log, SYMBOLS[name])
+    # a model of token ids has a context and a vocabulary; a model of a vector (an MLP) has neither
+    assert ("Context" in text, "Vocabulary" in text) == (model.program.takes_tokens,) * 2
+
+
+@pytest.mark.parametrize("name", SYMBOLS)
+def test_each_weights_statistics_are_those_of_its_source_tensor(built, name):
+    """Every row of the symbol table against the tensor (or slice) it names, read with safetensors."""
+    model, build = built(name)
+    tensors = load_file(model.checkpoint.files[0])
+    text = squeeze(pdf_text(build.pdf))
+    rows = model.appendix().symbols
+    assert [row.key for row in rows] == [binding.key for binding in model.program.bindings()]
+    for row, binding in zip(rows, model.program.bindings()):
+        values = tensors[binding.source.name].astype(np.float64)
+        if binding.source.columns:
+            values = values[..., slice(*binding.source.columns)]
+        reference = (np.linalg.norm(values), values.mean(), values.std(), values.min(), values.max())
+        np.testing.assert_allclose(row.statistics.values(), reference, rtol=1e-9, atol=1e-12, err_msg=row.key)
+        assert row.dtype == "F32" and math.prod(row.shape) == values.size, row
+        for value in row.statistics.values():
+            printed = decimal_latex(value)
+            if "times" not in printed:  # the plain decimals, as pdftotext reads them
+                assert printed.replace("-", "−") in text, (row.key, printed)
 
 
 def test_statistics_are_those_of_the_weights(sample, sample_build):
@@ -108,10 +164,12 @@ def test_statistics_in_chunks_match_numpy():
     assert Statistics.of(np.zeros((0, 4), np.float32)) is None
 
 
-def test_same_input_same_pdf_bytes(tmp_path, sample, sample_build, monkeypatch):
+@pytest.mark.parametrize("name", SYMBOLS)
+def test_same_input_same_pdf_bytes(tmp_path, built, family, name, monkeypatch):
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    path = sample.pdf(tmp_path / "again.pdf")
-    assert path.read_bytes() == sample_build.pdf
+    folder, options = model_source(name, family)
+    path = eqcompile.compile(folder, **options).pdf(tmp_path / "again.pdf")  # compiled afresh
+    assert path.read_bytes() == built(name)[1].pdf
     assert list(tmp_path.iterdir()) == [path]  # written atomically: no temporary file left
 
 
@@ -204,6 +262,33 @@ def test_literal_matrices_for_a_tiny_model(tmp_path):
     for value in (piece[0, 0], piece[-1, -1], piece.max()):
         assert f"{value / 10.0**exponent:.3f}".replace("-", "−") in text
     assert len(appendix.matrices) >= len(model.program.bindings())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_literal_matrices_for_each_family(family, name):
+    """--numbers: each stage's first matrix, read from the file and laid out as the appendix says, is printed."""
+    folder, options = family(name)
+    model = eqcompile.compile(folder, **options)
+    appendix = model.appendix(numbers=True)
+    build = build_pdf(appendix_emitter.tex(appendix))
+    assert not overfull_boxes(build.log), overfull_boxes(build.log)
+    text = squeeze(pdf_text(build.pdf))
+    tensors = load_file(folder / "model.safetensors")
+    bindings = model.program.bindings()
+    assert len(appendix.matrices) >= len(bindings)
+    for stage in model.program.stages:
+        matrices = [b.source for b in bindings if b.stage is stage and tensors[b.source.name].ndim == 2]
+        if not matrices:  # mean pooling has no weights
+            continue
+        source = matrices[0]
+        value = tensors[source.name].astype(np.float64)
+        value = value[..., slice(*source.columns)] if source.columns else value
+        value = value.T if source.transpose else value
+        piece = value[:24, :8]
+        exponent = int(np.floor(np.log10(np.abs(piece).max())))
+        for entry in (piece[0, 0], piece[-1, -1]):
+            assert f"{entry / 10.0**exponent:.3f}".replace("-", "−") in text, (stage.name, source.name)
 
 
 def test_numbers_refused_for_a_large_model(sample):

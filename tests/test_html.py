@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -18,7 +19,7 @@ from eqcompile.emit.appendix import Table
 from eqcompile.emit.html import json_for_script, katex_assets
 from eqcompile.emit.templates import template_folder
 
-from conftest import ROOT, SAMPLE, make_gpt2
+from conftest import FAMILIES, ROOT, SAMPLE, make_gpt2
 
 ARTIFACTS = ROOT / "test-artifacts"
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
@@ -64,9 +65,10 @@ def models(tmp_path_factory):
 
 
 @needs_chromium
-@pytest.mark.parametrize("name", ["sample", "gpt2-12-layers", "evil"])
-def test_page_renders_in_chromium(tmp_path, models, name):
-    model = eqcompile.compile(models[name])
+@pytest.mark.parametrize("name", ["sample", "gpt2-12-layers", "evil", *FAMILIES])
+def test_page_renders_in_chromium(tmp_path, models, family, name):
+    folder, options = family(name) if name in FAMILIES else (models[name], {})
+    model = eqcompile.compile(folder, **options)
     extras = dict(numbers=True, cost=Table("Costs & <more>", ["stage", "FLOPs"], [["E", "1"]])) if name == "evil" else {}
     page = model.html(tmp_path / f"{name}.html", **extras)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -81,16 +83,28 @@ def test_page_renders_in_chromium(tmp_path, models, name):
     body = outside_scripts(dom)
     assert 'class="katex-error"' not in body
     math, typeset = body.count('class="math'), body.count('<span class="katex">')
-    assert math > 50 and typeset == math, (math, typeset)
+    assert math > (10 if name == "mlp" else 50) and typeset == math, (math, typeset)
     details = re.findall(r'<details class="layer" id="(\w+-\d+)">(.*?)</details>', body, flags=re.S)
     assert [anchor for anchor, _ in details] == [f"{s.name}-{layer}" for s in model.program.stages
                                                  for layer in range(1, (s.layers or 0) + 1)]
-    assert len(details) == (12 if name == "gpt2-12-layers" else 2)
+    assert len(details) == {"gpt2-12-layers": 12, "mlp": 0}.get(name, 2)
     assert all('<span class="katex">' in inner for _, inner in details)
-    # hovering a weight shows its shape and source tensor
-    hover = re.search(r'<span[^>]*data-sym="block\.0\.W_Q"[^>]*>', body).group(0)
-    assert re.search(r'title="W_Q \(Transformer block 1\): \d+ × \d+, F32, from [\w.]*h\.0\.attn\.c_attn\.weight'
-                     r'\[\.\.\., 0:\d+\]"', hover), hover
+    # hovering a weight shows its shape and source tensor: every weight, somewhere in the equations
+    titles = dict(re.findall(r'<span[^>]*data-sym="([^"]*)"[^>]*title="([^"]*)"', body))
+    assert len(titles) == len(set(re.findall(r'data-sym="([^"]*)"', body)))  # no symbol without its title
+    for row in model.appendix().symbols:
+        shape = " × ".join(map(str, row.shape))
+        assert titles.get(row.key) == f"{row.name} ({row.group}): {shape}, F32, from {row.source}", row.key
+    for stage, param in model.program.params:  # and in the generic layer's equations, its tensor per layer
+        if stage.layers:
+            key = param.key.format(layer="l")
+            assert titles.get(key, "").startswith(f"{param.name} ({stage.title}, layer l): "), key
+            assert "{l-1}" in titles[key], titles[key]
+    for tensor in model.checkpoint.tensors:  # in the symbol table, or in the list of tensors no equation uses
+        assert re.search(f">{re.escape(html.escape(tensor, quote=False))}[<\\[ᵀ]", body), tensor
+    if name not in FAMILIES:
+        assert re.search(r'W_Q \(Transformer block 1\): \d+ × \d+, F32, from [\w.]*h\.0\.attn\.c_attn\.weight'
+                         r'\[\.\.\., 0:\d+\]', titles["block.0.W_Q"]), titles["block.0.W_Q"]
     if name == "sample":  # the search box keeps the rows whose tensor name contains its text
         rows = re.findall(r'<tr id="symbol-[^"]*" data-tensor="([^"]*)"( hidden="")?>', body)
         shown = [tensor for tensor, hidden in rows if not hidden]

@@ -181,9 +181,8 @@ def _card(checkpoint: Checkpoint, program: Program, used: list[str]) -> list[Car
             CardRow(digest_label, checkpoint.sha256(), code=True),
             CardRow("Stored dtype", ", ".join(sorted({checkpoint.tensors[n].dtype for n in used}))),
             CardRow("Parameters", f"{sum(math.prod(checkpoint.shape(n)) for n in used):,}")]
-    if program.interface != "vector":
-        rows.append(CardRow("Context", f"{program.max_seq:,} tokens"))
-    rows.append(CardRow("Vocabulary", f"{program.vocab:,}"))
+    if program.takes_tokens:  # a vector-input model (an MLP) has neither
+        rows += [CardRow("Context", f"{program.max_seq:,} tokens"), CardRow("Vocabulary", f"{program.vocab:,}")]
     config = checkpoint.config or {}
     for key in ("model_type", "architectures"):
         if key in config:
