@@ -204,10 +204,10 @@ def _float64(block: np.ndarray, buffer: np.ndarray) -> np.ndarray:
 
 
 def _delta_blocks(before: np.ndarray, after: np.ndarray):
-    """Row blocks of ΔW in float64, each one overwriting the last."""
-    scratch, delta = _buffers(before, 2)
+    """Row blocks of ΔW in float64 (both converted before the subtraction), each overwriting the last."""
+    [buffer] = _buffers(before, 1)
     for start, a, b in _blocks(before, after):
-        yield start, np.subtract(_float64(b, scratch), a, out=_view(delta, a.shape, _column_major(a, b)))
+        yield start, np.subtract(b, a, out=_view(buffer, a.shape, _column_major(a, b)), dtype=np.float64)
 
 
 @dataclass
