@@ -76,6 +76,7 @@ def documents(folder: Path, quick: bool, tex_available: bool) -> dict:
 
 
 def phases(path: Path, repeats: int, tex_available: bool) -> dict:
+    """Seconds of each phase on one checkpoint, the sizes of the LaTeX and the PDF's pages."""
     row = {}
     row["compile"], model = best_time(lambda: eqcompile.compile(path), repeats)
     row["latex"], _ = best_time(model.latex, repeats)
@@ -103,7 +104,8 @@ def read_numbers(paths: tuple[Path, Path]) -> float:
 def diff(folder: Path, quick: bool) -> dict:
     """``compare`` on a float32 pair where every tensor changed, between two plain reads of the pair.
 
-    A first diff under tracemalloc (peak allocations) warms up; the timed ones follow, best of 2.
+    A first diff under tracemalloc (peak allocations) warms up; the timed ones follow, best of 2
+    (1 when quick).
     """
     started = time.perf_counter()
     config = gpt2(DIFF_LAYERS, quick)
