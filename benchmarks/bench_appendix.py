@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 import eqcompile  # noqa: E402
-from conftest import make_sparse_gpt2  # noqa: E402
 from eqcompile.emit import appendix, html  # noqa: E402
 from eqcompile.emit.pdf import build_pdf  # noqa: E402
+from eqcompile.load.sparse import header_only  # noqa: E402
+
+GPT2_SMALL = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_head=12)
 
 
 def fill_with_random_values(path: Path, seed: int = 0) -> None:
@@ -47,7 +49,7 @@ def main() -> None:
     parser.add_argument("--random", action="store_true", help="random weights instead of zeros")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
-        folder = make_sparse_gpt2(Path(temp) / "gpt2", n_layer=args.layers)
+        folder = header_only(Path(temp) / "gpt2", {**GPT2_SMALL, "n_layer": args.layers})
         if args.random:
             fill_with_random_values(folder / "model.safetensors")
         timings = {}

@@ -25,24 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 
 
-def shapes() -> dict[str, tuple[int, ...]]:
-    d, vocab = CONFIG["n_embd"], CONFIG["vocab_size"]
-    found = {"wte.weight": (vocab, d), "wpe.weight": (CONFIG["n_positions"], d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
-    for layer in range(CONFIG["n_layer"]):
-        for name, shape in {"ln_1.weight": (d,), "ln_1.bias": (d,), "attn.c_attn.weight": (d, 3 * d),
-                            "attn.c_attn.bias": (3 * d,), "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,),
-                            "ln_2.weight": (d,), "ln_2.bias": (d,), "mlp.c_fc.weight": (d, 4 * d),
-                            "mlp.c_fc.bias": (4 * d,), "mlp.c_proj.weight": (4 * d, d), "mlp.c_proj.bias": (d,)}.items():
-            found[f"h.{layer}.{name}"] = shape
-    return found
+def shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor a GPT-2 ``config`` has, by name, as the lowering expects it."""
+    from eqcompile.arch import gpt2
+
+    return dict(gpt2.expected_tensors(gpt2.config_from_dict(config)))
 
 
-def write_pair(folder: Path) -> tuple[Path, Path]:
+def write_pair(folder: Path, config: dict = CONFIG) -> tuple[Path, Path]:
+    """``folder/a`` with random weights and ``folder/b``, the same plus noise on every tensor."""
     import numpy as np
 
     from eqcompile.emit.files import write_safetensors
 
-    table = shapes()
+    table = shapes(config)
 
     def weights(name: str, noise: float):
         rng = np.random.default_rng(zlib.crc32(name.encode()))
@@ -55,7 +51,7 @@ def write_pair(folder: Path) -> tuple[Path, Path]:
         target.mkdir(parents=True, exist_ok=True)
         if not (target / "model.safetensors").exists():
             write_safetensors(target / "model.safetensors", list(table.items()), lambda n, s=noise: weights(n, s))
-        (target / "config.json").write_text(json.dumps(CONFIG))
+        (target / "config.json").write_text(json.dumps(config))
         pair.append(target)
     return pair[0], pair[1]
 
@@ -107,7 +103,7 @@ def main() -> None:
         runs = {traced: json.loads(subprocess.run(
             [sys.executable, __file__, "--measure", str(before), str(after), "1" if traced else "0"],
             cwd=ROOT, capture_output=True, text=True, check=True).stdout) for traced in (True, False)}
-    largest = 4 * max(math.prod(shape) for shape in shapes().values())
+    largest = 4 * max(math.prod(shape) for shape in shapes(CONFIG).values())
     mib = 2**20
     traced, plain = runs[True], runs[False]
     print(f"tensors compared: {plain['compared']} ({plain['changed']} changed; forms {', '.join(plain['forms'])})")

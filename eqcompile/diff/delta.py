@@ -165,14 +165,49 @@ def _roundoff(dtypes: tuple[str, str]) -> tuple[float, float] | tuple[None, None
 
 def _blocks(before: np.ndarray, after: np.ndarray):
     """Row blocks of both matrices as they are stored (float32 or integers)."""
-    rows = max(1, BLOCK_ELEMENTS // max(1, before.shape[1]))
+    rows = _block_rows(before)
     for start in range(0, before.shape[0], rows):
         yield start, np.asarray(before[start:start + rows]), np.asarray(after[start:start + rows])
 
 
+def _block_rows(matrix: np.ndarray) -> int:
+    return max(1, BLOCK_ELEMENTS // max(1, matrix.shape[1]))
+
+
+def _buffers(matrix: np.ndarray, count: int) -> list[np.ndarray]:
+    """Flat float64 buffers of one block each, refilled block after block: a fresh 2 MiB array per
+    block gets fresh pages (the allocator returns them to the system), and faulting those in cost
+    more than the arithmetic on them."""
+    size = min(_block_rows(matrix), matrix.shape[0]) * matrix.shape[1]
+    return [np.empty(size) for _ in range(count)]
+
+
+def _column_major(*blocks: np.ndarray) -> bool:
+    """Whether numpy lays out the result of ``astype`` or arithmetic on ``blocks`` column by column
+    (its order "K": when every one of them is a transposed view)."""
+    return all(b.shape[0] > 1 and b.shape[1] > 1 and abs(b.strides[0]) < abs(b.strides[1]) for b in blocks)
+
+
+def _view(buffer: np.ndarray, shape: tuple[int, int], column_major: bool) -> np.ndarray:
+    """The start of ``buffer`` as a contiguous ``shape`` array, in the memory order numpy would give a
+    new result: sums add in memory order, so they stay the same to the last bit."""
+    rows, cols = shape
+    flat = buffer[:rows * cols]
+    return flat.reshape(cols, rows).T if column_major else flat.reshape(rows, cols)
+
+
+def _float64(block: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    """``block.astype(np.float64)``, written into ``buffer``."""
+    out = _view(buffer, block.shape, _column_major(block))
+    np.copyto(out, block, casting="unsafe")
+    return out
+
+
 def _delta_blocks(before: np.ndarray, after: np.ndarray):
+    """Row blocks of ΔW in float64 (both converted before the subtraction), each overwriting the last."""
+    [buffer] = _buffers(before, 1)
     for start, a, b in _blocks(before, after):
-        yield start, b.astype(np.float64) - a
+        yield start, np.subtract(b, a, out=_view(buffer, a.shape, _column_major(a, b)), dtype=np.float64)
 
 
 @dataclass
@@ -203,29 +238,31 @@ class _Moments:
 def _moments(before: np.ndarray, after: np.ndarray, roundoff) -> _Moments:
     """One pass: the sums, max |Δ|, the largest change in rounding units, and bit identity."""
     sums = _Moments(rounding_units=0.0 if roundoff[0] is not None else None)
+    buffers = _buffers(before, 4)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for _, a, b in _blocks(before, after):
-            _accumulate(sums, a, b, *roundoff)
+            _accumulate(sums, a, b, *roundoff, buffers)
     return sums
 
 
-def _accumulate(sums: _Moments, a: np.ndarray, b: np.ndarray, unit: float | None, subnormal: float | None) -> None:
-    """Add one block to the sums, in place where possible: at most four float64 blocks alive."""
+def _accumulate(sums: _Moments, a: np.ndarray, b: np.ndarray, unit: float | None, subnormal: float | None,
+                buffers: list[np.ndarray]) -> None:
+    """Add one block to the sums, in place in four float64 ``buffers`` of a block each."""
     if sums.same_bits:
         sums.same_bits = a.dtype == b.dtype and np.array_equal(_bits(a), _bits(b))
     if not a.size:
         return
-    a, b = a.astype(np.float64), b.astype(np.float64)
+    column_major = _column_major(a, b)
+    a, b = _float64(a, buffers[0]), _float64(b, buffers[1])
     sums.aa += float(np.vdot(a, a))
     sums.bb += float(np.vdot(b, b))
     sums.ab += float(np.vdot(a, b))
-    d = b - a
+    d = np.subtract(b, a, out=_view(buffers[2], a.shape, column_major))
     sums.dd += float(np.vdot(d, d))
     sums.d1 += float(d.sum())
-    squares = d * d
+    squares = np.multiply(d, d, out=_view(buffers[3], a.shape, column_major))
     sums.d3 += float(np.vdot(squares, d))
     sums.d4 += float(np.vdot(squares, squares))
-    del squares
     magnitude = np.abs(d, out=d)
     sums.max_abs = max(sums.max_abs, float(magnitude.max()))
     if unit is not None:  # |Δ| / (u max(|W|, |W'|) + smallest subnormal)
@@ -241,8 +278,12 @@ def _bits(array: np.ndarray) -> np.ndarray:
 
 def _residual_norm(before: np.ndarray, after: np.ndarray, scale: float) -> float:
     total = 0.0
+    scaled, residual = _buffers(before, 2)
     for _, a, b in _blocks(before, after):
-        r = b.astype(np.float64) - scale * a.astype(np.float64)
+        product = _float64(a, scaled)
+        product *= scale
+        r = _float64(b, residual)
+        r -= product
         total += float(np.vdot(r, r))
     return math.sqrt(total)
 
