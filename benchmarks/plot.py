@@ -1,4 +1,4 @@
-"""scaling.png: the run's scaling figures in three panels (matplotlib, a benchmark-only dependency)."""
+"""scaling.png: the run's scaling figures in four panels (matplotlib, a benchmark-only dependency)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def plot(results: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, (layers_ax, emission_ax, forward_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, ((layers_ax, emission_ax), (documents_ax, forward_ax)) = plt.subplots(2, 2, figsize=(12, 8.4))
     symbolic = results["symbolic"]
     counts = [int(layers) for layers in symbolic["layers"]]
     for command, style in (("latex", "o-"), ("stats", "s-")):
@@ -33,6 +33,17 @@ def plot(results: dict, path: Path) -> Path:
     emission_ax.set_xticks(counts, [str(c) for c in counts])
     emission_ax.legend(fontsize=8)
 
+    rows = results["documents"]["documents"]["rows"]
+    depths = [row["layers"] for row in rows]
+    for key, label in (("pdf_total", "`--pdf` in all"), ("pdf", "latexmk + pdflatex"), ("appendix", "appendix content"),
+                       ("latex_unrolled", "LaTeX, unrolled")):
+        if key in rows[0]:
+            documents_ax.plot(depths, [row[key] for row in rows], "o-", label=label)
+    documents_ax.set(xlabel="layers (GPT-2, header only)", ylabel="seconds (in process)", title="Documents vs depth",
+                     ylim=(0, None))
+    documents_ax.set_xticks(depths, [str(d) for d in depths])
+    documents_ax.legend(fontsize=8)
+
     for (name, mode), color in zip(results["numeric"]["modes"].items(), ("C0", "C1")):
         lengths = [int(n) for n in mode["forward"]]
         rows = list(mode["forward"].values())
@@ -44,7 +55,7 @@ def plot(results: dict, path: Path) -> Path:
     forward_ax.set(xlabel="sequence length", xscale="log", ylim=(0, None), title=f"Emitted {shape} forward")
     forward_ax.set_xticks(lengths, [str(n) for n in lengths])
     forward_ax.legend(fontsize=7)
-    for ax in (layers_ax, emission_ax, forward_ax):
+    for ax in (layers_ax, emission_ax, documents_ax, forward_ax):
         ax.xaxis.set_minor_formatter(NullFormatter())
     emission_ax.yaxis.set_major_formatter(ScalarFormatter())
     emission_ax.yaxis.set_minor_formatter(NullFormatter())
