@@ -58,14 +58,13 @@ def write_pair(folder: Path, config: dict = CONFIG) -> tuple[Path, Path]:
 
 def measure(before: str, after: str, traced: bool) -> dict:
     """Run in a fresh process: diff the pair, report peak allocations or peak RSS and time."""
-    import resource
     import tracemalloc
 
     from eqcompile import arch
     from eqcompile.diff import compare
 
     arch.families()  # import every module first: the baseline then holds all the code
-    rss_before = _rss_kib()
+    rss_before = _status_kib("VmRSS")
     if traced:
         tracemalloc.start()
     start, cpu = time.perf_counter(), time.process_time()
@@ -78,13 +77,15 @@ def measure(before: str, after: str, traced: bool) -> dict:
         result["traced_peak"] = tracemalloc.get_traced_memory()[1]
     else:
         result["rss_before"] = rss_before * 1024
-        result["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the parent that wrote the files
+        result["rss_peak"] = _status_kib("VmHWM") * 1024
     return result
 
 
-def _rss_kib() -> int:
+def _status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in KiB (0 where there is none)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
 

@@ -36,7 +36,7 @@ def benchmark_environment(threads: int) -> dict:
     env = {key: value for key, value in os.environ.items() if key not in BLAS_OVERRIDES}
     env.update({variable: str(threads) for variable in THREAD_VARIABLES})
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env[MARKER] = "1"
+    env.update({MARKER: "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"})
     return env
 
 
