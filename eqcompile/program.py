@@ -122,6 +122,11 @@ class Program:
     config: dict = field(default_factory=dict)  # the family's parsed config, for the model card
 
     @property
+    def title(self) -> str:
+        """"The qwen2 model": named by config.json's model_type where it has one, else the family."""
+        return f"The {self.config.get('model_type') or self.family} model"
+
+    @property
     def takes_tokens(self) -> bool:
         """Whether forward() takes token ids (the other interface takes a real vector)."""
         return self.interface != "vector"

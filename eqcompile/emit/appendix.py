@@ -147,7 +147,7 @@ def build(checkpoint: Checkpoint, program: Program, title: str | None = None, au
     printer = printer_for(program)
     sampling, sampling_notes = _sampling(checkpoint, program)
     return Appendix(
-        title=title or f"A {program.family} model as equations",
+        title=title or f"{program.title} as equations",
         author=author,
         card=_card(checkpoint, program, used),
         notes=list(program.notes),

@@ -252,4 +252,4 @@ def op_blocks(program: Program) -> list[OpBlock]:
 def document(program: Program, fragment: str, packages=PACKAGES) -> str:
     """A standalone article around a fragment (``--standalone``)."""
     return render_template("document.tex.j2", packages=packages, body=fragment,
-                           title=f"A {program.family} model as equations", source=program.source)
+                           title=f"{program.title} as equations", source=program.source)

@@ -31,7 +31,7 @@ def module_source(program: Program, tokenizer: str = "") -> str:
     parameters = {stage.name: {p.name: p.key for p in stage.params} for stage in program.stages}
     return render_template(
         "model.py.j2",
-        title=f"A {program.family} model",
+        title=program.title,
         composition=_composition(program),
         source=program.source,
         layers=next((s.layers for s in program.stages if s.layers), 0),
