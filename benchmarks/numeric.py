@@ -143,8 +143,9 @@ def run(folder: Path, threads: int, quick: bool = False) -> dict:
                 times = alternate({"numpy": lambda n=n: numpy_forward(n), "torch": lambda n=n: torch_forward(n)},
                                   2 if quick else REPEATS[n], mode.clock)
                 forward[n] = {**times, "ratio": times["numpy"] / times["torch"], "flops": forward_flops(config, n)}
-            # the same forward called back to back: BLAS threads awake and caches warm, as in a loop over batches
-            forward[n]["numpy_back_to_back"] = best_time(lambda n=n: numpy_forward(n), 3 if quick else 5, mode.clock)
+                # called back to back: BLAS threads awake and caches warm, as in a loop over batches
+                forward[n]["numpy_back_to_back"] = best_time(lambda n=n: numpy_forward(n), 3 if quick else 5,
+                                                             mode.clock)
             decoded = decoder.measure(1 if quick else DECODE_ROUNDS, mode.clock)
             peak, bandwidth = max(peak, sgemm_peak(mode.clock)), max(bandwidth, copy_bandwidth(mode.clock))
         for row in forward.values():
