@@ -103,6 +103,8 @@ def test_bare_file_is_recognised_by_its_tensor_names(tmp_path):
         eqcompile.compile(folder / "model.safetensors")
     compiled = eqcompile.compile(folder / "model.safetensors", activation="sigmoid")
     assert compiled.program.family == "mlp"
+    assert compiled.program.notes[0] == ("no config.json: inferred an nn.Sequential of 2 Linear layers from the "
+                                         "tensor names, widths 4 -> 16 -> 4.")
     assert_matches(emitted(compiled, tmp_path / "out"), model, 4)
 
 

@@ -80,7 +80,10 @@ def read_config(checkpoint: Checkpoint) -> tuple[MLPConfig, list[str]]:
     elif any(activated):
         raise ConfigError("mlp: the file does not name the activation between its Linear layers; give "
                           f"--activation ({', '.join(ACTIVATIONS)}) or \"activation\" in config.json")
-    notes = [f"Between the Linear layers at positions {earlier} and {later} of the nn.Sequential, "
+    notes = [] if "model_type" in raw else [  # no config.json (at most command-line settings)
+        f"no config.json: inferred an nn.Sequential of {len(positions)} Linear layers from the tensor names, "
+        f"widths {' -> '.join(map(str, widths))}."]
+    notes += [f"Between the Linear layers at positions {earlier} and {later} of the nn.Sequential, "
              f"the modules are taken to be one {activation} and modules that are the identity at "
              "inference (such as Dropout)." for earlier, later, gap in zip(positions, positions[1:], gaps)
              if gap > 2]

@@ -51,12 +51,16 @@ def _composition(program: Program) -> str:
                       for s in reversed(program.stages))
 
 
-def _shape(program: Program, symbol, expr) -> str:
+def _shape(program: Program, symbol, expr, cached: bool = False) -> str:
+    """The shape comment; ``cached``: per-head [.., n, n] arrays of a stage with a KV cache are
+    [.., n, m], m the positions seen so far (n without a cache)."""
     if symbol == program.input_symbol and program.takes_tokens:
         return f"[{program.dim_python[program.seq]}]"  # token ids
     dims = [program.dim_python.get(s, str(s)) if isinstance(s, sp.Symbol) else str(s) for s in symbol.shape]
     if is_per_head(expr):
         dims.insert(0, "n_head")  # one slice per head, all heads at once
+        if cached and symbol.shape[-1] == program.seq:
+            dims[-1] = "m"
     return f"[{', '.join(dims)}]"
 
 
@@ -65,7 +69,8 @@ def _stage_function(program: Program, stage: Stage, printer: ModulePrinter) -> s
             *(str(s) for s in stage.layer_symbols), *(["cache"] if stage.cached else [])]
     body = []
     for eq in stage.equations:
-        body.append(f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {_shape(program, eq.lhs, eq.rhs)}")
+        shape = _shape(program, eq.lhs, eq.rhs, bool(stage.cached))
+        body.append(f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {shape}")
         if eq.lhs in stage.cached:  # earlier positions' rows, then these: [m, d]
             body.append(f"{eq.lhs.name} = cache.extend({eq.lhs.name!r}, {eq.lhs.name})  # with earlier positions")
     if program.seq is not None and any(

@@ -18,7 +18,7 @@ n_head = sp.Symbol("n_head", integer=True, positive=True)
 d_head = sp.Symbol("d_head", integer=True, positive=True)
 
 
-def softmax(s):  # [..., n, n] -> [..., n, n], over the last axis
+def softmax(s):  # [..., n, m] -> [..., n, m], over the last axis (m keys)
     e = np.exp(s - s.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
