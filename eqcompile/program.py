@@ -13,6 +13,8 @@ from string import Template
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
+from .composition import Arrow, Compose, Iterated, Space, StageMap
+
 
 @dataclass(frozen=True)
 class TensorRef:
@@ -120,6 +122,21 @@ class Program:
     source: str = ""
     notes: list[str] = field(default_factory=list)  # stated assumptions (e.g. inferred config)
     config: dict = field(default_factory=dict)  # the family's parsed config, for the model card
+
+    def composition(self) -> Compose:
+        """f_θ as its stages composed, the last applied first: U ∘ B^(L) ∘ … ∘ B^(1) ∘ E."""
+        return Compose(*(Iterated(stage.letter, sp.Symbol("L")) if stage.layers else StageMap(stage.letter)
+                         for stage in reversed(self.stages)))
+
+    def signatures(self) -> list[tuple[StageMap, Arrow]]:
+        """Each stage's map (B^(l) for a repeated one) with its domain and codomain."""
+        def space(symbol, tokens=False):
+            return Space(*symbol.shape, tokens=tokens)
+
+        return [(StageMap(stage.letter, sp.Symbol("l") if stage.layers else None),
+                 Arrow(space(stage.input, stage.input == self.input_symbol and self.takes_tokens),
+                       space(stage.output)))
+                for stage in self.stages]
 
     @property
     def title(self) -> str:

@@ -83,3 +83,15 @@ def test_pdf_shows_the_equations(tmp_path):
     assert compile_tex(tex).returncode == 0
     text = subprocess.run(["pdftotext", str(tmp_path / "doc.pdf"), "-"], capture_output=True, text=True).stdout
     assert "softmax" in text and "transformer.wte.weight" in text
+
+
+def test_the_composition_is_a_sympy_object_any_printer_states():
+    """f_θ and the stages' signatures print through sympy's own printers, as LaTeX and as text."""
+    import sympy as sp
+
+    program = eqcompile.compile(SAMPLE).program
+    assert sp.latex(program.composition()) == r"U \circ B^{(L)} \circ \cdots \circ B^{(1)} \circ E"
+    assert sp.sstr(program.composition()) == "U ∘ B^(L) ∘ … ∘ B^(1) ∘ E"
+    assert [sp.latex(m) + " : " + sp.latex(s) for m, s in program.signatures()] == [
+        r"E : \mathcal{V}^{n} \to \mathbb{R}^{n \times d}", r"B^{(l)} : \mathbb{R}^{n \times d} \to \mathbb{R}^{n \times d}",
+        r"U : \mathbb{R}^{n \times d} \to \mathbb{R}^{n \times n_{vocab}}"]

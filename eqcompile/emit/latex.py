@@ -15,6 +15,7 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE
 
+from ..composition import Space
 from ..ops import SplitHeads, is_per_head, n_head, ops_used_by
 from ..program import Param, Program, Stage
 from .templates import render_template
@@ -132,32 +133,14 @@ def composition(program: Program) -> str:
 
 
 def composition_lines(program: Program) -> list[str]:
-    """The lines of :func:`composition`, aligned at ``&``."""
+    """The lines of :func:`composition`, aligned at ``&``: f_θ, then each map's signature."""
     printer = printer_for(program)
-    pieces, maps = [], []
-    for stage in reversed(program.stages):
-        if stage.layers:
-            pieces.append(rf"{stage.letter}^{{(L)}} \circ \cdots \circ {stage.letter}^{{(1)}}")
-        else:
-            pieces.append(stage.letter)
-    for stage in program.stages:
-        letter = stage.letter + ("^{(l)}" if stage.layers else "")
-        token_ids = stage.input == program.input_symbol and program.takes_tokens
-        maps.append(rf"{letter} &: {_space(printer, stage.input, token_ids)} \to {_space(printer, stage.output)}")
+    head = rf"f_\theta &= {printer.doprint(program.composition())}"
     layers = next((s.layers for s in program.stages if s.layers), None)
-    head = r"f_\theta &= " + r" \circ ".join(pieces)
     if layers:
         head += rf", \qquad L = {layers}"
-    return [head, *maps]
-
-
-def _space(printer, symbol, token_ids: bool = False) -> str:
-    rows, cols = (printer._print(s) for s in symbol.shape)
-    if token_ids:
-        return rf"\mathcal{{V}}^{{{rows}}}"
-    if symbol.shape[1] == 1:  # a column vector
-        return rf"\mathbb{{R}}^{{{rows}}}"
-    return rf"\mathbb{{R}}^{{{rows} \times {cols}}}"
+    return [head, *(rf"{printer.doprint(stage_map)} &: {printer.doprint(signature)}"
+                    for stage_map, signature in program.signatures())]
 
 
 def _stage_equations(program: Program, stage: Stage, unroll: bool) -> str:
@@ -216,7 +199,7 @@ def symbol_table(program: Program) -> str:
         untransposed = replace(param.source, transpose=False).describe()  # ᵀ is set in math below
         source = tex_escape(untransposed).replace(r"\{layer\}", "$l{-}1$")
         source += r"$^{\top}$" if param.source.transpose else ""
-        rows.append(rf"${printer._print(param.symbol)}$ & ${_space(printer, param.symbol)}$ & \texttt{{{source}}} \\")
+        rows.append(rf"${printer._print(param.symbol)}$ & ${printer.doprint(Space(*param.symbol.shape))}$ & \texttt{{{source}}} \\")
     printer = printer_for(program)
     dims = [rf"${printer._print(symbol)} = {number_latex(value)}$" for symbol, value in program.dims.items()]
     return ("\\paragraph{Symbols.}\n\\begin{tabular}{lll}\n\\hline\nsymbol & shape & source tensor \\\\\n"

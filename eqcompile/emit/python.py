@@ -32,7 +32,7 @@ def module_source(program: Program, tokenizer: str = "") -> str:
     return render_template(
         "model.py.j2",
         title=program.title,
-        composition=_composition(program),
+        composition=sp.sstr(program.composition()),
         source=program.source,
         layers=next((s.layers for s in program.stages if s.layers), 0),
         dims=[(program.dim_python[s], v) for s, v in program.dims.items()],
@@ -44,11 +44,6 @@ def module_source(program: Program, tokenizer: str = "") -> str:
         interface=program.interface,
         tokenizer=tokenizer,
     )
-
-
-def _composition(program: Program) -> str:
-    return " ∘ ".join(f"{s.letter}^(L) ∘ … ∘ {s.letter}^(1)" if s.layers else s.letter
-                      for s in reversed(program.stages))
 
 
 def _shape(program: Program, symbol, expr, cached: bool = False) -> str:
