@@ -61,9 +61,13 @@ def main() -> None:
     results: dict = {"machine": describe(THREADS), "quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="eqcompile-bench-") as scratch:
         folder = Path(scratch)
+        progress(1, "symbolic compile at scale", started)
         results["symbolic"] = symbolic.run(folder / "symbolic", env, args.quick)
+        progress(2, "emitted forward and decoding vs PyTorch", started)
         results["numeric"] = numeric.run(folder / "numeric", THREADS, args.quick)
+        progress(3, "load to first logits", started)
         results["loading"] = loading.run(Path(results["numeric"]["checkpoint"]), folder / "loading", env, args.quick)
+        progress(4, "documents and diff", started)
         results["documents"] = documents.run(folder / "documents", env, args.quick)
     results["notes"] = results["loading"].pop("notes") + results["documents"].pop("notes")
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -74,6 +78,11 @@ def main() -> None:
     plot(results, args.out / "scaling.png")
     print(report(results))
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'scaling.png'} ({results['seconds']:.0f} s)")
+
+
+def progress(step: int, what: str, started: float) -> None:
+    """One line on stderr per part (the run takes minutes; the tables come at the end)."""
+    print(f"[{step}/4] {what} ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
 
 
 def report(results: dict) -> str:
