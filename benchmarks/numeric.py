@@ -24,6 +24,7 @@ import numpy as np
 import eqcompile
 from eqcompile.emit.python import import_module
 from eqcompile.verify import compare
+from loading import smollm2_gguf
 from measure import best_time, copy_bandwidth, sgemm_peak
 
 SEQUENCE_LENGTHS = (1, 32, 128, 512)
@@ -163,7 +164,29 @@ def run(folder: Path, threads: int, quick: bool = False) -> dict:
         result["profile"] = {"seq": profiled, "threads": 1,
                              "seconds": profile(lambda: module.forward(rng.integers(0, config["vocab_size"], size=profiled)))}
     result["decode_setup"] = {"prompt": PROMPT, "new_tokens": new, "weight_bytes_per_token": weight_bytes}
+    if not quick and (source := smollm2_gguf()) is not None:
+        with threadpool_limits(threads, user_api="blas"):
+            result["smollm2_decode"] = smollm2_decode(source, folder / "smollm2", threads)
     return result
+
+
+def smollm2_decode(source: Path, folder: Path, threads: int) -> dict:
+    """Greedy decoding of a trained Llama-family model (SmolLM2-135M, GQA 9/3), 2 threads, wall time.
+
+    transformers reads the same GGUF file; its end-of-text token is not special to either side here
+    (the emitted generate does not stop at it), so both produce the same tokens.
+    """
+    import torch
+    import transformers
+
+    module = import_module(eqcompile.compile(source).to_python(folder), "benchmark_smollm2")
+    reference = transformers.AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name).eval()
+    reference.generation_config.eos_token_id = None
+    torch.set_num_threads(threads)
+    decoder = Decoder(module, reference, module.encode("The capital of France is"), NEW_TOKENS)
+    decoded = decoder.measure(DECODE_ROUNDS, time.perf_counter)
+    return {**decoded, "same_tokens": decoder.numpy_generate() == decoder.torch_generate(),
+            "prompt": len(decoder.prompt), "new_tokens": NEW_TOKENS}
 
 
 class Decoder:
@@ -242,4 +265,11 @@ def table(result: dict) -> list[str]:
                      f"(**{d['ratio']:.2f}**) | {d['step_tokens_per_s']:.1f} tokens/s | "
                      f"{d['bandwidth_limit_tokens_per_s']:.1f} tokens/s (**{100 * d['step_bandwidth_fraction']:.0f}%**) | "
                      f"{d['step_tokens_per_s_long']:.1f} tokens/s at {d['long_context']} tokens |")
+    if smol := result.get("smollm2_decode"):
+        lines += ["", f"SmolLM2-135M (trained, GQA 9/3, from its GGUF file), greedy, {smol['prompt']}-token prompt, "
+                  f"{smol['new_tokens']} new tokens ({'the same tokens' if smol['same_tokens'] else 'DIFFERENT tokens'} "
+                  "from both), 2 threads, wall time: transformers `generate` "
+                  f"{smol['torch_tokens_per_s']:.1f} tokens/s, emitted `generate` {smol['numpy_tokens_per_s']:.1f} "
+                  f"tokens/s (time ratio **{smol['ratio']:.2f}**), emitted `step` {smol['step_tokens_per_s']:.1f} "
+                  f"tokens/s, {smol['step_tokens_per_s_long']:.1f} tokens/s after {smol['long_context']} tokens."]
     return lines
