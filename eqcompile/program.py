@@ -139,6 +139,11 @@ class Program:
                 for stage in self.stages]
 
     @property
+    def layers(self) -> int:
+        """L, how many times the repeated stage (the block) is applied; 0 when no stage repeats."""
+        return next((stage.layers for stage in self.stages if stage.layers), 0)
+
+    @property
     def title(self) -> str:
         """"The qwen2 model": named by config.json's model_type where it has one, else the family."""
         return f"The {self.config.get('model_type') or self.family} model"

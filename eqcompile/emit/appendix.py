@@ -160,7 +160,7 @@ def build(checkpoint: Checkpoint, program: Program, title: str | None = None, au
         symbols=[_symbol_row(checkpoint, program, b) for b in bindings],
         unused=[name for name in checkpoint.tensors if name not in set(used)],
         dims=[(printer._print(symbol), number_latex(value)) for symbol, value in program.dims.items()],
-        layers=next((s.layers for s in program.stages if s.layers), 0),
+        layers=program.layers,
         cost=cost,
         matrices=[piece for b in bindings for piece in _matrix_pieces(checkpoint, program, b)] if numbers else None,
     )

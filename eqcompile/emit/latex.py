@@ -136,9 +136,8 @@ def composition_lines(program: Program) -> list[str]:
     """The lines of :func:`composition`, aligned at ``&``: f_θ, then each map's signature."""
     printer = printer_for(program)
     head = rf"f_\theta &= {printer.doprint(program.composition())}"
-    layers = next((s.layers for s in program.stages if s.layers), None)
-    if layers:
-        head += rf", \qquad L = {layers}"
+    if program.layers:
+        head += rf", \qquad L = {program.layers}"
     return [head, *(rf"{printer.doprint(stage_map)} &: {printer.doprint(signature)}"
                     for stage_map, signature in program.signatures())]
 
