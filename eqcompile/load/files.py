@@ -1,0 +1,95 @@
+"""Bounded reads of the small files a checkpoint brings (config, tokenizer, index, generation config).
+
+Checkpoints come from strangers: every file is checked to be a regular file (symlinks resolved;
+FIFOs and devices refused, since reading them hangs or never ends) and to fit a size limit before a
+byte is read; JSON is parsed with a nesting and an integer-length limit, and strings holding lone
+surrogates (which no encoder can write out) are refused. Each defect is one ``CheckpointError``
+line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+MAX_JSON_BYTES = 64 * 1024 * 1024  # tokenizer.json of a 256k vocabulary is ~20 MB; configs are KB
+MAX_DEPTH = 64  # real configs and tokenizers nest fewer than 10 levels
+MAX_INT_DIGITS = 40  # beyond 2**128: no size, id or count in a checkpoint is that long
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def read_bytes(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The whole file, if it is a regular file of at most ``limit`` bytes."""
+    try:
+        info = os.stat(path)  # follows symlinks: the target is what gets read
+    except OSError as e:
+        raise CheckpointError(f"{path.name}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path.name}: not a regular file (a FIFO, device or folder is never read)")
+    if info.st_size > limit:
+        raise CheckpointError(f"{path.name}: {info.st_size:,} bytes, over the {limit:,}-byte limit for this file")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew while we looked
+        raise CheckpointError(f"{path.name}: over the {limit:,}-byte limit for this file")
+    return data
+
+
+def read_text(path: Path, limit: int = MAX_JSON_BYTES) -> str:
+    """The file as UTF-8 text, bounded as :func:`read_bytes`."""
+    try:
+        return read_bytes(path, limit).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path.name}: not UTF-8 text (byte {e.start})") from None
+
+
+def parse_json(text: str, what: str):
+    """JSON with bounded nesting and integer length; ``what`` names the source in errors."""
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_DEPTH:
+        raise CheckpointError(f"{what}: JSON nested {deepest} levels deep (the limit is {MAX_DEPTH})")
+    try:
+        value = json.loads(text, parse_int=_bounded_int)
+    except ValueError as e:  # JSONDecodeError is a ValueError, and so is an over-long integer
+        raise CheckpointError(f"{what}: invalid JSON ({_first_line(e)})") from None
+    _refuse_surrogates(value, what)
+    return value
+
+
+def read_json(path: Path, limit: int = MAX_JSON_BYTES):
+    """A bounded, checked JSON file (see the module docstring)."""
+    return parse_json(read_text(path, limit), path.name)
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(digits)} digits (the limit is {MAX_INT_DIGITS})")
+    return int(digits)
+
+
+def _refuse_surrogates(value, what: str) -> None:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str) and _SURROGATE.search(item):
+            raise CheckpointError(f"{what}: a string holds a lone surrogate (\\u{ord(_SURROGATE.search(item)[0]):04x}), "
+                                  "which is not text")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
