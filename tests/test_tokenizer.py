@@ -456,3 +456,15 @@ def test_latex_compiles_with_pdflatex(request, tmp_path, which):
     (tmp_path / "main.tex").write_text(WRAPPER % "tokenizer")
     result = compile_tex(tmp_path / "main.tex")
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_the_tokenizer_package_imports_no_emitter():
+    """The tokenizer is read at load level and printed at emit level: imports flow one way."""
+    package = ROOT / "eqcompile" / "tokenizer"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                assert not target.lstrip(".").startswith("emit") and "eqcompile.emit" not in target, (path, target)
+            elif isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("eqcompile.emit") for alias in node.names), path

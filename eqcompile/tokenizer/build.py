@@ -59,16 +59,19 @@ def token_id(value, where: str, bound: int) -> int:
 
 
 def merge_pairs(merges, where: str) -> list[tuple[str, str]]:
-    """Merges as pairs, from either form: "a b" strings or [a, b] lists."""
+    """Merges as pairs, from either form: "a b" strings or [a, b] lists (each checked only when the
+    whole list is not plain strings: the common case is one pass)."""
     expect(merges, list, where)
-    pairs = []
-    for rank, merge in enumerate(merges):
-        pair = tuple(text(merge, f"{where}[{rank}]").split(" ")) if isinstance(merge, str) else \
-            tuple(text(s, f"{where}[{rank}]") for s in expect(merge, (str, list), f"{where}[{rank}]",
-                                                              'a merge ("a b" or ["a", "b"])'))
+    if all(type(merge) is str for merge in merges):
+        text("".join(merges), where)
+        pairs = [tuple(merge.split(" ")) for merge in merges]
+    else:
+        pairs = [tuple(text(s, f"{where}[{rank}]") for s in expect(merge, list, f"{where}[{rank}]",
+                                                                    'a merge ("a b" or ["a", "b"])'))
+                 for rank, merge in enumerate(merges)]
+    for rank, pair in enumerate(pairs):
         if len(pair) != 2:
-            raise ConfigError(f"{where}: merge {rank} ({merge!r}) is not a pair of symbols")
-        pairs.append(pair)
+            raise ConfigError(f"{where}: merge {rank} ({merges[rank]!r}) is not a pair of symbols")
     return pairs
 
 
@@ -84,6 +87,24 @@ def added_token(entry, where: str, bound: int) -> dict:
             "normalized": bool(entry.get("normalized", not entry.get("special")))}
 
 
+def _check_ids(vocab: dict[str, int], where: str, bound: int) -> None:
+    """Every token text and every id below ``bound``, in bulk; the culprit is looked for on failure."""
+    text("".join(vocab), where)
+    ids = vocab.values()
+    if not all(type(i) is int for i in ids) or min(ids) < 0 or max(ids) >= bound:
+        for token, i in vocab.items():
+            token_id(i, f"{where}[{token!r}]", bound)
+
+
+def _check_byte_symbols(merges: list[tuple[str, str]]) -> None:
+    """Byte-level BPE merges symbols made of its 256 byte symbols, and nothing else."""
+    if BYTE_SYMBOLS.issuperset("".join(left + right for left, right in merges)):
+        return
+    rank, stray = next((rank, c) for rank, pair in enumerate(merges) for c in "".join(pair) if c not in BYTE_SYMBOLS)
+    raise CheckpointError(f"merge {rank} {merges[rank]!r} holds {stray!r}, expected only byte-level BPE's "
+                          "256 byte symbols")
+
+
 def build(model: str, vocab: dict[str, int], merges: list[tuple[str, str]], steps: list[dict], *, where: str,
           added_tokens: list[dict] = (), prefix: list[int] = (), suffix: list[int] = (),
           unk: str | None = None, fuse_unk: bool = False, ignore_merges: bool = False) -> Tokenizer:
@@ -92,23 +113,20 @@ def build(model: str, vocab: dict[str, int], merges: list[tuple[str, str]], step
     if not vocab:
         raise ConfigError("the tokenizer's vocabulary is empty")
     bound = len(vocab) + len(added_tokens)
-    by_id: list[str | None] = [None] * len(vocab)
+    _check_ids(vocab, where, bound)
+    by_id: list[str | None] = [None] * (max(vocab.values()) + 1)
     for token, i in vocab.items():
-        token_id(i, f"{where}[{text(token, where)!r}]", bound)
-        by_id.extend([None] * (i + 1 - len(by_id)))
         if by_id[i] is not None:
             raise ConfigError(f"tokenizer vocabulary: bad or repeated id {i!r} (token {token!r})")
         by_id[i] = token
     merge_ids = []
     for rank, (left, right) in enumerate(merges):
-        missing = next((t for t in (left, right, left + right) if t not in vocab), None)
-        if missing is not None:
+        if left not in vocab or right not in vocab or left + right not in vocab:
+            missing = next(t for t in (left, right, left + right) if t not in vocab)
             raise ConfigError(f"merge {rank} ({left!r}, {right!r}): {missing!r} is not in the vocabulary")
-        if model == "BPE" and not BYTE_SYMBOLS.issuperset(left + right):
-            stray = next(c for c in left + right if c not in BYTE_SYMBOLS)
-            raise CheckpointError(f"merge {rank} ({left!r}, {right!r}) holds {stray!r}, expected only "
-                                  "byte-level BPE's 256 byte symbols")
         merge_ids.append([vocab[left], vocab[right]])
+    if model == "BPE":
+        _check_byte_symbols(merges)
     for n, i in enumerate([*prefix, *suffix]):
         token_id(i, f"the post-processor's id {n}", bound)
     data = {
