@@ -40,7 +40,8 @@ def bpe_spec() -> dict:
             {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": False},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
         "post_processor": {"type": "TemplateProcessing",
-                           "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                           "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                      {"Sequence": {"id": "A", "type_id": 0}}],
                            "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [258], "tokens": ["<s>"]}}},
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
@@ -140,7 +141,8 @@ def test_vocab_json_as_a_list(tmp_path):
 
 
 def test_merges_txt_not_utf8(tmp_path):
-    folder = checkpoint(tmp_path / "ckpt", {"vocab.json": '{"a": 0, "b": 1, "ab": 2}', "merges.txt": b"a b\n\xff\xfe\n"})
+    folder = checkpoint(tmp_path / "ckpt", {"vocab.json": '{"a": 0, "b": 1, "ab": 2}',
+                                            "merges.txt": b"a b\n\xff\xfe\n"})
     assert_refused(folder, tmp_path / "out", "merges.txt: not UTF-8 text")
 
 

@@ -34,7 +34,8 @@ def tokenizer_latex(tokenizer: Tokenizer) -> str:
     r"""τ as a definition (a LaTeX fragment, amsmath): the pre-tokenization regexes, the byte
     table, the merge rule as an algorithm with its counts, the lookup, and τ⁻¹."""
     size = len(set(tokenizer.ids.values()) | set(tokenizer.added))
-    body = _character_level(tokenizer, size) if tokenizer.data["model"] == "WordLevel" else _byte_level_bpe(tokenizer, size)
+    describe = _character_level if tokenizer.data["model"] == "WordLevel" else _byte_level_bpe
+    body = describe(tokenizer, size)
     return "\n".join([r"\subsection*{Tokenizer}", *body]) + "\n"
 
 

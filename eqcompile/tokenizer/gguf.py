@@ -23,7 +23,8 @@ def from_gguf(tokens: list[str], merges: list[str], pre: str, token_types: list[
     """GGUF metadata: ``tokenizer.ggml.tokens`` (id order), ``.merges`` ("a b"), ``.pre`` (one of
     :data:`GGUF_PRE_TOKENIZERS`), ``.token_type`` (control tokens are special, user-defined ones
     added), ``.bos_token_id``/``.add_bos_token`` and the same for EOS."""
-    tokens = [text(t, f"tokenizer.ggml.tokens[{i}]") for i, t in enumerate(expect(tokens, list, "tokenizer.ggml.tokens"))]
+    tokens = [text(token, f"tokenizer.ggml.tokens[{i}]")
+              for i, token in enumerate(expect(tokens, list, "tokenizer.ggml.tokens"))]
     if not isinstance(pre, str) or pre not in GGUF_PRE_TOKENIZERS:
         raise ConfigError(f"GGUF pre-tokenizer {pre!r:.80} is not supported "
                           f"(supported: {', '.join(GGUF_PRE_TOKENIZERS)})")
@@ -33,12 +34,12 @@ def from_gguf(tokens: list[str], merges: list[str], pre: str, token_types: list[
         raise ConfigError("GGUF tokenizer: tokenizer.ggml.tokens repeats a token")
     pairs = merge_pairs(merges, "tokenizer.ggml.merges")
     types = expect(token_types or [], list, "tokenizer.ggml.token_type")
-    entries = [{"id": i, "content": tokens[i], "special": kind == GGUF_CONTROL} for i, kind in enumerate(types[:len(tokens)])
-               if kind in (GGUF_CONTROL, GGUF_USER_DEFINED)]
+    entries = [{"id": i, "content": tokens[i], "special": kind == GGUF_CONTROL}
+               for i, kind in enumerate(types[:len(tokens)]) if kind in (GGUF_CONTROL, GGUF_USER_DEFINED)]
     ends = [(bos_id, add_bos, "bos_token_id"), (eos_id, add_eos, "eos_token_id")]
     prefix, suffix = ([token_id(i, f"tokenizer.ggml.{key}", len(tokens))] if add and i is not None else []
                       for i, add, key in ends)
+    added = [added_token(entry, "tokenizer.ggml.token_type", len(tokens)) for entry in entries]
     return build("BPE", vocab, pairs, [split_step(p, "tokenizer.ggml.pre") for p in patterns],
-                 where="tokenizer.ggml.tokens", added_tokens=[added_token(t, "tokenizer.ggml.token_type", len(tokens))
-                                                              for t in entries],
-                 ignore_merges=ignore_merges, prefix=prefix, suffix=suffix)
+                 where="tokenizer.ggml.tokens", added_tokens=added, ignore_merges=ignore_merges,
+                 prefix=prefix, suffix=suffix)
