@@ -85,7 +85,7 @@ def test_interleaving_is_undone(tmp_path):
 
 def test_every_storage_format_reads_as_gguf_dequantizes_it(tmp_path):
     """Offsets, byte counts and shapes for each format eqcompile reads (random bytes are valid blocks)."""
-    from eqcompile.load import load_checkpoint
+    from eqcompile.arch import open_checkpoint
     from eqcompile.load.gguf import FLOATS, QUANTIZATION_MAPS
 
     formats = [*FLOATS, *QUANTIZATION_MAPS]
@@ -105,7 +105,7 @@ def test_every_storage_format_reads_as_gguf_dequantizes_it(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    checkpoint = load_checkpoint(tmp_path / "formats.gguf")
+    checkpoint = open_checkpoint(tmp_path / "formats.gguf")
     for layer, name in enumerate(formats):
         tensor = checkpoint.tensors[f"model.layers.{layer}.mlp.up_proj.weight"]
         assert (tensor.dtype, tensor.shape) == (name, (3, 512))

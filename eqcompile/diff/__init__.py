@@ -25,7 +25,7 @@ import numpy as np
 from .. import arch
 from ..emit.files import progress_bar
 from ..errors import CheckpointError, EqcompileError
-from ..load import Checkpoint, TensorInfo, load_checkpoint
+from ..load import Checkpoint, TensorInfo
 from ..program import Program, TensorRef
 from .delta import IDENTICAL, Delta, as_matrix, measure
 from .structure import Slot, StructureDiff, compare_programs, compare_tensors, slots
@@ -70,7 +70,7 @@ class ModelDiff:
 
 def compare(before: str | Path, after: str | Path) -> ModelDiff:
     """Diff two checkpoints (anything :func:`~eqcompile.load.load_checkpoint` accepts)."""
-    checkpoints = (load_checkpoint(before), load_checkpoint(after))
+    checkpoints = (arch.open_checkpoint(before), arch.open_checkpoint(after))
     lowered = [_lower(checkpoint, side) for checkpoint, side in zip(checkpoints, "AB")]
     programs = (lowered[0][0], lowered[1][0])
     slot_maps = [slots(p) if p is not None else {} for p in programs]
