@@ -45,8 +45,9 @@ class TensorRef:
             array = array[..., self.columns[0]:self.columns[1]]
         return array.T if self.transpose and transpose else array
 
-    def describe(self) -> str:
-        text = self.name
+    def describe(self, stored_name: str | None = None) -> str:
+        """The source as text, under ``stored_name`` when the file stores it under another name (GGUF)."""
+        text = stored_name or self.name
         if self.columns:
             text += f"[..., {self.columns[0]}:{self.columns[1]}]"
         return text + ("ᵀ" if self.transpose else "")

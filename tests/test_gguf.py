@@ -347,3 +347,13 @@ def test_smollm2_whole_model_says_paris(tmp_path):
         assert ok, (len(tokens), max_abs, max_rel)
     logits = module.forward(np.array(tokenizer(PROMPT)["input_ids"]))
     assert tokenizer.decode([int(np.argmax(logits[-1]))]) == " Paris"
+
+
+def test_appendix_names_each_weight_as_the_file_stores_it(tmp_path):
+    """The symbol table lists blk.1.attn_q.weight, the name in the GGUF file, not a Hugging Face name
+    the file does not contain."""
+    write_llama_gguf(make_llama(tmp_path / "ckpt", **TINY), tmp_path / "model.gguf", "Q8_0")
+    eqcompile.compile(tmp_path / "model.gguf").tex(tmp_path / "appendix.tex")
+    text = (tmp_path / "appendix.tex").read_text().replace(r"\allowbreak{}", "").replace(r"{\char95}", "_")
+    assert "blk.1.attn_q.weight" in text and "token_embd.weight" in text
+    assert "model.layers." not in text and "model.embed_tokens" not in text

@@ -78,7 +78,8 @@ def from_gguf(checkpoint: Checkpoint) -> Checkpoint:
         name = hf_name(file, gguf_name)
         block = BLOCK_TENSOR.fullmatch(gguf_name)
         tensors[name] = ConvertedTensor(name, stored, interleaved.get(block[2]) if block else None)
-    return replace(checkpoint, tensors=tensors, config=config)
+    return replace(checkpoint, tensors=tensors, config=config,
+                   stored_names={name: tensor.gguf_name for name, tensor in tensors.items()})
 
 
 def hf_name(file: str, gguf_name: str) -> str:

@@ -196,7 +196,8 @@ def _symbol_row(checkpoint: Checkpoint, program: Program, binding: Binding) -> S
     stage = binding.stage
     group = stage.title if binding.layer is None else f"{stage.title} {binding.layer + 1}"
     value = binding.read(checkpoint, program)  # one tensor at a time
-    return SymbolRow(binding.key, binding.param.name, binding.latex, value.shape, binding.source.describe(),
+    source = binding.source.describe(checkpoint.stored_names.get(binding.source.name))  # the file's own name
+    return SymbolRow(binding.key, binding.param.name, binding.latex, value.shape, source,
                      checkpoint.tensors[binding.source.name].dtype, group, Statistics.of(value))
 
 

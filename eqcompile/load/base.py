@@ -57,6 +57,7 @@ class Checkpoint:
     tokenizer: EmbeddedTokenizer | None = None  # a tokenizer stored inside the weight file (GGUF)
     format: str = "safetensors"  # the weight file's format: "safetensors" or "gguf"
     file_metadata: Mapping[str, object] = field(default_factory=dict)  # GGUF: every key, typed (load/gguf.py)
+    stored_names: dict[str, str] = field(default_factory=dict)  # a renamed tensor's name in the file itself
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.tensors[name].shape
