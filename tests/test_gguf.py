@@ -357,3 +357,15 @@ def test_appendix_names_each_weight_as_the_file_stores_it(tmp_path):
     text = (tmp_path / "appendix.tex").read_text().replace(r"\allowbreak{}", "").replace(r"{\char95}", "_")
     assert "blk.1.attn_q.weight" in text and "token_embd.weight" in text
     assert "model.layers." not in text and "model.embed_tokens" not in text
+
+
+def test_the_loader_gives_the_files_own_names_and_the_family_converts(tmp_path):
+    """load/ knows the format only: blk.* names, no config; arch's Llama conversion renames and configures."""
+    from eqcompile.arch import open_checkpoint
+    from eqcompile.load import load_checkpoint
+
+    write_llama_gguf(make_llama(tmp_path / "ckpt", **TINY), tmp_path / "model.gguf")
+    raw, converted = load_checkpoint(tmp_path / "model.gguf"), open_checkpoint(tmp_path / "model.gguf")
+    assert raw.config is None and "blk.0.attn_q.weight" in raw.tensors and raw.format == "gguf"
+    assert not any(name.startswith("model.") for name in raw.tensors)
+    assert converted.config["model_type"] == "llama" and set(converted.stored_names.values()) == set(raw.tensors)
