@@ -27,11 +27,10 @@ TOP = "eqcompile"  # the package's __init__: the public API, above everything
 
 RENDERS = {  # by design: a renderer imports the result type of the analysis it prints, never the reverse
     ("eqcompile.emit.expanded", "eqcompile.expand"),
-    ("eqcompile.diff.render", "eqcompile.diff"),
-    ("eqcompile.diff.render", "eqcompile.diff.delta"),
-    ("eqcompile.diff.render", "eqcompile.diff.structure"),
+    ("eqcompile.diff.render", "eqcompile.diff"),  # ModelDiff, and the delta and structure types it holds
 }
-DEBT = {  # imports that break the layering today; remove an entry when its import goes
+DEBT = {  # imports that break the layering today; remove an entry when its import goes (entries are
+    # prefixes, like LAYERS: they hold when the tokenizer becomes a package)
     # issue 14: the tokenizer takes write_text, render_template and tex_escape from emit/ (their
     # home is below both; the tokenizer package's owner moves them)
     ("eqcompile.tokenizer", "eqcompile.emit.files"),
@@ -63,13 +62,21 @@ def imports_of(name: str) -> set[str]:
     return {target for target in found if target == TOP or target.startswith(TOP + ".")}
 
 
+def within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def allowed(source: str, target: str) -> bool:
+    return any(within(source, a) and within(target, b) for a, b in RENDERS | DEBT)
+
+
 def place(name: str) -> tuple[int, str]:
     """(layer, group) of a module: its longest matching prefix."""
     if name == TOP:
         return len(LAYERS), "top"
     matches = [(len(prefix), layer, group) for layer, groups in enumerate(LAYERS)
                for group, prefixes in groups.items() for prefix in prefixes
-               if name == prefix or name.startswith(prefix + ".")]
+               if within(name, prefix)]
     assert matches, f"{name} is in no layer: add it to LAYERS"
     _, layer, group = max(matches)
     return layer, group
@@ -89,14 +96,16 @@ def test_imports_go_down_or_stay_in_their_group():
         for target in targets:
             (layer, group), (target_layer, target_group) = place(source), place(target)
             downward = target_layer < layer or (target_layer == layer and target_group == group)
-            if not downward and (source, target) not in RENDERS | DEBT:
+            if not downward and not allowed(source, target):
                 wrong.append(f"{source} ({group}) imports {target} ({target_group})")
     assert not wrong, "\n".join(wrong)
 
 
 def test_allowances_are_still_needed():
     """An exception whose import is gone is deleted, so the list shows only what is left."""
-    stale = [edge for edge in RENDERS | DEBT if edge[1] not in GRAPH.get(edge[0], ())]
+    stale = [(a, b) for a, b in RENDERS | DEBT
+             if not any(within(source, a) and within(target, b) for source, targets in GRAPH.items()
+                        for target in targets)]
     assert not stale, stale
 
 
