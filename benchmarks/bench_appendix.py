@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import eqcompile  # noqa: E402
 from eqcompile.emit import appendix, html  # noqa: E402
 from eqcompile.emit.pdf import build_pdf  # noqa: E402
-from eqcompile.load.sparse import header_only  # noqa: E402
+from eqcompile.arch import header_only  # noqa: E402
 
 GPT2_SMALL = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_head=12)
 

@@ -22,7 +22,7 @@ from eqcompile.diff import compare
 from eqcompile.emit import appendix
 from eqcompile.emit.pdf import build_pdf
 from eqcompile.load import load_checkpoint
-from eqcompile.load.sparse import header_only
+from eqcompile.arch import header_only
 
 LAYERS, QUICK_LAYERS = (2, 4, 8, 12), (1, 2)
 DIFF_LAYERS = 2  # 2 x 214 MB, wte's 50257 x 768 the largest pair: seconds to write and to diff

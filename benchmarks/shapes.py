@@ -1,6 +1,6 @@
 """Model shapes for the symbolic benchmarks, written as header-only checkpoints (no data, no disk).
 
-Each shape is a config.json; :func:`eqcompile.load.sparse.header_only` lays out the tensors its
+Each shape is a config.json; :func:`eqcompile.arch.header_only` lays out the tensors its
 family's lowering expects, with the data region a hole.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import eqcompile
-from eqcompile.load.sparse import header_only
+from eqcompile.arch import header_only
 
 
 @dataclass(frozen=True)

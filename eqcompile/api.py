@@ -20,7 +20,7 @@ from .emit.pdf import build_pdf
 from .emit.python import write_module
 from .emit.tokenizer_latex import tokenizer_latex
 from .errors import ConfigError, TooLarge
-from .load import Checkpoint, load_checkpoint
+from .load import Checkpoint
 from .program import Program
 from .stats import Stats, stats
 from .tokenizer import Tokenizer, checkpoint_tokenizer
@@ -155,5 +155,5 @@ def compile(source: str | Path, activation: str | None = None, pooling: str | No
     """
     given = {"activation": activation, "pooling": pooling}
     settings = {key: value for key, value in given.items() if value is not None}
-    checkpoint = arch.with_settings(load_checkpoint(source), settings)
+    checkpoint = arch.with_settings(arch.open_checkpoint(source), settings)
     return CompiledModel(checkpoint, arch.lower(checkpoint), trust_tokenizer_pattern)

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import arch
 from .api import CompiledModel
-from .emit.files import progress_bar
+from .progress import progress_bar
 from .emit.python import import_module
 from .errors import TooLarge
 

@@ -17,12 +17,11 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from .emit.python import parameter_value, weight_plan
 from .errors import ConfigError
 from .load import Checkpoint
 from .ops import MatrixOp, is_per_head, n_head
 from .ops.base import Cost, add, count_operations, matmul, mul
-from .program import Program, Stage
+from .program import Binding, Program, Stage
 
 DIGITS = 17  # 17 significant digits reproduce a float64 weight exactly
 
@@ -146,14 +145,14 @@ def expand(program: Program, checkpoint: Checkpoint, seq: int | None = None) -> 
     for symbol, default in program.input_defaults.items():  # e.g. no padding, token type 0
         rows, cols = (int(sp.sympify(s).xreplace(numbers)) for s in symbol.shape)
         values[symbol] = sp.Matrix(rows, cols, lambda r, c: sp.Integer(default))
-    plan = weight_plan(program)
+    plan = {binding.key: binding for binding in program.bindings()}
     ev = _Evaluator(expansion, values, numbers)
     value = None
     for stage in program.stages:
         for layer in range(stage.layers) if stage.layers else [None]:
             for p in stage.params:
-                key = p.key.format(layer=layer) if layer is not None else p.key
-                values[p.symbol] = _numbers(parameter_value(checkpoint, program, *plan[key][:1], layer))
+                key = Binding(stage, p, layer).key
+                values[p.symbol] = _numbers(Binding(stage, plan[key].param, layer).read(checkpoint, program))
             if value is not None:
                 values[stage.input] = value
             for symbol in stage.layer_symbols:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from string import Template
+from typing import TYPE_CHECKING
 
+import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .composition import Arrow, Compose, Iterated, Space, StageMap
+
+if TYPE_CHECKING:
+    from .load import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,16 @@ class TensorRef:
             return self
         return TensorRef(self.name.replace("{layer}", str(layer)), self.columns, self.transpose)
 
-    def describe(self) -> str:
-        text = self.name
+    def read(self, checkpoint: Checkpoint, transpose: bool = True) -> np.ndarray:
+        """The numbers (read as float32): the stored tensor, sliced, and transposed unless told not to."""
+        array = checkpoint.tensor(self.name)
+        if self.columns:
+            array = array[..., self.columns[0]:self.columns[1]]
+        return array.T if self.transpose and transpose else array
+
+    def describe(self, stored_name: str | None = None) -> str:
+        """The source as text, under ``stored_name`` when the file stores it under another name (GGUF)."""
+        text = stored_name or self.name
         if self.columns:
             text += f"[..., {self.columns[0]}:{self.columns[1]}]"
         return text + ("ᵀ" if self.transpose else "")
@@ -191,3 +204,9 @@ class Binding:
     @property
     def latex(self) -> str:
         return self.param.latex_at("l" if self.layer is None else str(self.layer + 1))
+
+    def read(self, checkpoint: Checkpoint, program: Program) -> np.ndarray:
+        """The numbers this key holds (numeric stages only): sliced, transposed, float32, in the
+        parameter's shape. The one place a parameter's numbers are fetched."""
+        array = self.source.read(checkpoint).reshape(program.numeric_shape(self.param.symbol))
+        return np.ascontiguousarray(array, dtype=np.float32)

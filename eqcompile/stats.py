@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from .emit.python import weight_plan
 from .ops import Embed, MatrixOp, Softmax, is_per_head, n_head
 from .ops.base import Cost
 from .program import Program
@@ -115,7 +114,7 @@ def stats(program: Program, dtype_bytes: float, seq: int | None = None) -> Stats
     seq = seq or program.max_seq
     lookups = _row_lookups(program)
     parameters = weight_bytes = 0
-    for param, _ in weight_plan(program).values():
+    for param in (binding.param for binding in program.bindings()):
         rows, cols = (int(sp.sympify(s).xreplace(program.dims)) for s in param.symbol.shape)
         parameters += rows * cols
         weight_bytes += (cols if param.symbol in lookups else rows * cols) * dtype_bytes

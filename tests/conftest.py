@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eqcompile.load.sparse import header_only
+from eqcompile.arch import header_only
 
 # The reference implementation (the test extra). Where one is not installed at all (.ci/floors runs
 # the suite with eqcompile's own dependencies at their floors and no reference library), a test that

@@ -85,7 +85,7 @@ def test_interleaving_is_undone(tmp_path):
 
 def test_every_storage_format_reads_as_gguf_dequantizes_it(tmp_path):
     """Offsets, byte counts and shapes for each format eqcompile reads (random bytes are valid blocks)."""
-    from eqcompile.load import load_checkpoint
+    from eqcompile.arch import open_checkpoint
     from eqcompile.load.gguf import FLOATS, QUANTIZATION_MAPS
 
     formats = [*FLOATS, *QUANTIZATION_MAPS]
@@ -105,7 +105,7 @@ def test_every_storage_format_reads_as_gguf_dequantizes_it(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    checkpoint = load_checkpoint(tmp_path / "formats.gguf")
+    checkpoint = open_checkpoint(tmp_path / "formats.gguf")
     for layer, name in enumerate(formats):
         tensor = checkpoint.tensors[f"model.layers.{layer}.mlp.up_proj.weight"]
         assert (tensor.dtype, tensor.shape) == (name, (3, 512))
@@ -347,3 +347,25 @@ def test_smollm2_whole_model_says_paris(tmp_path):
         assert ok, (len(tokens), max_abs, max_rel)
     logits = module.forward(np.array(tokenizer(PROMPT)["input_ids"]))
     assert tokenizer.decode([int(np.argmax(logits[-1]))]) == " Paris"
+
+
+def test_appendix_names_each_weight_as_the_file_stores_it(tmp_path):
+    """The symbol table lists blk.1.attn_q.weight, the name in the GGUF file, not a Hugging Face name
+    the file does not contain."""
+    write_llama_gguf(make_llama(tmp_path / "ckpt", **TINY), tmp_path / "model.gguf", "Q8_0")
+    eqcompile.compile(tmp_path / "model.gguf").tex(tmp_path / "appendix.tex")
+    text = (tmp_path / "appendix.tex").read_text().replace(r"\allowbreak{}", "").replace(r"{\char95}", "_")
+    assert "blk.1.attn_q.weight" in text and "token_embd.weight" in text
+    assert "model.layers." not in text and "model.embed_tokens" not in text
+
+
+def test_the_loader_gives_the_files_own_names_and_the_family_converts(tmp_path):
+    """load/ knows the format only: blk.* names, no config; arch's Llama conversion renames and configures."""
+    from eqcompile.arch import open_checkpoint
+    from eqcompile.load import load_checkpoint
+
+    write_llama_gguf(make_llama(tmp_path / "ckpt", **TINY), tmp_path / "model.gguf")
+    raw, converted = load_checkpoint(tmp_path / "model.gguf"), open_checkpoint(tmp_path / "model.gguf")
+    assert raw.config is None and "blk.0.attn_q.weight" in raw.tensors and raw.format == "gguf"
+    assert not any(name.startswith("model.") for name in raw.tensors)
+    assert converted.config["model_type"] == "llama" and set(converted.stored_names.values()) == set(raw.tensors)

@@ -122,17 +122,17 @@ def test_verify_allows_deeper_models_proportionally_more_absolute_error(tmp_path
 
 def test_verify_catches_a_wrong_module(tiny_gpt2, monkeypatch):
     """The comparison can fail: perturb one weight the emitted module reads."""
-    import eqcompile.emit.python as python_emitter
+    from eqcompile.program import Binding
     from eqcompile.verify import verify
 
-    original = python_emitter.parameter_value
+    original = Binding.read
 
-    def perturbed(checkpoint, program, param, layer):
-        value = original(checkpoint, program, param, layer).copy()
-        if param.name == "W_O" and layer == 1:  # one entry: a uniform shift LayerNorm would undo
+    def perturbed(binding, checkpoint, program):
+        value = original(binding, checkpoint, program).copy()
+        if binding.param.name == "W_O" and binding.layer == 1:  # one entry: a uniform shift LayerNorm would undo
             value[0, 0] += 1e-2
         return value
 
-    monkeypatch.setattr(python_emitter, "parameter_value", perturbed)
+    monkeypatch.setattr(Binding, "read", perturbed)
     results = verify(eqcompile.compile(tiny_gpt2), [8])
     assert not results[0].ok

@@ -167,12 +167,12 @@ def test_sigterm_mid_write_leaves_the_previous_output(tmp_path):
 
 
 def test_errors_never_leave_temp_files(tmp_path, monkeypatch):
-    import eqcompile.emit.python as python_emitter
+    from eqcompile.program import Binding
 
     def broken(*args):
         raise EqcompileError("reading failed")
 
-    monkeypatch.setattr(python_emitter, "parameter_value", broken)
+    monkeypatch.setattr(Binding, "read", broken)
     result = CliRunner().invoke(main, [str(SAMPLE), "--python", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert not any(p.is_file() for p in (tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True

@@ -220,17 +220,17 @@ def test_verify_command_passes_on_an_mlp(tmp_path):
 
 def test_verify_catches_a_wrong_mlp_module(tmp_path, monkeypatch):
     """The comparison can fail: perturb one weight the emitted module reads."""
-    import eqcompile.emit.python as python_emitter
+    from eqcompile.program import Binding
     from eqcompile.verify import verify
 
     _, folder = save_mlp(tmp_path / "ckpt", (4, 16, 4), "tanh")
-    original = python_emitter.parameter_value
+    original = Binding.read
 
-    def perturbed(checkpoint, program, param, layer):
-        value = original(checkpoint, program, param, layer).copy()
-        if param.name == "W_2":
+    def perturbed(binding, checkpoint, program):
+        value = original(binding, checkpoint, program).copy()
+        if binding.param.name == "W_2":
             value[0, 0] += 1e-2
         return value
 
-    monkeypatch.setattr(python_emitter, "parameter_value", perturbed)
+    monkeypatch.setattr(Binding, "read", perturbed)
     assert not any(r.ok for r in verify(eqcompile.compile(folder), [1, 2, 3]))

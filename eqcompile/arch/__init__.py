@@ -2,6 +2,8 @@
 
 ``lower(checkpoint)`` picks the family from ``config.json``'s ``model_type`` or, for a bare
 safetensors file, from its tensor names, and returns the family's :class:`~eqcompile.program.Program`.
+``open_checkpoint(source)`` loads a checkpoint and, for a GGUF file, has the family its
+``general.architecture`` names convert it to Hugging Face names and a config.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import importlib
 import inspect
 import pkgutil
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
 from ..errors import ConfigError, UnsupportedArchitecture
-from ..load import Checkpoint
+from ..load import Checkpoint, load_checkpoint
+from ..load.sparse import write_sparse_checkpoint
 from ..program import Program
 
 
@@ -49,9 +53,15 @@ class SampleInput(Protocol):
 
 
 class ExpectedTensors(Protocol):
-    """(name, shape) of every tensor a config.json implies: header-only checkpoints (load/sparse.py)."""
+    """(name, shape) of every tensor a config.json implies: header-only checkpoints (:func:`header_only`)."""
 
     def __call__(self, config: dict) -> Iterable[tuple[str, tuple[int, ...]]]: ...
+
+
+class FromGGUF(Protocol):
+    """A GGUF checkpoint (the file's names, no config) with this family's names and config."""
+
+    def __call__(self, checkpoint: Checkpoint) -> Checkpoint: ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,8 @@ class Family:
     sample_input: SampleInput = random_tokens
     settings: tuple[str, ...] = ()  # config keys the command line may set (e.g. "activation")
     tensors: ExpectedTensors | None = None
+    gguf_architectures: tuple[str, ...] = ()  # GGUF "general.architecture" values from_gguf converts
+    from_gguf: FromGGUF | None = None
 
     def __post_init__(self):
         for field, protocol in PROTOCOLS.items():
@@ -79,7 +91,7 @@ class Family:
 
 
 PROTOCOLS = {"recognises": Recognises, "lower": Lower, "reference": Reference, "sample_input": SampleInput,
-             "tensors": ExpectedTensors}
+             "tensors": ExpectedTensors, "from_gguf": FromGGUF}
 
 
 def _parameters(function) -> list[tuple[str, object]]:
@@ -118,6 +130,33 @@ def family_of(checkpoint: Checkpoint) -> Family:
     raise UnsupportedArchitecture(
         "cannot tell the architecture: no config.json with a model_type, and the tensor names "
         f"match no supported family (supported: {supported})")
+
+
+def open_checkpoint(source: str | Path) -> Checkpoint:
+    """:func:`~eqcompile.load.load_checkpoint`, then a GGUF file converted by its family."""
+    return converted(load_checkpoint(source))
+
+
+def converted(checkpoint: Checkpoint) -> Checkpoint:
+    """A GGUF checkpoint under Hugging Face names with a config; any other checkpoint unchanged."""
+    if checkpoint.format != "gguf":
+        return checkpoint
+    architecture = checkpoint.file_metadata.get("general.architecture")
+    known = [f for f in families() if f.from_gguf is not None]
+    for family in known:
+        if architecture in family.gguf_architectures:
+            return family.from_gguf(checkpoint)
+    supported = ", ".join(a for f in known for a in f.gguf_architectures)
+    raise UnsupportedArchitecture(f"{checkpoint.files[0].name}: unsupported GGUF architecture "
+                                  f"{str(architecture)!r} (supported: {supported})")
+
+
+def header_only(folder: Path, config: dict, dtype: str = "F32") -> Path:
+    """The checkpoint ``config`` (a config.json's contents) describes, its data a hole (load/sparse.py)."""
+    family = family_named(config.get("model_type"))
+    if family.tensors is None:
+        raise ConfigError(f"{family.name} models cannot be made from a config alone")
+    return write_sparse_checkpoint(folder, family.tensors(config), config, dtype)
 
 
 def with_settings(checkpoint: Checkpoint, settings: dict) -> Checkpoint:

@@ -6,7 +6,7 @@ and keys are rotated by RoPE; with fewer key/value heads than query heads (group
 query head h reads key/value head g(h). Mistral and Qwen2 differ from Llama only in flags: a sliding
 attention window, and Qwen2's biases on W_Q, W_K, W_V. ``nn.Linear`` stores ``[out, in]``, so every
 weight is bound transposed into the ``X W`` orientation. GGUF files arrive here already mapped to
-these names and this config (``load/gguf.py``).
+these names and this config (``llama_gguf.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..ops import (CausalMask, Embed, Linear, Llama3Frequencies, RMSNorm, RoPE, 
 from ..ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
+from .llama_gguf import from_gguf
 from .common import (DIM_LATEX, DIM_PYTHON, ConfigReader, d_ff, d_model, expect_shapes, load_reference, logits_of,
                      n_ctx, n_vocab, param, residual, self_attention, seq, storage_notes, unembedding)
 
@@ -303,4 +304,5 @@ def reference(checkpoint: Checkpoint, dtype: str = "float32"):
 
 
 FAMILY = Family("llama", ("llama", "mistral", "qwen2"), recognises, lower, reference,
-                tensors=lambda config: expected_tensors(config_from_dict(config)))
+                tensors=lambda config: expected_tensors(config_from_dict(config)),
+                gguf_architectures=("llama",), from_gguf=from_gguf)

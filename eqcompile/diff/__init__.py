@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import arch
-from ..emit.files import progress_bar
 from ..errors import CheckpointError, EqcompileError
-from ..load import Checkpoint, TensorInfo, load_checkpoint
-from ..program import Program, TensorRef
+from ..load import Checkpoint, TensorInfo
+from ..program import Program
+from ..progress import progress_bar
 from .delta import IDENTICAL, Delta, as_matrix, measure
 from .structure import Slot, StructureDiff, compare_programs, compare_tensors, slots
 
@@ -70,7 +70,7 @@ class ModelDiff:
 
 def compare(before: str | Path, after: str | Path) -> ModelDiff:
     """Diff two checkpoints (anything :func:`~eqcompile.load.load_checkpoint` accepts)."""
-    checkpoints = (load_checkpoint(before), load_checkpoint(after))
+    checkpoints = (arch.open_checkpoint(before), arch.open_checkpoint(after))
     lowered = [_lower(checkpoint, side) for checkpoint, side in zip(checkpoints, "AB")]
     programs = (lowered[0][0], lowered[1][0])
     slot_maps = [slots(p) if p is not None else {} for p in programs]
@@ -128,14 +128,6 @@ def _digest(info: TensorInfo) -> tuple:
     return info.dtype, info.shape, sha.hexdigest()
 
 
-def _source_view(checkpoint: Checkpoint, ref: TensorRef) -> np.ndarray:
-    """A parameter's numbers as stored: sliced but not transposed (no statistic depends on it)."""
-    array = checkpoint.tensor(ref.name)
-    if ref.columns:
-        array = array[..., ref.columns[0]:ref.columns[1]]
-    return as_matrix(array)
-
-
 def _compare_slots(checkpoints, digests: _Digests, a: Slot, b: Slot) -> WeightDiff:
     infos = (checkpoints[0].tensors[a.source.name], checkpoints[1].tensors[b.source.name])
     dtypes = (infos[0].dtype, infos[1].dtype)
@@ -143,7 +135,9 @@ def _compare_slots(checkpoints, digests: _Digests, a: Slot, b: Slot) -> WeightDi
     if same_slice and digests.of("before", a.source.name) == digests.of("after", b.source.name):
         delta = Delta.unchanged(int(np.prod(a.shape)))
     else:
-        old, new = _source_view(checkpoints[0], a.source), _source_view(checkpoints[1], b.source)
+        # as stored: sliced, not transposed (no statistic depends on the orientation)
+        old, new = (as_matrix(side.source.read(checkpoint, transpose=False))
+                    for side, checkpoint in zip((a, b), checkpoints))
         if a.source.transpose != b.source.transpose:
             new = new.T
         delta = measure(old, new, dtypes)

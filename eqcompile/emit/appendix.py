@@ -20,7 +20,6 @@ from ..load.files import read_json
 from ..program import Binding, Program
 from .latex import (Decorate, EquationLine, OpBlock, StageBlock, composition_lines, number_latex, op_blocks,
                     printer_for, stage_blocks)
-from .python import parameter_value
 from .templates import render_template
 
 PACKAGES = ("amsmath", "amssymb", "array", "tabularx", "longtable", "booktabs", "breqn")  # breqn last
@@ -196,8 +195,9 @@ def _card(checkpoint: Checkpoint, program: Program, used: list[str]) -> list[Car
 def _symbol_row(checkpoint: Checkpoint, program: Program, binding: Binding) -> SymbolRow:
     stage = binding.stage
     group = stage.title if binding.layer is None else f"{stage.title} {binding.layer + 1}"
-    value = parameter_value(checkpoint, program, binding.param, binding.layer)  # one tensor at a time
-    return SymbolRow(binding.key, binding.param.name, binding.latex, value.shape, binding.source.describe(),
+    value = binding.read(checkpoint, program)  # one tensor at a time
+    source = binding.source.describe(checkpoint.stored_names.get(binding.source.name))  # the file's own name
+    return SymbolRow(binding.key, binding.param.name, binding.latex, value.shape, source,
                      checkpoint.tensors[binding.source.name].dtype, group, Statistics.of(value))
 
 
@@ -213,7 +213,7 @@ def decimal_latex(value: float, digits: int = 3) -> str:
 
 
 def _matrix_pieces(checkpoint: Checkpoint, program: Program, binding: Binding) -> list[MatrixPiece]:
-    value = parameter_value(checkpoint, program, binding.param, binding.layer)
+    value = binding.read(checkpoint, program)
     rows, cols = value.shape
     pieces = []
     for top in range(0, rows, MATRIX_ROWS):

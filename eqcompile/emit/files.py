@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,10 +89,3 @@ def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]],
             if array.shape != tuple(shape):
                 raise AssertionError(f"{name}: produced shape {array.shape}, declared {tuple(shape)}")
             f.write(array.tobytes())
-
-
-def progress_bar(items, description: str):
-    """A progress bar on a terminal, nothing when stderr is piped."""
-    from tqdm import tqdm
-
-    return tqdm(items, desc=description, unit="tensor", disable=not sys.stderr.isatty(), leave=False)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import sympy as sp
 
 from ..load import Checkpoint
 from ..ops import is_per_head, ops_used_by
 from ..ops.base import numpy_source
-from ..program import Param, Program, Stage
+from ..progress import progress_bar
+from ..program import Program, Stage
 from ..tokenizer import Tokenizer
-from .files import progress_bar, staging_folder, write_safetensors, write_text
+from .files import staging_folder, write_safetensors, write_text
 from .numpy_printer import ModulePrinter
 from .templates import render_template
 from .tokenizer_module import DATA_FILE, MODULE_FILE, write_tokenizer
@@ -116,22 +116,6 @@ def _forward_calls(program: Program) -> list[str]:
     return calls
 
 
-def parameter_value(checkpoint: Checkpoint, program: Program, param: Param, layer: int | None) -> np.ndarray:
-    """The numbers a parameter stands for in one layer (numeric stages only)."""
-    ref = param.source.for_layer(layer)
-    array = checkpoint.tensor(ref.name)
-    if ref.columns:
-        array = array[..., ref.columns[0]:ref.columns[1]]
-    if ref.transpose:
-        array = array.T
-    return np.ascontiguousarray(array.reshape(program.numeric_shape(param.symbol)), dtype=np.float32)
-
-
-def weight_plan(program: Program) -> dict[str, tuple[Param, int | None]]:
-    """Every key of the emitted weight file, with the parameter and layer it holds."""
-    return {b.key: (b.param, b.layer) for b in program.bindings()}
-
-
 def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: str = "float32",
                  tokenizer: Tokenizer | None = None) -> Path:
     """Write ``folder/model.py`` and ``folder/weights.safetensors`` (and, given a tokenizer,
@@ -145,10 +129,9 @@ def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: 
     with staging_folder(folder, OUTPUTS) as staging:  # nothing reaches ``folder`` unless every file is written
         if tokenizer is not None:
             write_tokenizer(tokenizer, staging)
-        plan = weight_plan(program)
-        shapes = [(key, program.numeric_shape(p.symbol)) for key, (p, _) in plan.items()]
-        write_safetensors(staging / "weights.safetensors", shapes,
-                          lambda key: parameter_value(checkpoint, program, *plan[key]),
+        plan = {binding.key: binding for binding in program.bindings()}
+        shapes = [(key, program.numeric_shape(binding.param.symbol)) for key, binding in plan.items()]
+        write_safetensors(staging / "weights.safetensors", shapes, lambda key: plan[key].read(checkpoint, program),
                           progress_bar(shapes, "weights"), dtype)
         write_text(staging / "model.py", module_source(program, tokenizer is not None))
     return folder / "model.py"

@@ -1,65 +1,25 @@
-"""Resolve what the user named into a ``Checkpoint``: config, tokenizer files, lazy tensors."""
+"""Resolve what the user named into a ``Checkpoint``: config, tokenizer files, lazy tensors.
+
+File formats only: :data:`READERS` maps a weight file's suffix (or, for other names, its first
+bytes) to its reader. What a GGUF file's names and metadata mean is its family's business (arch/).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-import numpy as np
+from typing import Callable
 
 from ..errors import CheckpointError
+from .base import Checkpoint
+from .gguf import MAGIC as GGUF_MAGIC
+from .gguf import read_gguf
 from .safetensors_file import TensorInfo, read_header
-
-if TYPE_CHECKING:
-    from .gguf import GGUFTokenizer
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 INDEX_NAME = "model.safetensors.index.json"
-
-
-class StoredTensor(Protocol):
-    """One tensor as its file's header describes it, and how to read its numbers."""
-
-    name: str
-    dtype: str  # the storage format: "F32", "BF16", ..., or a GGUF quantization such as "Q4_1"
-    shape: tuple[int, ...]
-    nbytes: int  # bytes the file stores it in (quantized formats: fewer than 4 per weight)
-
-    def read(self) -> np.ndarray: ...
-
-
-@dataclass
-class Checkpoint:
-    """A model on disk. Tensor data is read only through :meth:`tensor`, never by symbolic stages."""
-
-    source: str  # what the user named
-    files: list[Path]  # the weight file(s): safetensors, or one GGUF
-    tensors: dict[str, StoredTensor]  # by name (a GGUF file's are renamed to Hugging Face names)
-    config: dict | None  # config.json (for GGUF: built from the file's metadata), when present
-    folder: Path | None = None  # where tokenizer/config files live
-    metadata: dict[str, str] = field(default_factory=dict)
-    tokenizer: GGUFTokenizer | None = None  # a tokenizer stored inside the weight file (GGUF)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.tensors[name].shape
-
-    def tensor(self, name: str) -> np.ndarray:
-        """Read one tensor as float32 (numeric stages only)."""
-        return self.tensors[name].read()
-
-    def sha256(self) -> str:
-        """Digest of the weight file(s), in order; identifies the exact numbers an equation uses."""
-        digest = hashlib.sha256()
-        for path in self.files:
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-        return digest.hexdigest()
 
 
 def load_checkpoint(source: str | Path) -> Checkpoint:
@@ -80,11 +40,28 @@ def load_checkpoint(source: str | Path) -> Checkpoint:
             "model.save_pretrained(dir, safe_serialization=True)")
     if path.name.endswith(".index.json"):
         return _from_index(text, path)
-    if path.suffix.lower() == ".gguf":
-        from .gguf import load_gguf
+    return _reader_for(path)(text, path)
 
-        return load_gguf(text, path)
-    return _from_files(text, [path], path.parent)
+
+def _from_safetensors(source: str, path: Path) -> Checkpoint:
+    return _from_files(source, [path], path.parent)
+
+
+READERS: dict[str, Callable[[str, Path], Checkpoint]] = {".gguf": read_gguf, ".safetensors": _from_safetensors}
+MAGIC = {GGUF_MAGIC: read_gguf}  # first bytes -> reader, for a file whose suffix names no format
+
+
+def _reader_for(path: Path) -> Callable[[str, Path], Checkpoint]:
+    if path.suffix.lower() in READERS:
+        return READERS[path.suffix.lower()]
+    start = b""
+    if path.is_file():  # never open a FIFO or a device to sniff it
+        try:
+            with open(path, "rb") as f:
+                start = f.read(4)
+        except OSError:
+            pass  # the safetensors reader reports it
+    return MAGIC.get(start, _from_safetensors)
 
 
 def _from_hub_cache(repo_id: str) -> Path:

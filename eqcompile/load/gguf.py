@@ -1,36 +1,41 @@
-"""GGUF files (llama.cpp's format) as a Checkpoint the Llama lowering reads unchanged.
+"""GGUF files (llama.cpp's format): the file's own tensor names, its metadata typed, lazy tensors.
 
-The ``llama.*`` metadata becomes a Hugging Face style Llama config, the tensor names become Hugging
-Face names (``blk.0.attn_q.weight`` -> ``model.layers.0.self_attn.q_proj.weight``), and each tensor
-is dequantized to float32 only when a numeric stage reads it, by the ``gguf`` package (llama.cpp's
-own Python reference). llama.cpp stores W_Q and W_K with each head's rows interleaved for its RoPE
-layout; reading undoes that, so the numbers are laid out as in the original checkpoint.
+This module knows the format only. What ``llama.*`` metadata and ``blk.0.attn_q.weight`` mean is the
+family's business (``arch/llama_gguf.py`` turns them into a Hugging Face config and names). Each
+tensor is dequantized to float32 only when a numeric stage reads it, by the ``gguf`` package
+(llama.cpp's own Python reference).
 
 The header (metadata and tensor table) is parsed here rather than with ``gguf.GGUFReader``, which
 makes a numpy view per vocabulary string and takes seconds on a 49k-token vocabulary. Parsing it
-ourselves also gives every defect a precise one-line message and never touches tensor data.
+ourselves also gives every defect a precise one-line message and never touches tensor data: every
+count and length is checked against the bytes left in the file before anything is allocated.
 """
 
 from __future__ import annotations
 
 import math
 import mmap
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Mapping
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, UnsupportedArchitecture
-from .checkpoint import Checkpoint
+from ..errors import CheckpointError, ConfigError
+from .base import Checkpoint, EmbeddedTokenizer
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # version 1 used 32-bit counts and is long obsolete
 DEFAULT_ALIGNMENT = 32
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9  # the other metadata value types
-ARCHITECTURES = ("llama",)
+TYPE_NAMES = {0: "UINT8", 1: "INT8", 2: "UINT16", 3: "INT16", 4: "UINT32", 5: "INT32", 6: "FLOAT32", 7: "BOOL",
+              8: "STRING", 9: "ARRAY", 10: "UINT64", 11: "INT64", 12: "FLOAT64"}
+INTEGERS = frozenset({0, 1, 2, 3, 4, 5, 10, 11})
+KINDS = {"integer": INTEGERS, "number": INTEGERS | {6, 12}, "boolean": frozenset({7}), "string": frozenset({STRING})}
+MAX_ARRAY_DEPTH = 8  # arrays of arrays: no key anyone reads nests at all; 3,000 levels overflowed the stack
+SMALLEST_VALUE = {STRING: 8, ARRAY: 12}  # bytes: a string's length, an array's item type and count
 
 FLOATS = ("F32", "F16", "BF16")  # read exactly (widened to float32)
 # How each quantized format turns its stored integers back into weights: the LaTeX states it.
@@ -54,49 +59,55 @@ QUANTIZATION_MAPS = {
             "s_j; each weight is w = d*s_j*(q - 32) with a 6-bit q in 0..63",
 }
 
-GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-BLOCK_NAMES = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
-BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
 @dataclass(frozen=True)
-class GGUFTokenizer:
-    """The tokenizer a GGUF file carries in its ``tokenizer.ggml.*`` metadata, as raw data."""
+class GGUFMetadata(Mapping):
+    """Every metadata key with its value, and the GGUF type it was stored as, for typed reads."""
 
-    model: str  # "gpt2" (byte-level BPE), "llama" (SentencePiece), ...
-    pre: str | None  # llama.cpp's name for the pre-tokenizer (the split regex), e.g. "smollm"
-    tokens: list[str]  # token id -> token text
-    merges: list[str]  # BPE merges "left right", highest priority first (empty for SentencePiece)
-    token_types: list[int]  # 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
-    scores: list[float]  # SentencePiece scores (empty for BPE)
-    bos_id: int | None
-    eos_id: int | None
-    unknown_id: int | None
-    padding_id: int | None
-    add_bos_token: bool | None
-    add_eos_token: bool | None
-    chat_template: str | None
+    file: str  # the file's name, for messages
+    stored: dict[str, object]  # key -> value
+    types: dict[str, tuple[int, ...]]  # key -> (value type,), or (ARRAY, item type)
+
+    def __getitem__(self, key: str) -> object:
+        return self.stored[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stored)
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def typed(self, key: str, kind: str, default=None):
+        """The value of ``key`` if stored as ``kind`` ("integer", "number", "boolean", "string", or
+        "array of" one of those); ``default`` when absent; a one-line error naming both otherwise."""
+        if key not in self.stored:
+            return default
+        stored, base = self.types[key], kind.removeprefix("array of ")
+        if kind.startswith("array of "):
+            fits = stored[0] == ARRAY and len(stored) == 2 and stored[1] in KINDS[base]
+        else:
+            fits = stored[0] in KINDS[base]
+        if not fits:
+            found = f"an array of {TYPE_NAMES.get(stored[1], stored[1])}" if stored[0] == ARRAY and len(stored) == 2 \
+                else f"a {TYPE_NAMES[stored[0]]}"
+            raise ConfigError(f"{self.file}: GGUF metadata {key} is {found}, expected {kind}")
+        return self.stored[key]
 
 
 @dataclass(frozen=True)
 class GGUFTensor:
-    """One GGUF tensor under its Hugging Face name; :meth:`read` dequantizes it."""
+    """One GGUF tensor under the file's own name; :meth:`read` dequantizes it."""
 
-    name: str  # Hugging Face name
-    gguf_name: str
+    name: str  # as stored, e.g. "blk.0.attn_q.weight"
     dtype: str  # ggml type: F32, F16, BF16, Q4_1, Q8_0, Q4_K, ...
-    shape: tuple[int, ...]  # Hugging Face order, e.g. [out, in]; GGUF lists dimensions reversed
+    shape: tuple[int, ...]  # row-major order, e.g. [out, in]; GGUF lists dimensions reversed
     path: Path
     start: int  # absolute byte offset of the data in the file
     nbytes: int
-    interleaved_heads: int | None = None  # W_Q, W_K: llama.cpp interleaved each head's rows for RoPE
 
     def read(self) -> np.ndarray:
-        """The float32 values: dequantized, rows of W_Q/W_K put back in Hugging Face order."""
+        """The float32 values, dequantized."""
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
@@ -105,104 +116,34 @@ class GGUFTensor:
         raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.start, shape=(self.nbytes,))
         rows = math.prod(self.shape[:-1])
         weights = dequantize(raw.reshape(rows, self.nbytes // rows), GGMLQuantizationType[self.dtype])
-        weights = np.asarray(weights, dtype=np.float32).reshape(self.shape)
-        if self.interleaved_heads:
-            heads = self.interleaved_heads
-            weights = weights.reshape(heads, self.shape[0] // heads // 2, 2, *self.shape[1:]) \
-                .swapaxes(1, 2).reshape(self.shape)
-        return np.ascontiguousarray(weights)
+        return np.ascontiguousarray(np.asarray(weights, dtype=np.float32).reshape(self.shape))
 
 
-def load_gguf(source: str, path: Path) -> Checkpoint:
-    """A Llama-architecture GGUF file as a Checkpoint with an HF-style config and HF tensor names."""
+def read_gguf(source: str, path: Path) -> Checkpoint:
+    """A GGUF file as a Checkpoint: tensors under the file's names, no config (its family builds one)."""
     metadata, entries = _read_header(path)
-    architecture = metadata.get("general.architecture")
-    if architecture not in ARCHITECTURES:
-        raise UnsupportedArchitecture(f"{path.name}: unsupported GGUF architecture {str(architecture)!r} "
-                                      f"(supported: {', '.join(ARCHITECTURES)})")
-    names = {entry[0] for entry in entries}
-    config = _llama_config(path, metadata, names)
-    tensors: dict[str, GGUFTensor] = {}
-    interleaved = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
-    for gguf_name, dtype, shape, start, nbytes in entries:
-        name = _hf_name(path, gguf_name)
-        block = BLOCK_TENSOR.fullmatch(gguf_name)
-        heads = interleaved.get(block[2]) if block else None
-        tensors[name] = GGUFTensor(name, gguf_name, dtype, shape, path, start, nbytes, heads)
+    tensors = {name: GGUFTensor(name, dtype, shape, path, start, nbytes)
+               for name, dtype, shape, start, nbytes in entries}
     general = {key: str(value) for key, value in metadata.items()
                if key.startswith("general.") and not isinstance(value, list)}
-    return Checkpoint(source, [path], tensors, config, path.parent, general, _tokenizer(metadata))
+    return Checkpoint(source, [path], tensors, None, path.parent, general, _tokenizer(metadata), "gguf", metadata)
 
 
-def _hf_name(path: Path, gguf_name: str) -> str:
-    stem, _, kind = gguf_name.rpartition(".")
-    if stem in GLOBAL_NAMES and kind == "weight":
-        return f"{GLOBAL_NAMES[stem]}.weight"
-    block = BLOCK_TENSOR.fullmatch(gguf_name)
-    if block and block[2] in BLOCK_NAMES:
-        return f"model.layers.{block[1]}.{BLOCK_NAMES[block[2]]}.{block[3]}"
-    if gguf_name == "rope_freqs.weight":
-        raise UnsupportedArchitecture(f"{path.name}: per-frequency RoPE factors (rope_freqs.weight, as in "
-                                      "Llama 3.1 GGUF files) are not supported")
-    raise UnsupportedArchitecture(f"{path.name}: tensor {gguf_name!r} has no counterpart in a Llama model")
-
-
-def _llama_config(path: Path, metadata: dict, names: set[str]) -> dict:
-    """The ``llama.*`` metadata as the config.json transformers would write for the same model."""
-    def value(key, default=None):
-        found = metadata.get(f"llama.{key}", default)
-        if found is None:
-            raise ConfigError(f"{path.name}: GGUF metadata lacks llama.{key}")
-        return found
-
-    hidden, heads = value("embedding_length"), value("attention.head_count")
-    head_dim = value("attention.key_length", hidden // heads if isinstance(heads, int) and heads else None)
-    if value("attention.value_length", head_dim) != head_dim:
-        raise ConfigError(f"{path.name}: key and value heads of different widths are not a Llama model")
-    if value("rope.dimension_count", head_dim) != head_dim:
-        raise ConfigError(f"{path.name}: RoPE on {value('rope.dimension_count')} of {head_dim} head features "
-                          "(partial rotary) is not supported")
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    config = {
-        "model_type": "llama",
-        "vocab_size": value("vocab_size", len(tokens) if tokens else None),
-        "hidden_size": hidden,
-        "intermediate_size": value("feed_forward_length"),
-        "num_hidden_layers": value("block_count"),
-        "num_attention_heads": heads,
-        "num_key_value_heads": value("attention.head_count_kv", heads),
-        "head_dim": head_dim,
-        "max_position_embeddings": value("context_length"),
-        "rms_norm_eps": value("attention.layer_norm_rms_epsilon"),
-        "rope_theta": value("rope.freq_base", 10000.0),
-        "tie_word_embeddings": "output.weight" not in names,
-        "attention_bias": "blk.0.attn_q.bias" in names,
-        "mlp_bias": "blk.0.ffn_up.bias" in names,
-        "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": metadata.get("tokenizer.ggml.eos_token_id"),
-    }
-    scaling = value("rope.scaling.type", "none")
-    if scaling != "none":  # the lowering accepts the types it supports and names them otherwise
-        config["rope_scaling"] = {"rope_type": scaling, "factor": value("rope.scaling.factor", 1.0)}
-        if "llama.rope.scaling.original_context_length" in metadata:
-            original = value("rope.scaling.original_context_length")
-            config["rope_scaling"]["original_max_position_embeddings"] = original
-    return config
-
-
-def _tokenizer(metadata: dict) -> GGUFTokenizer | None:
+def _tokenizer(metadata: GGUFMetadata) -> EmbeddedTokenizer | None:
     if "tokenizer.ggml.tokens" not in metadata:
         return None
 
-    def field(key, default=None):
-        return metadata.get(f"tokenizer.ggml.{key}", default)
+    def field(key, kind, default=None):
+        return metadata.typed(f"tokenizer.ggml.{key}", kind, default)
 
-    return GGUFTokenizer(
-        model=field("model", ""), pre=field("pre"), tokens=field("tokens"), merges=field("merges", []),
-        token_types=field("token_type", []), scores=field("scores", []), bos_id=field("bos_token_id"),
-        eos_id=field("eos_token_id"), unknown_id=field("unknown_token_id"), padding_id=field("padding_token_id"),
-        add_bos_token=field("add_bos_token"), add_eos_token=field("add_eos_token"),
-        chat_template=metadata.get("tokenizer.chat_template"))
+    return EmbeddedTokenizer(
+        model=field("model", "string", ""), pre=field("pre", "string"), tokens=field("tokens", "array of string"),
+        merges=field("merges", "array of string", []), token_types=field("token_type", "array of integer", []),
+        scores=field("scores", "array of number", []), bos_id=field("bos_token_id", "integer"),
+        eos_id=field("eos_token_id", "integer"), unknown_id=field("unknown_token_id", "integer"),
+        padding_id=field("padding_token_id", "integer"), add_bos_token=field("add_bos_token", "boolean"),
+        add_eos_token=field("add_eos_token", "boolean"),
+        chat_template=metadata.typed("tokenizer.chat_template", "string"))
 
 
 # ---------------------------------------------------------------------------------------- header
@@ -213,13 +154,23 @@ class _Cursor:
     def __init__(self, buffer, name: str):
         self.buffer, self.offset, self.name = buffer, 0, name
 
+    def truncated(self) -> CheckpointError:
+        return CheckpointError(f"{self.name}: file is truncated (its header runs past byte {len(self.buffer)})")
+
     def take(self, size: int) -> bytes:
         end = self.offset + size
         if end > len(self.buffer):
-            raise CheckpointError(f"{self.name}: file is truncated (its header runs past byte {len(self.buffer)})")
+            raise self.truncated()
         chunk = self.buffer[self.offset:end]
         self.offset = end
         return chunk
+
+    def count(self, fmt: str, smallest: int) -> int:
+        """A count of items of at least ``smallest`` bytes each, refused unless the file can hold them."""
+        found = self.scalar(fmt)
+        if found * smallest > len(self.buffer) - self.offset:
+            raise self.truncated()
+        return found
 
     def scalar(self, fmt: str):
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
@@ -231,24 +182,28 @@ class _Cursor:
         except UnicodeDecodeError:
             raise CheckpointError(f"{self.name}: not a GGUF file (a header string is not UTF-8)") from None
 
-    def value(self, kind: int):
+    def value(self, key: str, kind: int, depth: int = 0) -> tuple[object, tuple[int, ...]]:
+        """(the value, its type: (kind,) or (ARRAY, item type))."""
         if kind in SCALARS:
-            return self.scalar(SCALARS[kind])
+            return self.scalar(SCALARS[kind]), (kind,)
         if kind == STRING:
-            return self.string()
-        if kind == ARRAY:
-            item, count = self.scalar("<I"), self.scalar("<Q")
-            if item in SCALARS:
-                raw = self.take(count * struct.calcsize(SCALARS[item]))
-                return np.frombuffer(raw, dtype=SCALARS[item]).tolist()
-            return [self.value(item) for _ in range(count)]
-        raise CheckpointError(f"{self.name}: not a GGUF file (unknown metadata value type {kind})")
+            return self.string(), (kind,)
+        if kind != ARRAY:
+            raise CheckpointError(f"{self.name}: not a GGUF file (unknown metadata value type {kind})")
+        if depth == MAX_ARRAY_DEPTH:
+            raise CheckpointError(f"{self.name}: GGUF metadata {key} nests arrays deeper than {MAX_ARRAY_DEPTH}")
+        item = self.scalar("<I")
+        if item not in SCALARS and item not in SMALLEST_VALUE:
+            raise CheckpointError(f"{self.name}: not a GGUF file (unknown metadata value type {item})")
+        if item in SCALARS:
+            raw = self.take(self.count("<Q", struct.calcsize(SCALARS[item])) * struct.calcsize(SCALARS[item]))
+            return np.frombuffer(raw, dtype=SCALARS[item]).tolist(), (ARRAY, item)
+        return [self.value(key, item, depth + 1)[0] for _ in range(self.count("<Q", SMALLEST_VALUE[item]))], \
+            (ARRAY, item)
 
 
-def _read_header(path: Path) -> tuple[dict, list[tuple[str, str, tuple[int, ...], int, int]]]:
-    """The metadata, and per tensor (name, ggml type, shape in HF order, data offset, byte count)."""
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
+def _read_header(path: Path) -> tuple[GGUFMetadata, list[tuple[str, str, tuple[int, ...], int, int]]]:
+    """The metadata, and per tensor (name, ggml type, shape in row-major order, data offset, byte count)."""
     try:
         with open(path, "rb") as f:
             size = path.stat().st_size
@@ -262,22 +217,29 @@ def _read_header(path: Path) -> tuple[dict, list[tuple[str, str, tuple[int, ...]
                 if version not in VERSIONS:
                     raise CheckpointError(f"{path.name}: GGUF version {version} is not supported "
                                           f"(supported: {', '.join(map(str, VERSIONS))}; little-endian)")
-                tensor_count, metadata_count = cursor.scalar("<Q"), cursor.scalar("<Q")
-                metadata = {}
-                for _ in range(metadata_count):
+                tensor_count = cursor.count("<Q", 8 + 4 + 4 + 8)  # name, dims, type, offset
+                values, types = {}, {}
+                for _ in range(cursor.count("<Q", 8 + 4)):  # a key's length, a value's type
                     key = cursor.string()
-                    metadata[key] = cursor.value(cursor.scalar("<I"))
+                    values[key], types[key] = cursor.value(key, cursor.scalar("<I"))
                 table = []
                 for _ in range(tensor_count):
                     name = cursor.string()
-                    dims = [cursor.scalar("<Q") for _ in range(cursor.scalar("<I"))]
+                    dims = [cursor.scalar("<Q") for _ in range(cursor.count("<I", 8))]
                     table.append((name, dims, cursor.scalar("<I"), cursor.scalar("<Q")))
                 header_end = cursor.offset
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    metadata = GGUFMetadata(path.name, values, types)
+    return metadata, _tensor_entries(path, size, table, header_end, metadata)
 
-    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+
+def _tensor_entries(path: Path, size: int, table: list, header_end: int, metadata: GGUFMetadata) -> list:
+    """Each tensor's (name, ggml type, shape, start, byte count), checked against the file and each other."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    alignment = metadata.typed("general.alignment", "integer", DEFAULT_ALIGNMENT)
+    if alignment <= 0 or alignment & (alignment - 1):
         raise CheckpointError(f"{path.name}: general.alignment {alignment!r} is not a power of two")
     data_start = -(-header_end // alignment) * alignment
     entries = []
@@ -299,4 +261,18 @@ def _read_header(path: Path) -> tuple[dict, list[tuple[str, str, tuple[int, ...]
             raise CheckpointError(f"{path.name}: file is truncated (tensor {name!r} ends at byte "
                                   f"{start + nbytes}, the file has {size})")
         entries.append((name, dtype.name, tuple(reversed(dims)), start, nbytes))
-    return metadata, entries
+    _check_distinct(path, entries)
+    return entries
+
+
+def _check_distinct(path: Path, entries: list) -> None:
+    """No name twice, and no two tensors sharing bytes (as the safetensors format requires)."""
+    names = set()
+    for name, *_ in entries:
+        if name in names:
+            raise CheckpointError(f"{path.name}: tensor {name!r} appears twice")
+        names.add(name)
+    stored = sorted((start, start + nbytes, name) for name, _, _, start, nbytes in entries if nbytes)
+    for (_, end, first), (start, _, second) in zip(stored, stored[1:]):
+        if start < end:
+            raise CheckpointError(f"{path.name}: tensors {first!r} and {second!r} overlap in the file")

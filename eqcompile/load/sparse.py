@@ -3,6 +3,7 @@
 The safetensors header describes every tensor and the file is truncated to its full size, so the
 data region is a hole: it takes no disk space, and reading it gives zeros. Symbolic work
 (``--latex``, ``stats``) reads only the header, so it runs on such a file as on the real model.
+Which tensors a config implies is its family's business (``arch.header_only``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import struct
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import ConfigError
 from .safetensors_file import DTYPES
 
 
@@ -34,13 +34,3 @@ def write_sparse_checkpoint(folder: Path, tensors: Iterable[tuple[str, tuple[int
         f.truncate(8 + len(raw) + offset)
     (folder / "config.json").write_text(json.dumps(config, indent=1))
     return folder
-
-
-def header_only(folder: Path, config: dict, dtype: str = "F32") -> Path:
-    """The checkpoint ``config`` (a config.json's contents) describes, its data a hole."""
-    from ..arch import family_named
-
-    family = family_named(config.get("model_type"))
-    if family.tensors is None:
-        raise ConfigError(f"{family.name} models cannot be made from a config alone")
-    return write_sparse_checkpoint(folder, family.tensors(config), config, dtype)

@@ -1,0 +1,12 @@
+"""Progress on a terminal, for the stages that read or write every tensor (emitters and analyses alike)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def progress_bar(items, description: str):
+    """A progress bar on a terminal, nothing when stderr is piped."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit="tensor", disable=not sys.stderr.isatty(), leave=False)
