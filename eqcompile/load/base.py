@@ -48,7 +48,7 @@ class EmbeddedTokenizer:
 class Checkpoint:
     """A model on disk. Tensor data is read only through :meth:`tensor`, never by symbolic stages."""
 
-    source: str  # what the user named
+    source: str  # its name in every output: a hub id, or the file's or folder's own name (not its path)
     files: list[Path]  # the weight file(s): safetensors, or one GGUF
     tensors: dict[str, StoredTensor]  # by name (a GGUF file's: renamed by its family, arch/)
     config: dict | None  # config.json (for GGUF: built by its family from the file's metadata), when present

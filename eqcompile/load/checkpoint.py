@@ -26,21 +26,22 @@ def load_checkpoint(source: str | Path) -> Checkpoint:
     """Open a ``.safetensors`` or ``.gguf`` file, a model folder, a sharded index, or a cached hub id."""
     text = str(source)
     path = Path(source).expanduser()
-    if not path.exists():
-        if HUB_ID.match(text) and not text.startswith((".", "/")):
-            path = _from_hub_cache(text)
-        else:
-            raise CheckpointError(f"no such file or folder: {text}")
+    if path.exists():
+        name = path.resolve().name  # what the outputs call it: the file or folder, never where it sits
+    elif HUB_ID.match(text) and not text.startswith((".", "/")):
+        path, name = _from_hub_cache(text), text
+    else:
+        raise CheckpointError(f"no such file or folder: {text}")
     if path.is_dir():
-        return _from_folder(text, path)
+        return _from_folder(name, path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path.name}: pickle-based checkpoints are never loaded (they can run code); convert "
             "it to safetensors first, e.g. with transformers: "
             "model.save_pretrained(dir, safe_serialization=True)")
     if path.name.endswith(".index.json"):
-        return _from_index(text, path)
-    return _reader_for(path)(text, path)
+        return _from_index(name, path)
+    return _reader_for(path)(name, path)
 
 
 def _from_safetensors(source: str, path: Path) -> Checkpoint:
