@@ -17,7 +17,8 @@ from safetensors.numpy import load_file, save_file
 import eqcompile
 from eqcompile.cli import main
 from eqcompile.emit import appendix as appendix_emitter
-from eqcompile.emit.appendix import NUMBERS_LIMIT, PACKAGES, Statistics, Table, decimal_latex
+from eqcompile.emit.appendix import NUMBERS_LIMIT, PACKAGES, Statistics, Table
+from eqcompile.emit.numbers import latex_number
 from eqcompile.emit.latex import EquationLine
 from eqcompile.emit.pdf import build_pdf, error_summary
 from eqcompile.errors import ConfigError, TeXError
@@ -135,7 +136,7 @@ def test_each_weights_statistics_are_those_of_its_source_tensor(built, name):
         np.testing.assert_allclose(row.statistics.values(), reference, rtol=1e-9, atol=1e-12, err_msg=row.key)
         assert row.dtype == "F32" and math.prod(row.shape) == values.size, row
         for value in row.statistics.values():
-            printed = decimal_latex(value)
+            printed = latex_number(value)
             if "times" not in printed:  # the plain decimals, as pdftotext reads them
                 assert printed.replace("-", "−") in text, (row.key, printed)
 
@@ -152,7 +153,7 @@ def test_statistics_are_those_of_the_weights(sample, sample_build):
         np.testing.assert_allclose(rows[key].statistics.values(), reference, rtol=1e-9, atol=1e-12)
         assert rows[key].dtype == "F32"
     text = squeeze(pdf_text(sample_build.pdf))
-    assert decimal_latex(rows["block.1.W_K"].statistics.frobenius) in text
+    assert latex_number(rows["block.1.W_K"].statistics.frobenius) in text
 
 
 def test_statistics_in_chunks_match_numpy():
