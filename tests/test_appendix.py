@@ -55,7 +55,7 @@ SYMBOLS = {  # what each model's appendix must show besides its tensors (pdftote
     "sample": (*GPT2_SYMBOLS, "62,496", "64tokens", "WordLevel", "Greedydecoding", "argmax", "Tokenizerandsampling",
                "GELU"),
     "llama-gqa": ("fθ=U◦B(L)◦···◦B(1)◦E", "RMSNorm", "RoPEθ", "SiLU", "softmax", "mask", "concat",
-                  "K(l)g(h)", "nkv=2", "Z=H(L)WU", "lm_head.weight"),  # g(h): the key/value head of head h
+                  "Kg(h)", "nkv=2", "Z=H(L)WU", "lm_head.weight"),  # g(h): the key/value head of head h, under (l)
     "qwen2-bias-window": ("RMSNorm", "RoPEθ", "WQ+1bQ", "WK+1bK", "WV+1bV", "maskw", "w=4", "nkv=1",
                           "Z=H(L)WE⊤"),  # tied: the unembedding is the embedding's transpose
     "bert": ("fθ=B(L)◦···◦B(1)◦E", "LN(WE[t]+WS[s]+WP[1:n];γE,βE)", "maskm", "GELU", "ntypes=3",
