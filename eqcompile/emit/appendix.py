@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TeXInputError
 from ..load import Checkpoint
 from ..program import Program
 from ..weight_statistics import Statistics  # noqa: F401  (re-exported: the appendix's statistics)
@@ -25,10 +25,13 @@ from .sampling import sampling
 from .symbols import (MATRIX_COLUMNS, MATRIX_ROWS, LayerRow, LayerTable, MatrixPiece, SymbolRow, generic_rows,
                       layer_tables, layer_tensors, matrix_pieces, symbol_row)
 from .templates import render_template
-from .text import tex_code
+from .text import tex_code, tex_escape
 
 PACKAGES = ("amsmath", "amssymb", "array", "tabularx", "longtable", "booktabs", "breqn")  # breqn last
 NUMBERS_LIMIT = 10_000  # --numbers prints every weight; past this an appendix becomes a phone book
+# characters of one string once typeset: pdflatex reads a line of at most 200,000 bytes (TeX Live's
+# buf_size), and a string shares its line with the markup around it
+TEX_STRING_LIMIT = 100_000
 __all__ = ["Appendix", "CardRow", "LayerRow", "LayerTable", "MatrixPiece", "PACKAGES", "Statistics", "SymbolRow",
            "Table", "build", "tex", "MATRIX_ROWS", "MATRIX_COLUMNS", "NUMBERS_LIMIT"]
 
@@ -133,7 +136,26 @@ def _layer_notes(program: Program) -> dict[str, str]:
 
 
 def tex(appendix: Appendix, fragment: bool = False) -> str:
-    """The appendix as a LaTeX document, or as a fragment to ``\\input`` (it needs ``PACKAGES``)."""
+    """The appendix as a LaTeX document, or as a fragment to ``\\input`` (it needs ``PACKAGES``).
+
+    Raises :class:`TeXInputError` naming the key of a string too long for TeX to read.
+    """
+    for key, typeset in _typeset_strings(appendix):
+        if len(typeset) > TEX_STRING_LIMIT:
+            raise TeXInputError(f"{key}: {len(typeset):,} characters once typeset, more than TeX reads on one "
+                                f"line (the limit is {TEX_STRING_LIMIT:,}); a PDF or TeX appendix cannot hold it")
     return render_template("appendix.tex.j2", appendix=appendix, fragment=fragment, packages=PACKAGES,
                            number=latex_number, source=lambda ref: source_latex(ref, tex_code),
                            rows=MATRIX_ROWS, columns=MATRIX_COLUMNS)
+
+
+def _typeset_strings(appendix: Appendix):
+    """(key, its LaTeX) for each string from the input or the user that the document typesets."""
+    yield "--title", tex_escape(appendix.title)
+    yield "--author", tex_escape(appendix.author)
+    for row in appendix.card + appendix.tokenizer:
+        yield row.label, tex_code(row.value) if row.code else tex_escape(row.value)
+    for note in appendix.notes:
+        yield "a note", tex_escape(note)
+    for name in appendix.unused + [row.ref.name for row in appendix.symbols]:
+        yield "tensor name", tex_code(name)
