@@ -81,8 +81,8 @@ def _run(tex: str, engine: str, timeout: float, folder: Path) -> PdfBuild:
     log = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     pdf = folder / "appendix.pdf"
     if process.returncode != 0 or not pdf.exists():
-        if LINE_TOO_LONG in log:
-            raise TeXInputError(f"a line of the document is longer than {engine} reads ({error_summary(log)}): "
+        if LINE_TOO_LONG in log + stdout + stderr:  # TeX stops before it opens its log
+            raise TeXInputError(f"a line of the document is longer than {engine} reads: "
                                 "a string from the input is too long to typeset")
         raise TeXError(f"{engine} failed: {error_summary(log) or stdout[-300:] + stderr[-300:]}",
                        out_of_memory="TeX capacity exceeded" in log)
