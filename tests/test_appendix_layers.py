@@ -15,6 +15,7 @@ import eqcompile
 from eqcompile.cli import main
 from eqcompile.emit import appendix as appendix_emitter
 from eqcompile.emit.latex import EquationPrinter
+from eqcompile.emit.model_card import CardRow
 from eqcompile.emit.numbers import latex_number
 from eqcompile.emit.pdf import build_pdf
 from eqcompile.errors import TeXInputError
@@ -178,3 +179,10 @@ def test_a_hostile_generation_config_is_one_line_and_exit_2(tmp_path, kind):
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and "generation_config.json" in result.output
     assert not (tmp_path / "a.html").exists()
+
+
+def test_a_300kb_gguf_name_is_named_before_tex_runs(three_layers):
+    appendix = three_layers.appendix()
+    appendix.card.append(CardRow("metadata general.name", "n" * 300_000, code=True))
+    with pytest.raises(TeXInputError, match=r"^metadata general\.name: [\d,]+ characters once typeset"):
+        appendix_emitter.tex(appendix)
