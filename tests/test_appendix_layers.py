@@ -20,7 +20,6 @@ from eqcompile.emit.numbers import latex_number
 from eqcompile.emit.pdf import build_pdf
 from eqcompile.errors import TeXInputError
 from eqcompile.ops import OPS, SplitHeads
-from eqcompile.ops.attention import head
 
 from conftest import make_gpt2
 from llama_models import smollm2_path
