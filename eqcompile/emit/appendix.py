@@ -22,8 +22,8 @@ from .latex import (Decorate, EquationLine, OpBlock, StageBlock, composition_lin
 from .model_card import CardRow, model_card, tokenizer_card
 from .numbers import latex_number
 from .sampling import sampling
-from .symbols import (MATRIX_COLUMNS, MATRIX_ROWS, LayerRow, LayerTable, MatrixPiece, SymbolRow, generic_rows,
-                      layer_tables, layer_tensors, matrix_pieces, symbol_row)
+from .symbols import (MATRIX_COLUMNS, MATRIX_ROWS, LayerRow, LayerTable, LayerTensors, MatrixPiece, SymbolRow,
+                      generic_rows, layer_tables, layer_tensors, matrix_pieces, symbol_row)
 from .templates import render_template
 from .text import tex_code, tex_escape
 
@@ -32,8 +32,8 @@ NUMBERS_LIMIT = 10_000  # --numbers prints every weight; past this an appendix b
 # characters of one string once typeset: pdflatex reads a line of at most 200,000 bytes (TeX Live's
 # buf_size), and a string shares its line with the markup around it
 TEX_STRING_LIMIT = 100_000
-__all__ = ["Appendix", "CardRow", "LayerRow", "LayerTable", "MatrixPiece", "PACKAGES", "Statistics", "SymbolRow",
-           "Table", "build", "tex", "MATRIX_ROWS", "MATRIX_COLUMNS", "NUMBERS_LIMIT"]
+__all__ = ["Appendix", "CardRow", "LayerRow", "LayerTable", "LayerTensors", "MatrixPiece", "PACKAGES", "Statistics",
+           "SymbolRow", "Table", "build", "tex", "MATRIX_ROWS", "MATRIX_COLUMNS", "NUMBERS_LIMIT"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Appendix:
     unroll: bool = False  # every layer written out (equations and symbol rows) rather than said once
     generic_symbols: list[SymbolRow] | None = None  # the symbol table said once (layer (l) for a block)
     layer_tables: list[LayerTable] | None = None  # a repeated block's statistics, layers as rows
-    layer_tensors: list[LayerRow] | None = None  # each layer's source tensors
+    layer_tensors: list[LayerTensors] | None = None  # each layer's source tensors
     layer_notes: dict[str, str] | None = None  # LaTeX per repeated stage's name: what differs between layers
     cost: Table | None = None
     matrices: list[MatrixPiece] | None = None

@@ -45,7 +45,12 @@ class SymbolRow:
 class LayerRow:
     label: str  # LaTeX of the layer's map, "B^{(3)}"
     statistics: list[Statistics | None]  # one per symbol of its table
-    tensors: list[str]  # the tensors this layer's weights are read from (a dtype beside those that vary)
+
+
+@dataclass(frozen=True)
+class LayerTensors:
+    label: str  # LaTeX of the layer's map, "B^{(3)}"
+    names: list[str]  # the tensors this layer's weights are read from (a dtype beside those that vary)
 
 
 @dataclass(frozen=True)
@@ -105,12 +110,12 @@ def layer_tables(program: Program, rows: list[SymbolRow]) -> list[LayerTable]:
         for start in range(0, len(params), SYMBOLS_PER_TABLE):
             part = slice(start, start + SYMBOLS_PER_TABLE)
             tables.append(LayerTable(stage.title, [p.latex_at("l") for p in params[part]],
-                                     [LayerRow(_label(stage, layer), [row.statistics for row in grid[layer][part]],
-                                               []) for layer in range(stage.layers)]))
+                                     [LayerRow(_label(stage, layer), [row.statistics for row in grid[layer][part]])
+                                      for layer in range(stage.layers)]))
     return tables
 
 
-def layer_tensors(program: Program, rows: list[SymbolRow]) -> list[LayerRow]:
+def layer_tensors(program: Program, rows: list[SymbolRow]) -> list[LayerTensors]:
     """Every layer's source tensors by name, each once: the generic row's pattern, filled in."""
     by_key = {row.key: row for row in rows}
     out = []
@@ -125,7 +130,7 @@ def layer_tensors(program: Program, rows: list[SymbolRow]) -> list[LayerRow]:
             for p in params:
                 row = by_key[p.key.format(layer=layer)]
                 names.setdefault(row.ref.name, f"{row.ref.name} ({row.dtype})" if p.key in varying else row.ref.name)
-            out.append(LayerRow(_label(stage, layer), [], list(names.values())))
+            out.append(LayerTensors(_label(stage, layer), list(names.values())))
     return out
 
 
