@@ -116,12 +116,13 @@ class CompiledModel:
 
     def appendix(self, title: str | None = None, author: str = "", numbers: bool = False,
                  cost: appendix_emitter.Table | None = None,
-                 decorate: latex_emitter.Decorate | None = None) -> appendix_emitter.Appendix:
+                 decorate: latex_emitter.Decorate | None = None, unroll: bool = False) -> appendix_emitter.Appendix:
         """The content of the PDF/HTML appendix. Reads every weight once, for the statistics.
 
-        ``numbers`` adds the literal matrices (tiny models only); ``cost`` a cost summary table.
+        ``numbers`` adds the literal matrices (tiny models only); ``cost`` a cost summary table;
+        ``unroll`` writes every layer's equations and weights out rather than the block once.
         """
-        return appendix_emitter.build(self.checkpoint, self.program, title, author, numbers, decorate, cost)
+        return appendix_emitter.build(self.checkpoint, self.program, title, author, numbers, decorate, cost, unroll)
 
     def tex(self, path: str | Path, fragment: bool = False, **options) -> Path:
         """Write the appendix as a LaTeX document, or as an ``\\input``-able fragment."""
@@ -135,7 +136,8 @@ class CompiledModel:
 
     def html(self, path: str | Path, **options) -> Path:
         """Write the appendix as one self-contained HTML page (KaTeX inlined; opens offline)."""
-        content = self.appendix(decorate=html_emitter.decorate, **options)
+        # a screen folds each layer away (<details>), so the page always has them all
+        content = self.appendix(decorate=html_emitter.decorate, unroll=True, **options)
         write_text(Path(path), html_emitter.page(self.program, content))
         return Path(path)
 

@@ -93,7 +93,8 @@ pooling_option = click.option(
 @click.option("--level", type=click.Choice(LEVELS), default="layer", show_default=True,
               help="model: one composition; layer: every block's equations; index: op definitions.")
 @click.option("--standalone", is_flag=True, help="A complete document rather than a fragment.")
-@click.option("--unroll", is_flag=True, help="Write every layer out instead of one generic layer (l).")
+@click.option("--unroll", is_flag=True, help="Write every layer out instead of one generic layer (l) "
+              "(--latex, and the appendix of --pdf and --tex).")
 @click.option("--python", "python_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/model.py (numpy only) and DIR/weights.safetensors.")
 @click.option("--expand", is_flag=True,
@@ -149,11 +150,11 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
             click.echo(f"wrote {path}" + ("" if expand else f" and {path.with_name('weights.safetensors')}"),
                        err=True)
         if tex_path is not None:
-            compiled.tex(tex_path, fragment=fragment, **options)
+            compiled.tex(tex_path, fragment=fragment, unroll=unroll, **options)
             needs = f" (its preamble needs \\usepackage{{{','.join(PACKAGES)}}})" if fragment else ""
             click.echo(f"wrote {tex_path}{needs}", err=True)
         if pdf_path is not None:
-            compiled.pdf(pdf_path, **options)
+            compiled.pdf(pdf_path, unroll=unroll, **options)
             click.echo(f"wrote {pdf_path}", err=True)
         if html_path is not None:
             compiled.html(html_path, **options)

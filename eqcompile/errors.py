@@ -36,3 +36,9 @@ class TeXError(EqcompileError):
     def __init__(self, message: str, out_of_memory: bool = False):
         super().__init__(message)
         self.out_of_memory = out_of_memory  # pdflatex hit its memory limits: lualatex may manage
+
+
+class TeXInputError(EqcompileError):
+    """A string from the input that TeX cannot typeset (longer than the line TeX reads): exit 2.
+
+    Found before TeX runs where possible (naming the key), else from TeX's log."""

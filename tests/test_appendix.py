@@ -17,7 +17,8 @@ from safetensors.numpy import load_file, save_file
 import eqcompile
 from eqcompile.cli import main
 from eqcompile.emit import appendix as appendix_emitter
-from eqcompile.emit.appendix import NUMBERS_LIMIT, PACKAGES, Statistics, Table, decimal_latex
+from eqcompile.emit.appendix import NUMBERS_LIMIT, PACKAGES, Statistics, Table
+from eqcompile.emit.numbers import latex_number
 from eqcompile.emit.latex import EquationLine
 from eqcompile.emit.pdf import build_pdf, error_summary
 from eqcompile.errors import ConfigError, TeXError
@@ -54,7 +55,7 @@ SYMBOLS = {  # what each model's appendix must show besides its tensors (pdftote
     "sample": (*GPT2_SYMBOLS, "62,496", "64tokens", "WordLevel", "Greedydecoding", "argmax", "Tokenizerandsampling",
                "GELU"),
     "llama-gqa": ("fθ=U◦B(L)◦···◦B(1)◦E", "RMSNorm", "RoPEθ", "SiLU", "softmax", "mask", "concat",
-                  "K(l)g(h)", "nkv=2", "Z=H(L)WU", "lm_head.weight"),  # g(h): the key/value head of head h
+                  "Kg(h)", "nkv=2", "Z=H(L)WU", "lm_head.weight"),  # g(h): the key/value head of head h, under (l)
     "qwen2-bias-window": ("RMSNorm", "RoPEθ", "WQ+1bQ", "WK+1bK", "WV+1bV", "maskw", "w=4", "nkv=1",
                           "Z=H(L)WE⊤"),  # tied: the unembedding is the embedding's transpose
     "bert": ("fθ=B(L)◦···◦B(1)◦E", "LN(WE[t]+WS[s]+WP[1:n];γE,βE)", "maskm", "GELU", "ntypes=3",
@@ -135,7 +136,7 @@ def test_each_weights_statistics_are_those_of_its_source_tensor(built, name):
         np.testing.assert_allclose(row.statistics.values(), reference, rtol=1e-9, atol=1e-12, err_msg=row.key)
         assert row.dtype == "F32" and math.prod(row.shape) == values.size, row
         for value in row.statistics.values():
-            printed = decimal_latex(value)
+            printed = latex_number(value)
             if "times" not in printed:  # the plain decimals, as pdftotext reads them
                 assert printed.replace("-", "−") in text, (row.key, printed)
 
@@ -152,7 +153,7 @@ def test_statistics_are_those_of_the_weights(sample, sample_build):
         np.testing.assert_allclose(rows[key].statistics.values(), reference, rtol=1e-9, atol=1e-12)
         assert rows[key].dtype == "F32"
     text = squeeze(pdf_text(sample_build.pdf))
-    assert decimal_latex(rows["block.1.W_K"].statistics.frobenius) in text
+    assert latex_number(rows["block.1.W_K"].statistics.frobenius) in text
 
 
 def test_statistics_in_chunks_match_numpy():

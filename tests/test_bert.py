@@ -249,7 +249,7 @@ def test_latex_states_the_encoder(tmp_path):
                   r"X^{(0)} &= \operatorname{LN}\left(W_E\left[t\right] + W_S\left[s\right] + W_P\left[1{:}n\right];"
                   r"\, \gamma_E, \beta_E\right)",
                   r"\operatorname{softmax}\left(\operatorname{mask}_{m}\left(\frac{1}{\sqrt{d_{\mathrm{head}}}} "
-                  r"{Q^{(l)}}_{h} {{K^{(l)}}_{h}}^{\top}\right)\right)",
+                  r"Q^{(l)}_{h} {K^{(l)}_{h}}^{\top}\right)\right)",
                   r"X^{(l+\frac{1}{2})} &= \operatorname{LN}\left(X^{(l)} + Z^{(l)} W_O^{(l)} + \mathbf{1} b_O^{(l)};"
                   r"\, \gamma_1^{(l)}, \beta_1^{(l)}\right)",
                   r"X^{(l+1)} &= \operatorname{LN}\left(X^{(l+\frac{1}{2})} + M^{(l)} W_{\mathrm{out}}^{(l)}",

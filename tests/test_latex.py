@@ -36,7 +36,8 @@ def test_index_level_defines_each_op():
     text = eqcompile.compile(SAMPLE).latex(level="index")
     assert r"\frac{e^{{S}_{i,j}}}{\sum_{k=1}^{n} e^{{S}_{i,k}}}" in text  # softmax_ij
     assert r"-\infty & \text{otherwise}" in text  # the causal mask
-    assert r"\mathrm{gelu\_tanh}(x)" in text  # rendered by latexify from the Python definition
+    # the body rendered by latexify from the Python definition, named as the block's equations name it
+    assert r"\operatorname{GELU}\left(x\right) &= 0.5 x \cdot" in text
     assert r"{W}_{{t}_{i},j}" in text  # embedding row lookup
 
 

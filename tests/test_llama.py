@@ -143,7 +143,7 @@ def test_layer_level_uses_the_notation(tmp_path):
     for piece in [r"\operatorname{RMSNorm}\left(X^{(l)};\, \gamma_1^{(l)}\right)",
                   r"Q^{(l)} &= \operatorname{RoPE}_{\theta}\left(H^{(l)} W_{Q}^{(l)};\, p\right)",
                   r"K^{(l)} &= \operatorname{RoPE}_{\theta}\left(H^{(l)} W_{K}^{(l)};\, p\right)",
-                  r"{Q^{(l)}}_{h} \left({K^{(l)}}_{g{\left(h \right)}}\right)^{\top}",
+                  r"Q^{(l)}_{h} \left(K^{(l)}_{g{\left(h \right)}}\right)^{\top}",
                   r"\operatorname{mask}_{w}",
                   r"\theta &= \frac{1}{s} \left(\theta_{\mathrm{base}}^{-2(k-1)/d_{\mathrm{head}}}",
                   r"M^{(l)} &= \operatorname{SiLU}\left(\tilde{H}^{(l)} W_{\mathrm{gate}}^{(l)}\right) \odot "

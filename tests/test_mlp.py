@@ -208,7 +208,7 @@ def test_every_level_compiles_with_pdflatex(tmp_path, activation, bias):
         result = compile_tex(tex)
         assert result.returncode == 0, result.stdout[-2000:]
     index = compiled.latex(level="index")
-    assert (r"\mathrm{relu}(x)" if activation == "relu" else r"\mathrm{gelu}(x)") in index
+    assert (r"\operatorname{ReLU}\left(x\right) &=" if activation == "relu" else r"\operatorname{GELU}\left(x\right) &=") in index
 
 
 def test_verify_command_passes_on_an_mlp(tmp_path):

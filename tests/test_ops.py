@@ -49,7 +49,7 @@ GOLDEN = {
     RMSNorm: (r"\operatorname{RMSNorm}\left(X;\, \gamma\right)", "rms_norm(X, gamma, eps)"),
     Softmax: (r"\operatorname{softmax}\left(S\right)", "softmax(S)"),
     CausalMask: (r"\operatorname{mask}\left(S\right)", "causal_mask(S)"),
-    SplitHeads: ("{X}_{h}", "split_heads(X, n_head)"),
+    SplitHeads: ("X_{h}", "split_heads(X, n_head)"),
     MergeHeads: (r"\operatorname{concat}_{h=1}^{n_{head}}\left(X\right)", "merge_heads(X)"),
     PaddingMask: (r"\operatorname{mask}_{m}\left(S\right)", "padding_mask(S, m)"),
     MeanPool: (r"\frac{m X}{m \mathbf{1}}", "mean_pool(X, m)"),
@@ -66,7 +66,7 @@ GOLDEN = {
     Llama3Frequencies: (r"\operatorname{llama3}_{rope_{factor}, low_{freq factor}, high_{freq factor}, "
                         r"original_{context}}\left(\theta\right)",
                         "llama3_frequencies(theta, rope_factor, low_freq_factor, high_freq_factor, original_context)"),
-    GroupedHeads: (r"{X}_{g{\left(h \right)}}", "grouped_heads(X, n_kv_head, n_head)"),
+    GroupedHeads: (r"X_{g{\left(h \right)}}", "grouped_heads(X, n_kv_head, n_head)"),
     SlidingWindowMask: (r"\operatorname{mask}_{w}\left(S\right)", "sliding_window_mask(S, w)"),
 }
 

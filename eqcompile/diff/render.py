@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from ..emit.latex import printer_for
+from ..emit.numbers import latex_number
 from ..emit.templates import render_template
 from ..emit.text import tex_code, tex_escape
 from . import ModelDiff, WeightDiff
@@ -295,12 +296,8 @@ def primed(name: str) -> str:
 
 
 def tex_number(value: float | None, digits: int = 3) -> str:
-    if value is None or not math.isfinite(value):
-        return r"\infty" if value is not None and value > 0 else "\\text{--}"
-    if value == 0 or 1e-3 <= abs(value) < 1e4:
-        return f"{value:.{digits}g}"
-    mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
-    return rf"{mantissa} \times 10^{{{int(exponent)}}}"
+    """A measurement as math: written out from 0.001 to below 10^4, with a power of ten otherwise."""
+    return latex_number(value, digits, positional=(-3, 4), trim=True)
 
 
 def latex(diff: ModelDiff) -> str:

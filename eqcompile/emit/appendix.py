@@ -1,89 +1,39 @@
 """The appendix: a model stated in full for a paper (PDF, TeX) or a screen (HTML).
 
-One content model, :class:`Appendix`, feeds both formats. Its equations come from the LaTeX emitter
-(:mod:`.latex`); its numeric parts (the symbol table's statistics, the literal matrices of
-``--numbers``) read the checkpoint one tensor at a time, here and never in ``--latex``. Strings from
-the checkpoint stay plain text in the content model: each template escapes them for its format.
+One content model, :class:`Appendix`, feeds both formats, and says each thing once: a repeated
+block's equations for a generic layer (l), its weights' statistics as one table (layers as rows),
+and every layer written out only when asked (``unroll``). Its equations come from the LaTeX
+emitter (:mod:`.latex`); the model card (:mod:`.model_card`), the sampling map (:mod:`.sampling`)
+and the symbol tables (:mod:`.symbols`, which reads the checkpoint one tensor at a time) each have
+their own module. Strings from the checkpoint stay plain text here: each template escapes them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError, TeXInputError
 from ..load import Checkpoint
-from ..load.files import read_json
-from ..program import Binding, Program
-from .latex import (Decorate, EquationLine, OpBlock, StageBlock, composition_lines, number_latex, op_blocks,
-                    printer_for, stage_blocks)
+from ..program import Program
+from ..weight_statistics import Statistics  # noqa: F401  (re-exported: the appendix's statistics)
+from .latex import (Decorate, EquationLine, OpBlock, StageBlock, composition_lines, dimension_latex, op_blocks,
+                    printer_for, source_latex, stage_blocks)
+from .model_card import CardRow, model_card, tokenizer_card
+from .numbers import latex_number
+from .sampling import sampling
+from .symbols import (MATRIX_COLUMNS, MATRIX_ROWS, LayerRow, LayerTable, LayerTensors, MatrixPiece, SymbolRow,
+                      generic_rows, layer_tables, layer_tensors, matrix_pieces, symbol_row)
 from .templates import render_template
+from .text import tex_code, tex_escape
 
 PACKAGES = ("amsmath", "amssymb", "array", "tabularx", "longtable", "booktabs", "breqn")  # breqn last
 NUMBERS_LIMIT = 10_000  # --numbers prints every weight; past this an appendix becomes a phone book
-MATRIX_ROWS, MATRIX_COLUMNS = 24, 8
-STATISTICS_CHUNK = 1 << 20  # values converted to float64 at a time  # --numbers prints a weight in pieces that fit a page's width
-
-
-@dataclass(frozen=True)
-class Statistics:
-    """Summary of a weight's numbers, computed in float64."""
-
-    frobenius: float
-    mean: float
-    std: float  # population standard deviation
-    min: float
-    max: float
-
-    @classmethod
-    def of(cls, array: np.ndarray) -> Statistics | None:
-        """One pass over ``array`` in float64 chunks (memory: one chunk), merged with Chan's formula."""
-        flat = np.ravel(array)
-        if flat.size == 0:
-            return None
-        count, mean, m2, squares = 0, 0.0, 0.0, 0.0  # m2: sum of squared deviations from the mean
-        for start in range(0, flat.size, STATISTICS_CHUNK):
-            chunk = flat[start:start + STATISTICS_CHUNK].astype(np.float64)
-            chunk_squares = float(chunk @ chunk)
-            chunk_mean = float(chunk.sum()) / chunk.size
-            chunk_m2 = max(chunk_squares - chunk.size * chunk_mean * chunk_mean, 0.0)
-            delta, total = chunk_mean - mean, count + chunk.size
-            m2 += chunk_m2 + delta * delta * count * chunk.size / total
-            mean += delta * chunk.size / total
-            squares += chunk_squares
-            count = total
-        return cls(math.sqrt(squares), mean, math.sqrt(m2 / count), float(flat.min()), float(flat.max()))
-
-    def values(self) -> tuple[float, ...]:
-        """In the symbol table's column order."""
-        return self.frobenius, self.mean, self.std, self.min, self.max
-
-
-@dataclass(frozen=True)
-class SymbolRow:
-    """One weight of the equations bound to one layer: a row of the symbol table."""
-
-    key: str  # its key in the emitted module's weights ("block.0.W_Q"): unique, safe in HTML ids
-    name: str  # the parameter's name in the equations' code ("W_Q")
-    latex: str  # "W_Q^{(1)}"
-    shape: tuple[int, ...]
-    source: str  # the tensor, with its slice or transpose: "h.0.attn.c_attn.weight[..., 0:48]"
-    dtype: str  # the stored dtype (safetensors tag: F32, F16, BF16, ...)
-    group: str  # "Embedding", "Transformer block 3", ...
-    statistics: Statistics | None
-
-
-@dataclass(frozen=True)
-class MatrixPiece:
-    """``--numbers``: at most MATRIX_ROWS x MATRIX_COLUMNS entries of a weight, as 10^exponent times
-    entries rounded to three decimals (a common factor keeps the columns narrow)."""
-
-    label: str  # "W_Q^{(1)}", or with 1-based ranges when the weight is cut into pieces
-    exponent: int
-    rows: list[list[str]]
+# characters of one string once typeset: pdflatex reads a line of at most 200,000 bytes (TeX Live's
+# buf_size), and a string shares its line with the markup around it
+TEX_STRING_LIMIT = 100_000
+__all__ = ["Appendix", "CardRow", "LayerRow", "LayerTable", "LayerTensors", "MatrixPiece", "PACKAGES", "Statistics",
+           "SymbolRow", "Table", "build", "tex", "MATRIX_ROWS", "MATRIX_COLUMNS", "NUMBERS_LIMIT"]
 
 
 @dataclass(frozen=True)
@@ -95,13 +45,6 @@ class Table:
     rows: list[list[str]]
 
 
-@dataclass(frozen=True)
-class CardRow:
-    label: str
-    value: str  # plain text, escaped by the template
-    code: bool = False  # typeset as code (names, paths, digests) with places to break lines
-
-
 @dataclass
 class Appendix:
     """Everything an appendix says, in the order it says it."""
@@ -111,25 +54,31 @@ class Appendix:
     card: list[CardRow]
     notes: list[str]
     composition: list[str]  # LaTeX lines aligned at "&"
-    stages: list[StageBlock]  # each stage; a repeated one for a generic layer, then layer by layer
+    stages: list[StageBlock]  # each stage; a repeated one for a generic layer, then (unroll) layer by layer
     tokenizer: list[CardRow]
     sampling: list[EquationLine]
     sampling_notes: list[str]
     ops: list[OpBlock]
-    symbols: list[SymbolRow]
+    symbols: list[SymbolRow]  # every weight bound to its layer
     unused: list[str]  # tensors of the file that no equation uses
     dims: list[tuple[str, str]]  # (LaTeX of a dimension, LaTeX of its value)
     layers: int  # L, the number of repeated blocks (0 when nothing repeats)
+    unroll: bool = False  # every layer written out (equations and symbol rows) rather than said once
+    generic_symbols: list[SymbolRow] | None = None  # the symbol table said once (layer (l) for a block)
+    layer_tables: list[LayerTable] | None = None  # a repeated block's statistics, layers as rows
+    layer_tensors: list[LayerTensors] | None = None  # each layer's source tensors
+    layer_notes: dict[str, str] | None = None  # LaTeX per repeated stage's name: what differs between layers
     cost: Table | None = None
     matrices: list[MatrixPiece] | None = None
 
 
 def build(checkpoint: Checkpoint, program: Program, title: str | None = None, author: str = "",
-          numbers: bool = False, decorate: Decorate | None = None, cost: Table | None = None) -> Appendix:
+          numbers: bool = False, decorate: Decorate | None = None, cost: Table | None = None,
+          unroll: bool = False) -> Appendix:
     """The appendix of a compiled model. Reads every weight once (statistics); ``numbers`` prints them.
 
     ``decorate`` wraps each weight's symbol in the equations (the HTML viewer makes them hoverable);
-    ``cost`` is a program-level cost summary to include as it is.
+    ``cost`` is a program-level cost summary to include as it is; ``unroll`` writes every layer out.
     """
     bindings = program.bindings()
     if numbers:
@@ -141,167 +90,72 @@ def build(checkpoint: Checkpoint, program: Program, title: str | None = None, au
     stages = []
     for stage in program.stages:
         stages += stage_blocks(program, stage, unroll=False, decorate=decorate)
-        if stage.layers:
+        if stage.layers and unroll:
             stages += stage_blocks(program, stage, unroll=True, decorate=decorate)
     printer = printer_for(program)
-    sampling, sampling_notes = _sampling(checkpoint, program)
+    sampling_lines, sampling_notes = sampling(checkpoint, program)
+    symbols = [symbol_row(checkpoint, program, b) for b in bindings]
     return Appendix(
         title=title or f"{program.title} as equations",
         author=author,
-        card=_card(checkpoint, program, used),
+        card=model_card(checkpoint, program, used),
         notes=list(program.notes),
         composition=composition_lines(program),
         stages=stages,
-        tokenizer=_tokenizer(checkpoint),
-        sampling=sampling,
+        tokenizer=tokenizer_card(checkpoint),
+        sampling=sampling_lines,
         sampling_notes=sampling_notes,
         ops=op_blocks(program),
-        symbols=[_symbol_row(checkpoint, program, b) for b in bindings],
+        symbols=symbols,
         unused=[name for name in checkpoint.tensors if name not in set(used)],
-        dims=[(printer._print(symbol), number_latex(value)) for symbol, value in program.dims.items()],
+        dims=[(printer._print(symbol), dimension_latex(value)) for symbol, value in program.dims.items()],
         layers=program.layers,
+        unroll=unroll,
+        generic_symbols=None if unroll else generic_rows(program, symbols),
+        layer_tables=None if unroll else layer_tables(program, symbols),
+        layer_tensors=None if unroll else layer_tensors(program, symbols),
+        layer_notes=None if unroll else _layer_notes(program),
         cost=cost,
-        matrices=[piece for b in bindings for piece in _matrix_pieces(checkpoint, program, b)] if numbers else None,
+        matrices=[piece for b in bindings for piece in matrix_pieces(checkpoint, program, b)] if numbers else None,
     )
 
 
+def _layer_notes(program: Program) -> dict[str, str]:
+    """What differs between the layers of each repeated stage: its weights, and the layer symbols it uses."""
+    notes = {}
+    for stage in program.stages:
+        if not stage.layers:
+            continue
+        printer = printer_for(program, stage)
+        symbols = ", ".join(f"${printer._print(s)}$" for s in stage.layer_symbols)
+        varies = f"its weights and {symbols}, which the equations use," if symbols else "its weights"
+        notes[stage.name] = (rf"Every layer $l = 1, \dots, {stage.layers}$ applies these equations; from layer to "
+                             rf"layer only {varies} differ. The symbols section states each weight once, for "
+                             rf"layer $l$, with its statistics layer by layer.")
+    return notes
+
+
 def tex(appendix: Appendix, fragment: bool = False) -> str:
-    """The appendix as a LaTeX document, or as a fragment to ``\\input`` (it needs ``PACKAGES``)."""
+    """The appendix as a LaTeX document, or as a fragment to ``\\input`` (it needs ``PACKAGES``).
+
+    Raises :class:`TeXInputError` naming the key of a string too long for TeX to read.
+    """
+    for key, typeset in _typeset_strings(appendix):
+        if len(typeset) > TEX_STRING_LIMIT:
+            raise TeXInputError(f"{key}: {len(typeset):,} characters once typeset, more than TeX reads on one "
+                                f"line (the limit is {TEX_STRING_LIMIT:,}); a PDF or TeX appendix cannot hold it")
     return render_template("appendix.tex.j2", appendix=appendix, fragment=fragment, packages=PACKAGES,
-                           decimal=decimal_latex, rows=MATRIX_ROWS, columns=MATRIX_COLUMNS)
+                           number=latex_number, source=lambda row: source_latex(row.ref, tex_code, row.stored_name),
+                           rows=MATRIX_ROWS, columns=MATRIX_COLUMNS)
 
 
-def _card(checkpoint: Checkpoint, program: Program, used: list[str]) -> list[CardRow]:
-    files = checkpoint.files
-    digest_label = f"sha256 of {files[0].name}" if len(files) == 1 else \
-        f"sha256 of the {len(files)} files, in order"
-    rows = [CardRow("Family", program.family), CardRow("Source", program.source, code=True),
-            CardRow("Weight files", ", ".join(f.name for f in files), code=True),
-            CardRow(digest_label, checkpoint.sha256(), code=True),
-            CardRow("Stored dtype", ", ".join(sorted({checkpoint.tensors[n].dtype for n in used}))),
-            CardRow("Parameters", f"{sum(math.prod(checkpoint.shape(n)) for n in used):,}")]
-    if program.takes_tokens:  # a vector-input model (an MLP) has neither
-        rows += [CardRow("Context", f"{program.max_seq:,} tokens"), CardRow("Vocabulary", f"{program.vocab:,}")]
-    config = checkpoint.config or {}
-    for key in ("model_type", "architectures"):
-        if key in config:
-            value = config[key]
-            rows.append(CardRow(f"config.json {key}", ", ".join(map(str, value)) if isinstance(value, list)
-                                else str(value), code=True))
-    rows += [CardRow(f"metadata {key}", value, code=True) for key, value in checkpoint.metadata.items()]
-    return rows
-
-
-def _symbol_row(checkpoint: Checkpoint, program: Program, binding: Binding) -> SymbolRow:
-    stage = binding.stage
-    group = stage.title if binding.layer is None else f"{stage.title} {binding.layer + 1}"
-    value = binding.read(checkpoint, program)  # one tensor at a time
-    source = binding.source.describe(checkpoint.stored_names.get(binding.source.name))  # the file's own name
-    return SymbolRow(binding.key, binding.param.name, binding.latex, value.shape, source,
-                     checkpoint.tensors[binding.source.name].dtype, group, Statistics.of(value))
-
-
-def decimal_latex(value: float, digits: int = 3) -> str:
-    """A number as math to ``digits`` significant digits; a power of ten only below 0.001 or from 10^6."""
-    if value == 0 or not math.isfinite(value):
-        return {math.inf: r"\infty", -math.inf: r"-\infty"}.get(value, "0" if value == 0 else r"\mathrm{NaN}")
-    exponent = math.floor(math.log10(abs(value)))
-    if -3 <= exponent < 6:
-        return f"{value:.{max(digits - 1 - exponent, 0)}f}"
-    mantissa, _, power = f"{value:.{digits - 1}e}".partition("e")
-    return rf"{mantissa} \times 10^{{{int(power)}}}"
-
-
-def _matrix_pieces(checkpoint: Checkpoint, program: Program, binding: Binding) -> list[MatrixPiece]:
-    value = binding.read(checkpoint, program)
-    rows, cols = value.shape
-    pieces = []
-    for top in range(0, rows, MATRIX_ROWS):
-        for left in range(0, cols, MATRIX_COLUMNS):
-            block = value[top:top + MATRIX_ROWS, left:left + MATRIX_COLUMNS].astype(np.float64)
-            label = binding.latex
-            if block.shape != value.shape:
-                row_range = f"{top + 1}{{:}}{top + block.shape[0]}" if rows > 1 else "1"
-                label = rf"\left[{label}\right]_{{{row_range},\, {left + 1}{{:}}{left + block.shape[1]}}}"
-            largest = float(np.abs(block).max())
-            exponent = math.floor(math.log10(largest)) if largest > 0 else 0
-            pieces.append(MatrixPiece(label, exponent, [[f"{x:.3f}" for x in row] for row in block / 10.0**exponent]))
-    return pieces
-
-
-def _read_json(path: Path):
-    """A JSON file from the model folder, or None when absent or unreadable (it is optional);
-    read through the bounded reader (size, nesting, integer length)."""
-    if not path.exists():
-        return None
-    try:
-        return read_json(path)
-    except CheckpointError:
-        return None
-
-
-def _type_of(part) -> str:
-    return str(part.get("type", "?")) if isinstance(part, dict) else "none"
-
-
-def _tokenizer(checkpoint: Checkpoint) -> list[CardRow]:
-    """What tokenizer.json says about the map from strings to token ids, when the folder has one."""
-    if checkpoint.folder is None:
-        return []
-    data = _read_json(checkpoint.folder / "tokenizer.json")
-    if not isinstance(data, dict):
-        return []
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    vocab = model.get("vocab")
-    added = data.get("added_tokens") if isinstance(data.get("added_tokens"), list) else []
-    rows = [CardRow("File", "tokenizer.json", code=True), CardRow("Model", _type_of(model))]
-    if isinstance(vocab, (dict, list)):
-        rows.append(CardRow("Vocabulary entries", f"{len(vocab):,}"))
-    if isinstance(model.get("merges"), list):
-        rows.append(CardRow("Merges", f"{len(model['merges']):,}"))
-    rows += [CardRow("Normalizer", _type_of(data.get("normalizer"))),
-             CardRow("Pre-tokenizer", _type_of(data.get("pre_tokenizer"))),
-             CardRow("Decoder", _type_of(data.get("decoder"))),
-             CardRow("Added tokens", f"{len(added):,}")]
-    return rows
-
-
-def _config_number(config: dict, key: str, default: float, low: float, high: float) -> float | None:
-    value = config.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        return None
-    return value
-
-
-def _sampling(checkpoint: Checkpoint, program: Program) -> tuple[list[EquationLine], list[str]]:
-    """The next-token map that generation_config.json asks for (transformers' defaults otherwise)."""
-    if program.interface != "causal_lm" or checkpoint.folder is None:
-        return [], []
-    config = _read_json(checkpoint.folder / "generation_config.json")
-    if not isinstance(config, dict):
-        return [], []
-    last = program.stages[-1]
-    logits = printer_for(program, last)._print(last.output)
-    row = rf"{{{logits}}}_{{n,v}}"
-    if config.get("do_sample") is not True:
-        return [EquationLine("t_{n+1}", rf"\operatorname*{{arg\,max}}_{{v \in \mathcal{{V}}}} {row}")], \
-            ["Greedy decoding (generation_config.json does not set do_sample)."]
-    temperature = _config_number(config, "temperature", 1.0, 1e-6, 1e6)
-    top_k = _config_number(config, "top_k", 50, 0, 1e12)
-    top_p = _config_number(config, "top_p", 1.0, 0.0, 1.0)
-    if temperature is None or top_k is None or top_p is None:
-        return [], ["generation_config.json sets sampling values eqcompile cannot read."]
-    lines = [EquationLine(r"p(v \mid t_1, \dots, t_n)",
-                          rf"\frac{{\exp\left({row} / T\right)}}{{\sum_{{u \in \mathcal{{S}}}} "
-                          rf"\exp\left({{{logits}}}_{{n,u}} / T\right)}}, \quad v \in \mathcal{{S}}"),
-             EquationLine("t_{n+1}", r"\sim p(\cdot \mid t_1, \dots, t_n)")]
-    notes = [f"Sampling with temperature T = {temperature:g}."]
-    if top_k:
-        notes.append(f"S is restricted to the {int(top_k)} most probable tokens (top-k).")
-    if top_p < 1:
-        notes.append(f"S is the smallest set of most probable tokens whose probability reaches {top_p:g} (top-p).")
-    if not top_k and top_p >= 1:
-        notes.append("S is the whole vocabulary V.")
-    return lines, notes
+def _typeset_strings(appendix: Appendix):
+    """(key, its LaTeX) for each string from the input or the user that the document typesets."""
+    yield "--title", tex_escape(appendix.title)
+    yield "--author", tex_escape(appendix.author)
+    for row in appendix.card + appendix.tokenizer:
+        yield row.label, tex_code(row.value) if row.code else tex_escape(row.value)
+    for note in appendix.notes:
+        yield "a note", tex_escape(note)
+    for name in appendix.unused + [row.ref.name for row in appendix.symbols]:
+        yield "tensor name", tex_code(name)

@@ -17,7 +17,8 @@ from sympy.printing.precedence import PRECEDENCE
 
 from ..composition import Space
 from ..ops import SplitHeads, is_per_head, n_head, ops_used_by
-from ..program import Param, Program, Stage
+from ..program import Param, Program, Stage, TensorRef
+from .numbers import latex_number
 from .templates import render_template
 from .text import tex_escape
 
@@ -70,6 +71,7 @@ class OpBlock:
     name: str
     description: str  # plain text, the first line of its docstring
     lines: list[EquationLine]
+    description_latex: str = ""  # the same as LaTeX prose, its math in math mode
 
 
 def printer_for(program: Program, stage: Stage | None = None, layer: str = "l",
@@ -195,28 +197,31 @@ def symbol_table(program: Program) -> str:
             continue
         seen.add(param.key)
         printer = printer_for(program, stage)
-        untransposed = replace(param.source, transpose=False).describe()  # ᵀ is set in math below
-        source = tex_escape(untransposed).replace(r"\{layer\}", "$l{-}1$")
-        source += r"$^{\top}$" if param.source.transpose else ""
+        source = source_latex(param.source, tex_escape)
         rows.append(rf"${printer._print(param.symbol)}$ & ${printer.doprint(Space(*param.symbol.shape))}$ & \texttt{{{source}}} \\")
     printer = printer_for(program)
-    dims = [rf"${printer._print(symbol)} = {number_latex(value)}$" for symbol, value in program.dims.items()]
+    dims = [rf"${printer._print(symbol)} = {dimension_latex(value)}$" for symbol, value in program.dims.items()]
     return ("\\paragraph{Symbols.}\n\\begin{tabular}{lll}\n\\hline\nsymbol & shape & source tensor \\\\\n"
             "\\hline\n" + "\n".join(rows) + "\n\\hline\n\\end{tabular}\n\n"
             + r"\paragraph{Dimensions.} " + ", ".join(dims) + ".\n")
 
 
-def number_latex(value) -> str:
+def source_latex(ref: TensorRef, escape: Callable[[str], str], stored_name: str | None = None) -> str:
+    """A weight's source tensor as text (``escape`` typesets the name; ``stored_name`` is the file's
+    own, where it differs): a generic layer's index as math ($l - 1$), the transpose as math
+    ($^\\top$), since text fonts have no ``ᵀ``."""
+    name = replace(ref, transpose=False).describe(stored_name)
+    return "$l{-}1$".join(escape(part) for part in name.split("{layer}")) + (r"$^{\top}$" if ref.transpose else "")
+
+
+def dimension_latex(value) -> str:
     """A dimension or constant as math: integers as they are, floats to 6 digits with a power of 10."""
-    if isinstance(value, float):
-        mantissa, _, exponent = f"{value:.6g}".partition("e")
-        return rf"{mantissa} \times 10^{{{int(exponent)}}}" if exponent else mantissa
-    return str(value)
+    return latex_number(value, digits=6, positional=(-4, 6), trim=True)
 
 
 def op_definitions(program: Program) -> str:
     """Each op the program uses, in index notation."""
-    return "\n".join(rf"\paragraph{{{block.name}.}} {tex_escape(block.description)}" + "\n" + align(block.lines)
+    return "\n".join(rf"\paragraph{{{block.name}.}} {block.description_latex}" + "\n" + align(block.lines)
                      for block in op_blocks(program))
 
 
@@ -227,7 +232,7 @@ def op_blocks(program: Program) -> list[OpBlock]:
     for op in ops_used_by(program):
         lines = [EquationLine(*line.split(" = ", 1)) for line in op.definition_latex(printer)]
         description = (op.__doc__ or op.__name__).strip().splitlines()[0]
-        blocks.append(OpBlock(op.__name__, description, lines))
+        blocks.append(OpBlock(op.__name__, description, lines, op.summary_latex or tex_escape(description)))
     return blocks
 
 

@@ -16,12 +16,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import TeXError
+from ..errors import TeXError, TeXInputError
 
 ENGINES = ("pdflatex", "lualatex")
 TIMEOUT_SECONDS = 300
 FIXED_EPOCH = "0"  # when the environment sets no SOURCE_DATE_EPOCH
 LOG_LINES_AFTER_ERROR = 4
+LINE_TOO_LONG = "Unable to read an entire line"  # TeX's line buffer (200,000 bytes in TeX Live) overflowed
 INSTALL_HINT = "apt-get install texlive-latex-base texlive-latex-recommended latexmk"
 
 
@@ -80,6 +81,9 @@ def _run(tex: str, engine: str, timeout: float, folder: Path) -> PdfBuild:
     log = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     pdf = folder / "appendix.pdf"
     if process.returncode != 0 or not pdf.exists():
+        if LINE_TOO_LONG in log + stdout + stderr:  # TeX stops before it opens its log
+            raise TeXInputError(f"a line of the document is longer than {engine} reads: "
+                                "a string from the input is too long to typeset")
         raise TeXError(f"{engine} failed: {error_summary(log) or stdout[-300:] + stderr[-300:]}",
                        out_of_memory="TeX capacity exceeded" in log)
     return PdfBuild(pdf.read_bytes(), log, engine)

@@ -67,7 +67,9 @@ class Activation(MatrixOp):
     def definition_latex(cls, printer):
         import latexify  # only --level index needs it: the command line does not pay its import
 
-        return [str(latexify.get_latex(cls.scalar, use_math_symbols=True))]
+        # the name as the block's equations print it, not the Python function's ("gelu_tanh")
+        name = operator(printer, cls.latex_name, sp.Symbol("x"))
+        return [f"{name} = {latexify.get_latex(cls.scalar, use_math_symbols=True, use_signature=False)}"]
 
     @classmethod
     def scalar_form(cls, x: sp.Symbol) -> sp.Expr:
@@ -95,6 +97,8 @@ class Activation(MatrixOp):
 class GELUTanh(Activation):
     """GELU, tanh approximation (GPT-2's gelu_new)."""
 
+    summary_latex = r"GELU, $\tanh$ approximation (GPT-2's \texttt{gelu{\char95}new})."
+
     latex_name, scalar, numpy_functions = "GELU", scalar.gelu_tanh, (gelu_tanh,)
 
 
@@ -119,11 +123,15 @@ class Sigmoid(Activation):
 class SiLU(Activation):
     """SiLU (swish): x times its sigmoid."""
 
+    summary_latex = r"SiLU (swish): $x$ times its sigmoid."
+
     latex_name, scalar, numpy_functions = "SiLU", scalar.silu, (silu,)
 
 
 class QuickGELU(Activation):
     """GELU approximated by x times sigmoid(1.702 x)."""
+
+    summary_latex = r"GELU approximated by $x \, \sigma(1.702\, x)$."
 
     latex_name, scalar, numpy_functions = "QuickGELU", scalar.quick_gelu, (quick_gelu,)
 

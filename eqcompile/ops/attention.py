@@ -11,7 +11,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from .base import MatrixOp, add, i, j, k, m, mul, n, operator, ops
+from .base import MatrixOp, add, i, j, k, m, mul, n, operator, ops, subscripted
 
 head = sp.Symbol("h", integer=True, positive=True)
 n_head = sp.Symbol("n_head", integer=True, positive=True)
@@ -73,6 +73,8 @@ class Softmax(MatrixOp):
 class CausalMask(MatrixOp):
     """Causal mask: position i sees positions j up to i; later scores become minus infinity."""
 
+    summary_latex = r"Causal mask: position $i$ sees positions $j$ up to $i$; later scores become $-\infty$."
+
     numpy_functions = (causal_mask,)
 
     def _latex(self, printer):
@@ -106,6 +108,8 @@ class CausalMask(MatrixOp):
 class SplitHeads(MatrixOp):
     """Head h's block of columns: d_head columns starting after (h - 1) d_head."""
 
+    summary_latex = r"Head $h$'s block of columns: $d_{\mathrm{head}}$ columns starting after $(h - 1)\, d_{\mathrm{head}}$."
+
     numpy_functions = (split_heads,)
 
     @property
@@ -117,7 +121,7 @@ class SplitHeads(MatrixOp):
         return (self.arg.shape[0], self.arg.shape[1] / self.heads)
 
     def _latex(self, printer):
-        return rf"{{{printer._print(self.arg)}}}_{{{printer._print(head)}}}"
+        return subscripted(printer, self.arg, head)
 
     def _numpycode(self, printer):
         return self._call(printer, "split_heads", self.arg, self.heads)
@@ -186,6 +190,8 @@ def padding_mask(s, mask):  # [..., n, n] with mask [1, n]: key j is seen only w
 
 class PaddingMask(MatrixOp):
     """Padding mask: no position attends to a padded key j (mask m_j = 0); its score becomes minus infinity."""
+
+    summary_latex = r"Padding mask: no position attends to a padded key $j$ (mask $m_j = 0$); its score becomes $-\infty$."
 
     numpy_functions = (padding_mask,)
 

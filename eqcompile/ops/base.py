@@ -21,7 +21,7 @@ from typing import Callable, ClassVar
 
 import sympy as sp
 from sympy.core.sympify import _sympify
-from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr, MatrixSymbol
 
 # generic indices and sizes used by every op's index-notation definition
 i, j, k, v = sp.symbols("i j k v", integer=True)
@@ -32,6 +32,8 @@ class MatrixOp(MatrixExpr):
     """Base class of the canonical ops; subclasses set ``shape`` and the three meanings."""
 
     numpy_functions: ClassVar[tuple[Callable, ...]] = ()
+    # the docstring's first line as LaTeX prose, its math in math mode ("" when it has no math)
+    summary_latex: ClassVar[str] = ""
 
     def __new__(cls, *args):
         return sp.Basic.__new__(cls, *map(_sympify, args))
@@ -153,3 +155,20 @@ def operator(printer, name: str, *args, sep: str = ", ") -> str:
     r"""``\operatorname{name}\left(a, b\right)``: the one spelling of an applied op in LaTeX."""
     inside = sep.join(printer._print(a) for a in args)
     return rf"\operatorname{{{name}}}\left({inside}\right)"
+
+
+def subscripted(printer, matrix, index) -> str:
+    r"""A matrix symbol with a subscript, ``Q^{(l)}_{h}``: the subscript sits under the superscript.
+
+    Only a symbol whose LaTeX has no subscript yet takes it directly; anything else is braced,
+    ``{W_{Q}}_{h}`` (which TeX sets after a gap, but never as a double subscript).
+    """
+    inner, sub = printer._print(matrix), printer._print(index)
+    depth, top_level = 0, []
+    for ch in inner:
+        depth += (ch == "{") - (ch == "}")
+        if depth == 0:
+            top_level.append(ch)
+    if isinstance(matrix, MatrixSymbol) and "_" not in top_level:
+        return rf"{inner}_{{{sub}}}"
+    return rf"{{{inner}}}_{{{sub}}}"

@@ -12,7 +12,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .attention import d_head, head, n_head, split_heads
-from .base import MatrixOp, i, j, n, ops
+from .base import MatrixOp, i, j, n, ops, subscripted
 
 n_kv_head = sp.Symbol("n_kv_head", integer=True, positive=True)
 group = sp.Function("g")  # the key/value head that query head h reads
@@ -24,6 +24,8 @@ def grouped_heads(x, n_kv_head, n_head):  # [n, n_kv_head * d_head] -> [n_head, 
 
 class GroupedHeads(MatrixOp):
     """Key/value head g(h) of query head h: the d_head columns of its group."""
+
+    summary_latex = r"Key/value head $g(h)$ of query head $h$: the $d_{\mathrm{head}}$ columns of its group."
 
     numpy_functions = (split_heads, grouped_heads)
 
@@ -40,7 +42,7 @@ class GroupedHeads(MatrixOp):
         return (self.arg.shape[0], self.arg.shape[1] / self.kv_heads)
 
     def _latex(self, printer):
-        return rf"{{{printer._print(self.arg)}}}_{{{printer._print(group(head))}}}"
+        return subscripted(printer, self.arg, group(head))
 
     def _numpycode(self, printer):
         return self._call(printer, "grouped_heads", *self.args)

@@ -12,6 +12,8 @@ from .base import MatrixOp, i, j, k, m, matmul, n, ops, p
 class Embed(MatrixOp):
     """Row lookup: row i of W[t] is row t_i of the table W (a one-hot vector times W)."""
 
+    summary_latex = r"Row lookup: row $i$ of $W[t]$ is row $t_i$ of the table $W$ (a one-hot vector times $W$)."
+
     @property
     def table(self):
         return self.args[0]
@@ -53,6 +55,8 @@ class Embed(MatrixOp):
 class FirstRows(MatrixOp):
     """The first n rows of a table: the position embeddings of positions 1 to n."""
 
+    summary_latex = r"The first $n$ rows of a table: the position embeddings of positions $1$ to $n$."
+
     @property
     def table(self):
         return self.args[0]
@@ -85,6 +89,8 @@ class FirstRows(MatrixOp):
 
 class Linear(MatrixOp):
     """Affine map X W + 1 b: the row vector b is added to every row (no b: X W)."""
+
+    summary_latex = r"Affine map $X W + \mathbf{1} b$: the row vector $b$ is added to every row (no $b$: $X W$)."
 
     @property
     def weight(self):

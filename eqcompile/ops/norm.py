@@ -25,6 +25,8 @@ def rms_norm(x, gamma, eps):  # [n, d] -> [n, d]
 class LayerNorm(MatrixOp):
     """LayerNorm: normalise each row (epsilon inside the root), then apply gain and shift."""
 
+    summary_latex = r"LayerNorm: normalise each row ($\varepsilon$ inside the root), then apply gain and shift."
+
     numpy_functions = (layer_norm,)
 
     def _latex(self, printer):
@@ -68,6 +70,8 @@ class LayerNorm(MatrixOp):
 
 class RMSNorm(MatrixOp):
     """RMSNorm: divide each row by its root mean square (epsilon inside), then apply the gain."""
+
+    summary_latex = r"RMSNorm: divide each row by its root mean square ($\varepsilon$ inside), then apply the gain."
 
     numpy_functions = (rms_norm,)
 

@@ -15,6 +15,8 @@ def mean_pool(x, mask):  # [n, d] with mask [1, n] -> [1, d]
 class MeanPool(MatrixOp):
     """Mean pooling: the average of the rows of X whose mask m_i is 1 (padding left out)."""
 
+    summary_latex = r"Mean pooling: the average of the rows of $X$ whose mask $m_i$ is $1$ (padding left out)."
+
     numpy_functions = (mean_pool,)
 
     @property

@@ -49,6 +49,8 @@ def rope(x, theta, positions):  # [n, heads * d_head]: each head's features j, j
 class RotaryFrequencies(MatrixOp):
     """RoPE frequencies: theta_k = base^(-2(k-1)/d_head), a row vector of d_head/2 entries."""
 
+    summary_latex = r"RoPE frequencies: $\theta_k = \theta_{\mathrm{base}}^{-2(k-1)/d_{\mathrm{head}}}$, a row vector of $d_{\mathrm{head}}/2$ entries."
+
     numpy_functions = (rope_frequencies,)
 
     @property
@@ -89,6 +91,8 @@ class RotaryFrequencies(MatrixOp):
 
 class Llama3Frequencies(MatrixOp):
     """Llama 3 RoPE scaling: low frequencies divided by s, high ones kept, a smooth blend between."""
+
+    summary_latex = r"Llama 3 RoPE scaling: low frequencies divided by $s$, high ones kept, a smooth blend between."
 
     numpy_functions = (llama3_frequencies,)
 
@@ -162,6 +166,9 @@ class RoPE(MatrixOp):
     It acts on all heads side by side (``[n, heads d_head]``), so keys are rotated once, before
     they are cached, and the positions p are an input: generation continues at p = (i, ...).
     """
+
+    summary_latex = (r"Rotary position embedding: in each head, features $j$ and $j + d_{\mathrm{head}}/2$ at "
+                     r"position $p_i$ turned by $p_i \theta_j$.")
 
     numpy_functions = (rope,)
 

@@ -24,6 +24,8 @@ def sliding_window_mask(s, window):  # [..., n, m]: query i (the last n of m) se
 class SlidingWindowMask(MatrixOp):
     """Sliding-window causal mask: position i sees positions j with i - w < j <= i."""
 
+    summary_latex = r"Sliding-window causal mask: position $i$ sees positions $j$ with $i - w < j \le i$."
+
     numpy_functions = (sliding_window_mask,)
 
     @property
