@@ -51,7 +51,7 @@ def test_the_block_is_said_once_and_its_statistics_layer_by_layer(three_layers):
 
 
 def test_unroll_keeps_every_layer(three_layers, tmp_path):
-    result = CliRunner().invoke(main, [three_layers.program.source, "--tex", str(tmp_path / "a.tex"), "--unroll"])
+    result = CliRunner().invoke(main, [str(three_layers.checkpoint.folder), "--tex", str(tmp_path / "a.tex"), "--unroll"])
     assert result.exit_code == 0, result.output
     source = (tmp_path / "a.tex").read_text()
     for layer in (1, 2, 3):
