@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..emit.latex import printer_for
 from ..emit.templates import render_template
-from ..emit.text import tex_code, tex_escape
+from ..emit.text import terminal_text, tex_code, tex_escape
 from . import ModelDiff, WeightDiff
 from .delta import IDENTICAL, matrix_shape, narrower
 from .structure import Slot, StageDiff
@@ -115,7 +115,7 @@ def text(diff: ModelDiff) -> str:
     if changed:
         lines += ["", "Changed weights, largest relative change first", *_table(changed)]
     lines += _unchanged_text(diff)
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(map(terminal_text, lines)).rstrip() + "\n"  # names from the files, escaped
 
 
 def _value(value) -> str:

@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .text import terminal_text
+
 
 @contextmanager
 def atomic_output(path: Path, mode: str = "w"):
@@ -91,4 +93,4 @@ def progress_bar(items, description: str):
     """A progress bar on a terminal, nothing when stderr is piped."""
     from tqdm import tqdm
 
-    return tqdm(items, desc=description, unit="tensor", disable=not sys.stderr.isatty(), leave=False)
+    return tqdm(items, desc=terminal_text(description), unit="tensor", disable=not sys.stderr.isatty(), leave=False)

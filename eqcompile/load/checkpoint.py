@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from ..errors import CheckpointError
+from .files import read_json, shown
 from .safetensors_file import TensorInfo, read_header
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 INDEX_NAME = "model.safetensors.index.json"
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # config.json files are a few KB; 1,000 class labels are 40 KB
 
 
 class StoredTensor(Protocol):
@@ -119,25 +120,32 @@ def _from_folder(source: str, folder: Path) -> Checkpoint:
 
 def _from_index(source: str, index_path: Path) -> Checkpoint:
     folder = index_path.parent.resolve()
-    try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"{index_path.name}: not a valid sharded index (no weight_map object)") from None
-    shards: list[Path] = []
+    weight_map = _weight_map(index_path)
+    shards: dict[Path, None] = {}  # ordered and deduplicated in one pass (a list check per shard is quadratic)
     for shard in weight_map.values():
         # judged by its name, not by resolving it: a hub cache's shards are symlinks into its blobs/
-        if Path(str(shard)).is_absolute() or ".." in Path(str(shard)).parts:
+        if Path(shard).is_absolute() or ".." in Path(shard).parts:
             raise CheckpointError(f"{index_path.name}: shard {shard!r} lies outside the model folder")
-        shard_path = folder / str(shard)
-        if shard_path not in shards:
-            shards.append(shard_path)
-    checkpoint = _from_files(source, shards, folder)
+        shards[folder / shard] = None
+    checkpoint = _from_files(source, list(shards), folder)
     missing = sorted(set(weight_map) - set(checkpoint.tensors))
     if missing:
         raise CheckpointError(f"{index_path.name}: tensor {missing[0]!r} is not in its shard")
     return checkpoint
+
+
+def _weight_map(index_path: Path) -> dict[str, str]:
+    """The index's tensor name -> shard file name, checked: a non-empty object of strings."""
+    index = read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path.name}: not a valid sharded index (no weight_map object "
+                              "naming at least one tensor)")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise CheckpointError(f"{index_path.name}: weight_map[{name!r}] must be a shard's file name, "
+                                  f"got {shown(shard)}")
+    return weight_map
 
 
 def _from_files(source: str, files: list[Path], folder: Path) -> Checkpoint:
@@ -161,10 +169,7 @@ def _read_config(folder: Path) -> dict | None:
     path = folder / "config.json"
     if not path.exists():
         return None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    config = read_json(path, MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object")
+        raise CheckpointError(f"{path.name}: must hold a JSON object")
     return config
