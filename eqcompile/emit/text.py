@@ -54,6 +54,7 @@ def tex_code(text: str) -> str:
 
 
 # C0 and C1 controls, DEL, line/paragraph separators, bidirectional overrides, lone surrogates
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _TERMINAL_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
@@ -68,4 +69,4 @@ def terminal_text(text: str) -> str:
 
 def _spelled(match: re.Match) -> str:
     code = ord(match[0])
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return _SHORT_ESCAPES.get(match[0]) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
