@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,16 +79,27 @@ def assert_refused(*args, mentions: str = "") -> str:
     return err
 
 
+# the CLI's own time, measured inside the child: starting Python is not the input's doing
+CHILD = ("import atexit, sys, time; from eqcompile.cli import main; start = time.perf_counter(); "
+         "atexit.register(lambda: print(time.perf_counter() - start, file=sys.__stdout__)); "
+         "main(sys.argv[1:], prog_name='eqcompile')")
+
+
 def run_bounded(*args) -> tuple[int, str, float, float]:
-    """``python -m eqcompile ARGS`` in a fresh process: exit code, stderr, seconds, peak memory in MB."""
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "eqcompile", *map(str, args)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
-    stderr = process.stderr.read().decode("utf-8", "replace")
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, stderr, time.perf_counter() - start, usage.ru_maxrss / 1024
+    """The CLI in a fresh process: exit code, stderr, seconds, peak memory in MB.
+
+    The child may use 4 GB of address space at most, so that a regression fails here instead of
+    taking the machine's memory.
+    """
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # noqa: E731
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], cwd=ROOT, stdout=out, stderr=err,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=limit)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        seconds = float(out.read().decode().split()[-1])
+        return process.returncode, err.read().decode("utf-8", "replace"), seconds, usage.ru_maxrss / 1024
 
 
 def assert_refused_within_bounds(*args, mentions: str = "") -> None:
@@ -145,6 +158,12 @@ def test_a_5000_digit_integer_in_the_config_is_refused(gpt2_folder):
 def test_a_lone_surrogate_in_the_config_is_refused(gpt2_folder):
     write_config(gpt2_folder, json.dumps({**GPT2, "architectures": ["GPT2\\ud800"]}).replace("\\\\", "\\"))
     assert_refused(gpt2_folder, "--latex", mentions="config.json: a string holds a lone surrogate")
+
+
+def test_a_dangling_config_link_is_an_error_not_a_missing_config(gpt2_folder):
+    (gpt2_folder / "config.json").unlink()
+    (gpt2_folder / "config.json").symlink_to(gpt2_folder / "gone.json")
+    assert_refused(gpt2_folder, "--latex", mentions="config.json: cannot read")
 
 
 def test_a_config_that_is_not_an_object_is_refused(gpt2_folder):
@@ -303,12 +322,16 @@ def test_diff_shows_tensor_names_escaped(tmp_path):
     before = make_model(tmp_path / "a", GPT2)
     after = tmp_path / "b"
     tensors = list(gpt2.expected_tensors(gpt2.config_from_dict(GPT2)))
-    write_sparse_checkpoint(after, [*tensors, (f"extra{OWNED}\nResult: identical", (1,))], GPT2)
-    code, out, err, _ = invoke("diff", before, after)
+    name = f"extra{OWNED}\x9b2J\nResult: identical"  # \x9b: the one-byte CSI
+    write_sparse_checkpoint(after, [*tensors, (name, (1,))], GPT2)
+    code, out, err, _ = invoke("diff", before, after)  # before: the name printed raw
     assert code == 1, err
-    assert "extra\\x1b]0;OWNED\\x07\\nResult: identical" in out
+    assert "extra\\x1b]0;OWNED\\x07\\x9b2J\\nResult: identical" in out
     assert not RAW_CONTROL.search(out), out
     assert not any(line.startswith("Result: identical") for line in out.splitlines()), out
+    code, out, err, _ = invoke("diff", "--json", before, after)
+    assert code == 1 and not RAW_CONTROL.search(out), out
+    assert json.loads(out)["structure"]["tensors"]["added"] == [name]
 
 
 # -------------------------------------------------------------------------------- (5) minor

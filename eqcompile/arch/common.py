@@ -71,11 +71,8 @@ class ConfigReader:
 
     def number(self, key: str, default: float | None, low: float = 0.0, high: float = 1.0) -> float:
         value = self.config.get(key, default)
-        try:
-            number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-        except OverflowError:  # an integer beyond float's range
-            number = math.nan
-        if not (math.isfinite(number) and low <= number < high):
+        number = _as_float(value)
+        if number is None or not (math.isfinite(number) and low <= number < high):  # NaN fails the range too
             raise self._wrong(key, f"a number in [{low}, {high})", value)
         return number
 
@@ -102,6 +99,16 @@ class ConfigReader:
 
     def _wrong(self, key: str, expected: str, value) -> ConfigError:
         return ConfigError(f"{self.family} config: {key} must be {expected}, got {shown(value)}")
+
+
+def _as_float(value) -> float | None:
+    """A JSON number as a float (an integer past float's range is infinite); None for any other kind."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def expect_layers(checkpoint: Checkpoint, key: str, count: int, first_tensor: str) -> None:

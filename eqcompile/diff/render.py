@@ -19,6 +19,8 @@ from .delta import IDENTICAL, matrix_shape, narrower
 from .structure import Slot, StageDiff
 
 TEXT_LIST_LIMIT = 10  # names shown per list in the text report (--json lists them all)
+# what json.dumps leaves raw that a terminal acts on (DEL, C1 controls, separators) or cannot encode
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 # ------------------------------------------------------------------------------------ shared
@@ -248,7 +250,8 @@ def json_text(diff: ModelDiff) -> str:
         "parameters": [_weight(w) for w in diff.parameters],
         "tensors": [_weight(w) for w in diff.tensors],
     }
-    return json.dumps(document, indent=1, ensure_ascii=False, default=str) + "\n"
+    text = json.dumps(document, indent=1, ensure_ascii=False, default=str)
+    return _JSON_UNSAFE.sub(lambda match: f"\\u{ord(match[0]):04x}", text) + "\n"
 
 
 def _change(change) -> dict:

@@ -167,7 +167,7 @@ def _from_files(source: str, files: list[Path], folder: Path) -> Checkpoint:
 
 def _read_config(folder: Path) -> dict | None:
     path = folder / "config.json"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a dangling link is an error, not "no config"
         return None
     config = read_json(path, MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
