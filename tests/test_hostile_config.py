@@ -286,11 +286,15 @@ def test_an_index_of_the_wrong_shape(tmp_path, text, mentions):
     assert_refused(index_folder(tmp_path / "m", text), "--latex", mentions=mentions)
 
 
-def test_an_index_linked_to_dev_zero(tmp_path):
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_an_index_that_is_a_special_file(tmp_path, special):
     folder = index_folder(tmp_path / "m", {})
     (folder / "model.safetensors.index.json").unlink()
-    (folder / "model.safetensors.index.json").symlink_to("/dev/zero")
-    assert_refused(folder, "--latex", mentions="not a regular file")
+    if special == "fifo":
+        os.mkfifo(folder / "model.safetensors.index.json")
+    else:
+        (folder / "model.safetensors.index.json").symlink_to(special)
+    assert_refused(folder, "--latex", mentions="model.safetensors.index.json: not a regular file")
 
 
 # ------------------------------------------------------------------- (4) terminal escapes

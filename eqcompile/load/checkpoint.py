@@ -121,13 +121,12 @@ def _from_folder(source: str, folder: Path) -> Checkpoint:
 def _from_index(source: str, index_path: Path) -> Checkpoint:
     folder = index_path.parent.resolve()
     weight_map = _weight_map(index_path)
-    shards: dict[Path, None] = {}  # ordered and deduplicated in one pass (a list check per shard is quadratic)
-    for shard in weight_map.values():
+    shards = dict.fromkeys(weight_map.values())  # each once, in order (a list check per shard is quadratic)
+    for shard in shards:
         # judged by its name, not by resolving it: a hub cache's shards are symlinks into its blobs/
-        if Path(shard).is_absolute() or ".." in Path(shard).parts:
-            raise CheckpointError(f"{index_path.name}: shard {shard!r} lies outside the model folder")
-        shards[folder / shard] = None
-    checkpoint = _from_files(source, list(shards), folder)
+        if shard.startswith("/") or ".." in shard.split("/"):
+            raise CheckpointError(f"{index_path.name}: shard {shown(shard)} lies outside the model folder")
+    checkpoint = _from_files(source, [folder / shard for shard in shards], folder)
     missing = sorted(set(weight_map) - set(checkpoint.tensors))
     if missing:
         raise CheckpointError(f"{index_path.name}: tensor {missing[0]!r} is not in its shard")
