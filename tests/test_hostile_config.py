@@ -85,16 +85,19 @@ CHILD = ("import atexit, sys, time; from eqcompile.cli import main; start = time
          "main(sys.argv[1:], prog_name='eqcompile')")
 
 
+def _four_gigabytes() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
 def run_bounded(*args) -> tuple[int, str, float, float]:
     """The CLI in a fresh process: exit code, stderr, seconds, peak memory in MB.
 
     The child may use 4 GB of address space at most, so that a regression fails here instead of
     taking the machine's memory.
     """
-    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # noqa: E731
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], cwd=ROOT, stdout=out, stderr=err,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=limit)
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=_four_gigabytes)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
