@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 from . import api
 from .arch.bert import POOLINGS
 from .emit.appendix import PACKAGES
 from .emit.latex import LEVELS
+from .terminal import terminal_text
 from .errors import EqcompileError, TeXError
 
 
@@ -24,12 +28,34 @@ class DefaultToCompile(click.Group):
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["compile", *args]
-        return super().parse_args(ctx, args)
+        with _usage_errors_in_one_line():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        with _usage_errors_in_one_line():  # a subcommand's options are parsed here
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _usage_errors_in_one_line():
+    """A wrong option or argument is an input error like any other: one line, exit 2 (click prints 4)."""
+    try:
+        yield
+    except NoArgsIsHelpError:  # bare ``eqcompile``: the help is the answer
+        raise
+    except click.UsageError as e:
+        where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        _fail(f"error: {e.format_message()}{where}", 2)
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"eqcompile: {' '.join(message.split())}", err=True)
+    click.echo(f"eqcompile: {terminal_text(' '.join(message.split()))}", err=True)
     sys.exit(code)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, its text (which may quote the checkpoint) escaped for the terminal."""
+    click.echo(f"eqcompile: warning: {terminal_text(' '.join(str(message).split()))}", err=True)
 
 
 def _interrupt(signum, frame):
@@ -44,7 +70,9 @@ def _guarded(work, not_the_input: int = 1):
     """
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return work()
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return work()
     except TeXError as e:  # the generated document or the TeX installation, not the input
         _fail(f"error: {e}", not_the_input)
     except EqcompileError as e:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from .terminal import terminal_text
+
 
 def progress_bar(items, description: str):
     """A progress bar on a terminal, nothing when stderr is piped."""
     from tqdm import tqdm
 
-    return tqdm(items, desc=description, unit="tensor", disable=not sys.stderr.isatty(), leave=False)
+    return tqdm(items, desc=terminal_text(description), unit="tensor", disable=not sys.stderr.isatty(), leave=False)

@@ -13,7 +13,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "eqcompile"
 
 LAYERS: list[dict[str, tuple[str, ...]]] = [  # lowest first; each group: module name prefixes
-    {"base": ("eqcompile.errors", "eqcompile.composition", "eqcompile.progress", "eqcompile.weight_statistics")},
+    {"base": ("eqcompile.errors", "eqcompile.composition", "eqcompile.terminal", "eqcompile.progress",
+              "eqcompile.weight_statistics")},
     {"load": ("eqcompile.load",)},  # file formats only
     {"ops and program": ("eqcompile.ops", "eqcompile.program")},
     # front ends: what a checkpoint holds -> the intermediate forms (Program, Tokenizer)

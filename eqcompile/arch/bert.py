@@ -22,8 +22,8 @@ from ..load import Checkpoint
 from ..ops import Embed, FirstRows, LayerNorm, Linear, MeanPool, PaddingMask, d_head, epsilon, n_head
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
-from .common import (ACTIVATIONS, DIM_LATEX, DIM_PYTHON, ConfigReader, d_ff, d_model, expect_shapes, guess_heads,
-                     load_reference, n_ctx, n_vocab, param, residual, self_attention, seq)
+from .common import (ACTIVATIONS, DIM_LATEX, DIM_PYTHON, ConfigReader, d_ff, d_model, expect_layers, expect_shapes,
+                     guess_heads, load_reference, n_ctx, n_vocab, param, residual, self_attention, seq)
 
 n_types = sp.Symbol("n_types", integer=True, positive=True)  # rows of the token-type table
 POOLINGS = ("none", "mean")
@@ -113,6 +113,8 @@ def lower(checkpoint: Checkpoint) -> Program:
     config, prefix, notes = read_config(checkpoint)
     d, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     embeddings = prefix + "embeddings."
+    expect_layers(checkpoint, "num_hidden_layers", config.num_hidden_layers,
+                  prefix + "encoder.layer.{layer}.attention.self.query.weight")
     expect_shapes(checkpoint, _expected_tensors(config, prefix))
 
     notes.append("Inputs: token ids t, token type (segment) ids s, and the attention mask m, 1 for a token "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import numpy as np
@@ -11,6 +12,7 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import CheckpointError, ConfigError
 from ..load import Checkpoint
+from ..load.files import shown
 from ..load.gguf import QUANTIZATION_MAPS
 from ..ops import (GELU, CausalMask, GELUTanh, GroupedHeads, Linear, MergeHeads, QuickGELU, ReLU, Sigmoid, SiLU,
                    Softmax, SplitHeads, Tanh, d_head, epsilon, n_head, n_kv_head, window)
@@ -48,7 +50,13 @@ DIM_PYTHON = {
 
 
 class ConfigReader:
-    """Typed, checked access to a config dict: every problem is a one-line ``ConfigError``."""
+    """Typed, checked access to a config dict: every problem is a one-line ``ConfigError``.
+
+    Each method is one kind of value (an integer in a range, a finite number in a range, a flag,
+    one of a set of names, a list of names per layer); the message names the key, what it expected
+    and, cut short, what it found. Values of any other JSON kind (a list, an object, a 40-digit
+    integer where a float is needed) fail here, never later inside sympy or transformers.
+    """
 
     def __init__(self, config: dict, family: str):
         self.config, self.family = config, family
@@ -58,27 +66,60 @@ class ConfigReader:
         if value is None:
             raise ConfigError(f"{self.family} config: missing {key!r}")
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{self.family} config: {key} must be an integer >= {minimum}, got {value!r}")
+            raise self._wrong(key, f"an integer >= {minimum}", value)
         return value
 
-    def number(self, key: str, default: float, low: float = 0.0, high: float = 1.0) -> float:
+    def number(self, key: str, default: float | None, low: float = 0.0, high: float = 1.0) -> float:
         value = self.config.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-            raise ConfigError(f"{self.family} config: {key} must be a number in [{low}, {high}), got {value!r}")
-        return float(value)
+        number = _as_float(value)
+        if number is None or not (math.isfinite(number) and low <= number < high):  # NaN fails the range too
+            raise self._wrong(key, f"a number in [{low}, {high})", value)
+        return number
 
     def flag(self, key: str, default: bool) -> bool:
         value = self.config.get(key, default)
         if not isinstance(value, bool):
-            raise ConfigError(f"{self.family} config: {key} must be true or false, got {value!r}")
+            raise self._wrong(key, "true or false", value)
         return value
 
-    def choice(self, key: str, default: str, allowed) -> str:
+    def choice(self, key: str, default: str | None, allowed) -> str:
         value = self.config.get(key, default)
-        if value not in allowed:
-            raise ConfigError(f"{self.family} config: unsupported {key} {value!r} "
+        if not isinstance(value, str) or value not in allowed:  # a list or object is not a name (nor hashable)
+            raise ConfigError(f"{self.family} config: unsupported {key} {shown(value)} "
                               f"(supported: {', '.join(sorted(allowed))})")
         return value
+
+    def names(self, key: str, allowed, count: int) -> list[str]:
+        """A list of exactly ``count`` names from ``allowed`` (one per layer, say)."""
+        value = self.config.get(key)
+        if (not isinstance(value, list) or len(value) != count
+                or not all(isinstance(item, str) and item in allowed for item in value)):
+            raise self._wrong(key, f"a list of {count} names from {', '.join(sorted(allowed))}", value)
+        return value
+
+    def _wrong(self, key: str, expected: str, value) -> ConfigError:
+        return ConfigError(f"{self.family} config: {key} must be {expected}, got {shown(value)}")
+
+
+def _as_float(value) -> float | None:
+    """A JSON number as a float (an integer past float's range is infinite); None for any other kind."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def expect_layers(checkpoint: Checkpoint, key: str, count: int, first_tensor: str) -> None:
+    """The config's layer count, checked against the tensors present before anything loops over it.
+
+    ``first_tensor`` names a tensor every layer has, with ``{layer}`` for its index: the last
+    layer's must exist (a config claiming 10^9 layers fails here at once).
+    """
+    last = first_tensor.format(layer=count - 1)
+    if last not in checkpoint.tensors:
+        raise CheckpointError(f"the config's {key} is {count:,}, but the checkpoint has no tensor {shown(last)}")
 
 
 def expect_shapes(checkpoint: Checkpoint, expected: Iterable[tuple[str, tuple[int, ...]]]) -> None:

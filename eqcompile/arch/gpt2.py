@@ -17,7 +17,7 @@ from ..load import Checkpoint
 from ..ops import Embed, LayerNorm, Linear, d_head, epsilon, n_head
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
-from .common import (ACTIVATIONS, DIM_LATEX, DIM_PYTHON, causal_self_attention, ConfigReader, d_ff, d_model, expect_shapes, guess_heads, layer, load_reference, logits_of, n_ctx, n_vocab, param, residual, seq, unembedding)
+from .common import (ACTIVATIONS, DIM_LATEX, DIM_PYTHON, causal_self_attention, ConfigReader, d_ff, d_model, expect_layers, expect_shapes, guess_heads, layer, load_reference, logits_of, n_ctx, n_vocab, param, residual, seq, unembedding)
 
 @dataclass(frozen=True)
 class GPT2Config:
@@ -98,6 +98,7 @@ def lower(checkpoint: Checkpoint) -> Program:
     config, prefix, notes = read_config(checkpoint)
     d, inner, vocab = config.n_embd, config.n_inner, config.vocab_size
     h = "{layer}"
+    expect_layers(checkpoint, "n_layer", config.n_layer, prefix + "h.{layer}.ln_1.weight")
     expect_shapes(checkpoint, expected_tensors(config, prefix))
 
     stages = [_embedding(prefix), _block(config, prefix + f"h.{h}."), _unembedding(config, prefix)]

@@ -20,17 +20,20 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import ConfigError
 from ..load import Checkpoint
+from ..load.files import shown
 from ..ops import (CausalMask, Embed, Linear, Llama3Frequencies, RMSNorm, RoPE, RotaryFrequencies, SiLU,
                    SlidingWindowMask, d_head, epsilon, n_head, n_kv_head, window)
 from ..ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
+from .common import (DIM_LATEX, DIM_PYTHON, ConfigReader, d_ff, d_model, expect_layers, expect_shapes,
+                     load_reference, logits_of, n_ctx, n_vocab, param, residual, self_attention, seq, storage_notes,
+                     unembedding)
 from .llama_gguf import from_gguf
-from .common import (DIM_LATEX, DIM_PYTHON, ConfigReader, d_ff, d_model, expect_shapes, load_reference, logits_of,
-                     n_ctx, n_vocab, param, residual, self_attention, seq, storage_notes, unembedding)
 
 ROPE_TYPES = ("default", "linear", "llama3")  # position-static RoPE types transformers has for Llama
 ACTIVATIONS = {"silu": SiLU, "swish": SiLU}  # transformers' ACT2FN names for the SwiGLU gate
+LAYER_TYPES = ("full_attention", "sliding_attention")  # Qwen2's layer_types entries
 
 
 @dataclass(frozen=True)
@@ -115,14 +118,14 @@ def _read_rope(raw: dict, model_type: str, context: int) -> RopeConfig:
     """``rope_scaling`` (older configs) or ``rope_parameters`` (transformers 5), as transformers reads them."""
     params = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
     if not isinstance(params, dict):
-        raise ConfigError(f"{model_type} config: rope_parameters must be an object, got {params!r}")
+        raise ConfigError(f"{model_type} config: rope_parameters must be an object, got {shown(params)}")
     params = {**params, "rope_type": params.get("rope_type", params.get("type", "default")),
               "rope_theta": params.get("rope_theta", raw.get("rope_theta", 10000.0))}
     cfg = ConfigReader(params, f"{model_type} rope")
     rope_type = cfg.choice("rope_type", "default", ROPE_TYPES)
     partial = params.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
-        raise ConfigError(f"{model_type} config: partial_rotary_factor={partial!r} is not supported (only 1.0)")
+        raise ConfigError(f"{model_type} config: partial_rotary_factor={shown(partial)} is not supported (only 1.0)")
     theta = cfg.number("rope_theta", 10000.0, low=1.0, high=math.inf)
     if rope_type == "default":
         return RopeConfig("default", theta)
@@ -138,21 +141,29 @@ def _read_rope(raw: dict, model_type: str, context: int) -> RopeConfig:
 
 
 def _sliding_window(raw: dict, cfg: ConfigReader, model_type: str, layers: int, context: int) -> int | None:
-    """The window every layer uses, or None; a window as long as the context changes nothing."""
+    """The window every layer uses, or None; a window as long as the context changes nothing.
+
+    Reasoned about per kind of layer, never with a list per layer: the layer count is not yet
+    checked against the tensors, and a config may claim 10^9 layers.
+    """
+    types = None
+    if model_type == "qwen2" and raw.get("layer_types") is not None:  # checked even when no layer slides
+        types = cfg.names("layer_types", LAYER_TYPES, layers)
     if model_type == "mistral":
-        size = 4096 if "sliding_window" not in raw else raw["sliding_window"]  # MistralConfig's default
-        sliding = [size is not None] * layers
+        size = raw.get("sliding_window", 4096)  # MistralConfig's default
+        some = every = True
     elif model_type == "qwen2" and cfg.flag("use_sliding_window", False):
         size = raw.get("sliding_window", 4096)
-        first = cfg.integer("max_window_layers", 28, minimum=0)
-        types = raw.get("layer_types") or ["sliding_attention" if i >= first else "full_attention"
-                                           for i in range(layers)]
-        sliding = [kind == "sliding_attention" for kind in types]
+        first = cfg.integer("max_window_layers", 28, minimum=0)  # layers from this one on slide
+        if types is not None:
+            some, every = "sliding_attention" in types, all(kind == "sliding_attention" for kind in types)
+        else:
+            some, every = first < layers, first == 0
     else:
         return None
-    if size is None or not any(sliding):
+    if size is None or not some:
         return None
-    if not all(sliding):
+    if not every:
         raise ConfigError(f"{model_type} config: a sliding window on only some layers is not supported")
     size = ConfigReader({"sliding_window": size}, model_type).integer("sliding_window")
     return size if size < context else None
@@ -188,6 +199,8 @@ def expected_tensors(config: LlamaConfig):
 
 def lower(checkpoint: Checkpoint) -> Program:
     config = read_config(checkpoint)
+    expect_layers(checkpoint, "num_hidden_layers", config.num_hidden_layers,
+                  "model.layers.{layer}.input_layernorm.weight")
     expect_shapes(checkpoint, expected_tensors(config))
     stages = [_embedding(), _block(config), _unembedding(config)]
     rope = config.rope

@@ -15,11 +15,14 @@ from ..emit.latex import printer_for
 from ..emit.numbers import latex_number
 from ..emit.templates import render_template
 from ..emit.text import tex_code, tex_escape
+from ..terminal import terminal_text
 from . import ModelDiff, WeightDiff
 from .delta import IDENTICAL, matrix_shape, narrower
 from .structure import Slot, StageDiff
 
 TEXT_LIST_LIMIT = 10  # names shown per list in the text report (--json lists them all)
+# what json.dumps leaves raw that a terminal acts on (DEL, C1 controls, separators) or cannot encode
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 # ------------------------------------------------------------------------------------ shared
@@ -116,7 +119,7 @@ def text(diff: ModelDiff) -> str:
     if changed:
         lines += ["", "Changed weights, largest relative change first", *_table(changed)]
     lines += _unchanged_text(diff)
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(map(terminal_text, lines)).rstrip() + "\n"  # names from the files, escaped
 
 
 def _value(value) -> str:
@@ -249,7 +252,8 @@ def json_text(diff: ModelDiff) -> str:
         "parameters": [_weight(w) for w in diff.parameters],
         "tensors": [_weight(w) for w in diff.tensors],
     }
-    return json.dumps(document, indent=1, ensure_ascii=False, default=str) + "\n"
+    text = json.dumps(document, indent=1, ensure_ascii=False, default=str)
+    return _JSON_UNSAFE.sub(lambda match: f"\\u{ord(match[0]):04x}", text) + "\n"
 
 
 def _change(change) -> dict:

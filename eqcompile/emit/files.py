@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 
+
 @contextmanager
 def atomic_output(path: Path, mode: str = "w"):
     """Open a temp file beside ``path``; rename it over ``path`` only if the block succeeds."""

@@ -1,6 +1,7 @@
-"""Escaping of untrusted strings (tensor names, config values, paths) for TeX."""
+"""Escaping of untrusted strings (tensor names, config values, paths) for TeX and for a terminal."""
 
 from __future__ import annotations
+
 
 _TEX_SPECIALS = {
     "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
@@ -49,3 +50,6 @@ def tex_code(text: str) -> str:
         run = 0 if ch in _CODE_SEPARATORS else run + 1
         previous = ch
     return r"\texttt{" + "".join(out) + "}"
+
+
+# C0 and C1 controls, DEL, line/paragraph separators, bidirectional overrides, lone surrogates

@@ -6,7 +6,6 @@ bytes) to its reader. What a GGUF file's names and metadata mean is its family's
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Callable
@@ -15,11 +14,13 @@ from ..errors import CheckpointError
 from .base import Checkpoint
 from .gguf import MAGIC as GGUF_MAGIC
 from .gguf import read_gguf
+from .files import read_json, shown
 from .safetensors_file import TensorInfo, read_header
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 INDEX_NAME = "model.safetensors.index.json"
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # config.json files are a few KB; 1,000 class labels are 40 KB
 
 
 def load_checkpoint(source: str | Path) -> Checkpoint:
@@ -97,25 +98,31 @@ def _from_folder(source: str, folder: Path) -> Checkpoint:
 
 def _from_index(source: str, index_path: Path) -> Checkpoint:
     folder = index_path.parent.resolve()
-    try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"{index_path.name}: not a valid sharded index (no weight_map object)") from None
-    shards: list[Path] = []
-    for shard in weight_map.values():
+    weight_map = _weight_map(index_path)
+    shards = dict.fromkeys(weight_map.values())  # each once, in order (a list check per shard is quadratic)
+    for shard in shards:
         # judged by its name, not by resolving it: a hub cache's shards are symlinks into its blobs/
-        if Path(str(shard)).is_absolute() or ".." in Path(str(shard)).parts:
-            raise CheckpointError(f"{index_path.name}: shard {shard!r} lies outside the model folder")
-        shard_path = folder / str(shard)
-        if shard_path not in shards:
-            shards.append(shard_path)
-    checkpoint = _from_files(source, shards, folder)
+        if shard.startswith("/") or ".." in shard.split("/"):
+            raise CheckpointError(f"{index_path.name}: shard {shown(shard)} lies outside the model folder")
+    checkpoint = _from_files(source, [folder / shard for shard in shards], folder)
     missing = sorted(set(weight_map) - set(checkpoint.tensors))
     if missing:
         raise CheckpointError(f"{index_path.name}: tensor {missing[0]!r} is not in its shard")
     return checkpoint
+
+
+def _weight_map(index_path: Path) -> dict[str, str]:
+    """The index's tensor name -> shard file name, checked: a non-empty object of strings."""
+    index = read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path.name}: not a valid sharded index (no weight_map object "
+                              "naming at least one tensor)")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise CheckpointError(f"{index_path.name}: weight_map[{name!r}] must be a shard's file name, "
+                                  f"got {shown(shard)}")
+    return weight_map
 
 
 def _from_files(source: str, files: list[Path], folder: Path) -> Checkpoint:
@@ -137,12 +144,9 @@ def _from_files(source: str, files: list[Path], folder: Path) -> Checkpoint:
 
 def _read_config(folder: Path) -> dict | None:
     path = folder / "config.json"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a dangling link is an error, not "no config"
         return None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    config = read_json(path, MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object")
+        raise CheckpointError(f"{path.name}: must hold a JSON object")
     return config

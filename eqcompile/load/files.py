@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import reprlib
 import stat
 from pathlib import Path
 
@@ -23,6 +24,8 @@ MAX_INT_DIGITS = 40  # beyond 2**128: no size, id or count in a checkpoint is th
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
 
 
 def read_bytes(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
@@ -69,6 +72,11 @@ def parse_json(text: str, what: str):
 def read_json(path: Path, limit: int = MAX_JSON_BYTES):
     """A bounded, checked JSON file (see the module docstring)."""
     return parse_json(read_text(path, limit), path.name)
+
+
+def shown(value) -> str:
+    """``repr(value)`` cut short: an error quotes what it found, not a megabyte of it."""
+    return _SHOWN.repr(value)
 
 
 def _bounded_int(digits: str) -> int:

@@ -24,6 +24,7 @@ DTYPES: dict[str, tuple[str, int]] = {
     "U8": ("u1", 1), "BOOL": ("?", 1),
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
+_LINKED = "; it is a symbolic link, and the file it points to is not a checkpoint"
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,12 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             if len(head) < 8:
                 raise CheckpointError(f"{path.name}: not a safetensors file (shorter than 8 bytes)")
             (header_len,) = struct.unpack("<Q", head)
-            if header_len == 0 or header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-                raise CheckpointError(
-                    f"{path.name}: not a safetensors file (header length {header_len} "
-                    f"does not fit a {size}-byte file)")
+            if header_len == 0 or header_len > MAX_HEADER_BYTES:  # not a length: never quote the bytes
+                raise CheckpointError(f"{path.name}: not a safetensors file (it does not begin with a header "
+                                      f"length){_LINKED if path.is_symlink() else ''}")
+            if 8 + header_len > size:
+                raise CheckpointError(f"{path.name}: not a safetensors file, or truncated (its header length, "
+                                      f"{header_len:,} bytes, runs past the end of the {size:,}-byte file)")
             raw = f.read(header_len)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
