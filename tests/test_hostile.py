@@ -120,7 +120,7 @@ def test_hostile_path_is_text_in_latex_and_a_literal_in_python(tmp_path):
     namespace: dict = {}
     exec(compile(ast.Module([n for n in tree.body if isinstance(n, ast.Assign)
                              and getattr(n.targets[0], "id", "") == "SOURCE"], []), "m", "exec"), namespace)
-    assert namespace["SOURCE"] == str(folder)
+    assert namespace["SOURCE"] == folder.name  # the folder's own name, not where it sits
     if not pdflatex_available():
         pytest.skip("pdflatex is not installed (CI installs it)")
     tex = tmp_path / "doc" / "doc.tex"

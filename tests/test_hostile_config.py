@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from eqcompile.arch import bert, gpt2, llama
 from eqcompile.cli import main
 from eqcompile.errors import ConfigError
-from eqcompile.load.sparse import header_only, write_sparse_checkpoint
+from eqcompile.arch import header_only
+from eqcompile.load.sparse import write_sparse_checkpoint
 
 from conftest import ROOT
 
