@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,7 +20,6 @@ from .emit.pdf import build_pdf
 from .emit.python import write_module
 from .errors import EqcompileError, TooLarge
 from .load import Checkpoint, load_checkpoint
-from .load.safetensors_file import DTYPES
 from .program import Program
 from .stats import Stats, stats
 from .tokenizer import Tokenizer, checkpoint_tokenizer, tokenizer_latex
@@ -65,13 +65,19 @@ class CompiledModel:
         """Size of the equation, counted analytically (no expansion is built)."""
         return stats(self.program, self.weight_bytes(), seq)
 
-    def weight_bytes(self) -> int:
-        """Bytes per stored weight: the checkpoint's dominant dtype."""
-        sizes: dict[int, int] = {}
+    def weight_bytes(self) -> float:
+        """Bytes per stored weight in the checkpoint's dominant storage format.
+
+        Measured from the file (bytes over elements), so quantized GGUF formats count too: Q8_0
+        stores 34 bytes per 32 weights, Q4_1 20 bytes per 32.
+        """
+        stored: dict[str, list[int]] = {}  # storage format -> [bytes, elements]
         for info in self.checkpoint.tensors.values():
-            size = DTYPES[info.dtype][1]
-            sizes[size] = sizes.get(size, 0) + info.nbytes // size
-        return max(sizes, key=sizes.get)
+            totals = stored.setdefault(info.dtype, [0, 0])
+            totals[0] += info.nbytes
+            totals[1] += math.prod(info.shape)
+        nbytes, elements = max(stored.values(), key=lambda totals: totals[1])
+        return nbytes / elements
 
     def expand(self, seq: int | None = None, force: bool = False) -> Expansion:
         """The literal expansion (numeric); refused beyond EXPANSION_LIMIT operations unless forced."""

@@ -110,7 +110,7 @@ class Stats:
     pages: float
 
 
-def stats(program: Program, dtype_bytes: int, seq: int | None = None) -> Stats:
+def stats(program: Program, dtype_bytes: float, seq: int | None = None) -> Stats:
     """Counts for a sequence of ``seq`` tokens (default: the full context)."""
     seq = seq or program.max_seq
     lookups = _row_lookups(program)
@@ -124,4 +124,4 @@ def stats(program: Program, dtype_bytes: int, seq: int | None = None) -> Stats:
     previous = sum(operation_counts(program, seq - 1).values()) if seq > 1 else 0
     chars = total * CHARS_PER_OPERATION
     return Stats(parameters, seq, dict(sorted(counts.items())), total, total - previous,
-                 weight_bytes, chars, chars / CHARS_PER_PAGE)
+                 round(weight_bytes), chars, chars / CHARS_PER_PAGE)

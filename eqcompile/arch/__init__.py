@@ -7,9 +7,10 @@ safetensors file, from its tensor names, and returns the family's :class:`~eqcom
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -23,18 +24,67 @@ def random_tokens(program: Program, rng: np.random.Generator, length: int) -> np
     return rng.integers(0, program.vocab, size=length)
 
 
+class Recognises(Protocol):
+    """Whether a checkpoint with no config.json is this family's, from its tensor names."""
+
+    def __call__(self, checkpoint: Checkpoint) -> bool: ...
+
+
+class Lower(Protocol):
+    """The checkpoint's equations (reads names and shapes, never weight data)."""
+
+    def __call__(self, checkpoint: Checkpoint) -> Program: ...
+
+
+class Reference(Protocol):
+    """The ground truth verify compares with: the reference library's forward in ``dtype``."""
+
+    def __call__(self, checkpoint: Checkpoint, dtype: str = "float32") -> Callable[..., np.ndarray]: ...
+
+
+class SampleInput(Protocol):
+    """verify's random input of forward() for a given length (tokens: the sequence length)."""
+
+    def __call__(self, program: Program, rng: np.random.Generator, length: int) -> np.ndarray: ...
+
+
+class ExpectedTensors(Protocol):
+    """(name, shape) of every tensor a config.json implies: header-only checkpoints (load/sparse.py)."""
+
+    def __call__(self, config: dict) -> Iterable[tuple[str, tuple[int, ...]]]: ...
+
+
 @dataclass(frozen=True)
 class Family:
+    """What every family module provides, as ``FAMILY``. Each function must take exactly the
+    parameters its protocol states (names, order and defaults): callers such as ``verify --exact``
+    rely on them, and a family that drifts is refused when it is defined, not when a user hits it.
+    """
+
     name: str
     model_types: tuple[str, ...]  # config.json "model_type" values this family lowers
-    recognises: Callable[[Checkpoint], bool]  # by tensor names, for files without config.json
-    lower: Callable[[Checkpoint], Program]
-    reference: Callable[..., Callable[[np.ndarray], np.ndarray]]  # (checkpoint, dtype=) -> torch forward
-    # verify's random input of forward() for a given length (tokens: the sequence length)
-    sample_input: Callable[[Program, np.random.Generator, int], np.ndarray] = random_tokens
+    recognises: Recognises
+    lower: Lower
+    reference: Reference
+    sample_input: SampleInput = random_tokens
     settings: tuple[str, ...] = ()  # config keys the command line may set (e.g. "activation")
-    # (name, shape) of every tensor a config.json implies: header-only checkpoints (load/sparse.py)
-    tensors: Callable[[dict], Iterable[tuple[str, tuple[int, ...]]]] | None = None
+    tensors: ExpectedTensors | None = None
+
+    def __post_init__(self):
+        for field, protocol in PROTOCOLS.items():
+            function = getattr(self, field)
+            if function is not None and _parameters(function) != _parameters(protocol.__call__)[1:]:
+                raise TypeError(f"family {self.name!r}: {field} takes {_parameters(function)}, the "
+                                f"{protocol.__name__} protocol states {_parameters(protocol.__call__)[1:]}")
+
+
+PROTOCOLS = {"recognises": Recognises, "lower": Lower, "reference": Reference, "sample_input": SampleInput,
+             "tensors": ExpectedTensors}
+
+
+def _parameters(function) -> list[tuple[str, object]]:
+    """(name, default) of each parameter: what a caller may rely on."""
+    return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
 
 
 def families() -> list[Family]:

@@ -22,12 +22,11 @@ from ..load import Checkpoint
 from ..ops import Embed, FirstRows, LayerNorm, Linear, MeanPool, PaddingMask, d_head, epsilon, n_head
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
-from .common import (ACTIVATIONS, DIM_LATEX, DIM_PYTHON, ConfigReader, d_ff, d_model, expect_shapes, n_ctx,
-                     n_vocab, param, residual, self_attention, seq)
+from .common import (ACTIVATIONS, DIM_LATEX, DIM_PYTHON, ConfigReader, d_ff, d_model, expect_shapes, guess_heads,
+                     load_reference, n_ctx, n_vocab, param, residual, self_attention, seq)
 
 n_types = sp.Symbol("n_types", integer=True, positive=True)  # rows of the token-type table
 POOLINGS = ("none", "mean")
-HEAD_DIM_GUESS = 64  # BERT-base's head width, assumed when no config.json gives the head count
 # the extra inputs of the stages; templates/forward_encoder.py.j2 defines variables of these names
 TOKEN_TYPES = MatrixSymbol("token_type_ids", seq, 1)
 ATTENTION_MASK = MatrixSymbol("attention_mask", 1, seq)
@@ -88,7 +87,7 @@ def _infer_config(checkpoint: Checkpoint, prefix: str) -> tuple[dict, list[str]]
     layers = 0
     while f"{prefix}encoder.layer.{layers}.output.dense.weight" in checkpoint.tensors:
         layers += 1
-    heads = width // HEAD_DIM_GUESS if width % HEAD_DIM_GUESS == 0 else 1
+    heads = guess_heads(width)
     intermediate = f"{prefix}encoder.layer.0.intermediate.dense.weight"
     config = {  # a tensor missing here is reported by the shape check of lower()
         "vocab_size": vocab, "hidden_size": width, "num_hidden_layers": layers, "num_attention_heads": heads,
@@ -235,14 +234,10 @@ def reference(checkpoint: Checkpoint, dtype: str = "float32"):
     transformers.logging.set_verbosity_error()
     config, prefix, _ = read_config(checkpoint)
     hf_config = HFConfig(**(checkpoint.config if "model_type" in (checkpoint.config or {}) else asdict(config)))
-    model = BertModel(hf_config, add_pooling_layer=False).eval()
     skipped = ("pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
-    state = {name[len(prefix):]: torch.from_numpy(np.array(checkpoint.tensor(name))) for name in checkpoint.tensors
+    names = {name[len(prefix):]: name for name in checkpoint.tensors
              if name.startswith(prefix) and not name[len(prefix):].startswith(skipped)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"reference model did not take the checkpoint (missing {missing}, unexpected {unexpected})")
-    model.to(getattr(torch, dtype))
+    model = load_reference(BertModel(hf_config, add_pooling_layer=False), checkpoint, names, dtype)
 
     def forward(tokens: np.ndarray, attention_mask=None, token_type_ids=None) -> np.ndarray:
         inputs = {name: torch.as_tensor(np.asarray(value), dtype=torch.long)[None] for name, value in

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
+
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import CheckpointError, ConfigError
 from ..load import Checkpoint
 from ..load.gguf import QUANTIZATION_MAPS
-from ..ops import (GELU, CausalMask, GELUTanh, MergeHeads, QuickGELU, ReLU, Sigmoid, SiLU, Softmax, SplitHeads,
-                   Tanh, d_head, epsilon, n_head, n_kv_head, window)
+from ..ops import (GELU, CausalMask, GELUTanh, GroupedHeads, Linear, MergeHeads, QuickGELU, ReLU, Sigmoid, SiLU,
+                   Softmax, SplitHeads, Tanh, d_head, epsilon, n_head, n_kv_head, window)
 from ..ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 from ..program import Equation, Param, Stage, TensorRef
 
@@ -21,6 +23,7 @@ d_ff = sp.Symbol("d_ff", integer=True, positive=True)
 n_vocab = sp.Symbol("n_vocab", integer=True, positive=True)
 n_ctx = sp.Symbol("n_ctx", integer=True, positive=True)
 layer = sp.Symbol("l", integer=True, positive=True)  # 1-based layer index
+HEAD_DIM_GUESS = 64  # GPT-2's and BERT-base's head width, assumed when no config.json gives the head count
 
 # transformers' ACT2FN names, and the op each one is
 ACTIVATIONS = {
@@ -108,15 +111,69 @@ def causal_self_attention(q, k, v, scale) -> list[Equation]:
     return self_attention(q, k, v, scale, CausalMask)
 
 
-def self_attention(q, k, v, scale, mask) -> list[Equation]:
+def self_attention(q, k, v, scale, mask, kv_heads=None, width=d_model) -> list[Equation]:
     """Multi-head attention, stated for one generic head h; ``mask`` maps scores to masked scores.
 
-    ``A_h = softmax(mask(scale · Q_h K_hᵀ))`` and ``Z = concat_h(A_h V_h)``.
+    ``A_h = softmax(mask(scale · Q_h K_hᵀ))`` and ``Z = concat_h(A_h V_h)``. With ``kv_heads``
+    (grouped-query attention) each key/value head serves n_head / n_kv consecutive query heads;
+    ``width`` is Z's (n_head · d_head, which is d unless the config sets head_dim).
     """
-    q_h, k_h, v_h = (SplitHeads(x, n_head) for x in (q, k, v))
+    q_h = SplitHeads(q, n_head)
+    k_h, v_h = ((GroupedHeads(x, kv_heads, n_head) if kv_heads is not None else SplitHeads(x, n_head))
+                for x in (k, v))
     a = MatrixSymbol("a", seq, seq)
-    z = MatrixSymbol("z", seq, d_model)
+    z = MatrixSymbol("z", seq, width)
     return [Equation(a, Softmax(mask(scale * q_h * k_h.T))), Equation(z, MergeHeads(a * v_h, n_head))]
+
+
+def unembedding(norm, norm_params: list[Param], embedding: str, tied: bool) -> Stage:
+    """The final norm and the logits ``Z = H W_U``; a tied model's W_U is W_Eᵀ, read from ``embedding``.
+
+    ``norm`` maps the residual stream to the normed one (LayerNorm or RMSNorm with its gains).
+    """
+    if tied:  # the same tensor as the embedding: W_U = W_Eᵀ
+        W_E = param("embedding", "W_E", n_vocab, d_model, "W_E", TensorRef(embedding))
+        unembed, params = W_E.symbol.T, [*norm_params, W_E]
+    else:
+        W_U = param("unembedding", "W_U", d_model, n_vocab, "W_U", TensorRef("lm_head.weight", transpose=True))
+        unembed, params = W_U.symbol, [*norm_params, W_U]
+    x, h = MatrixSymbol("x", seq, d_model), MatrixSymbol("h", seq, d_model)
+    logits = MatrixSymbol("logits", seq, n_vocab)
+    return Stage("unembedding", "Unembedding", "U", x, [Equation(h, norm(x)), Equation(logits, Linear(h, unembed))],
+                 params, {"x": "X^{(L)}", "h": "H^{(L)}", "logits": "Z"})
+
+
+def guess_heads(width: int) -> int:
+    """The head count of a file with no config: heads of width 64 (GPT-2's and BERT-base's), else one."""
+    return width // HEAD_DIM_GUESS if width % HEAD_DIM_GUESS == 0 else 1
+
+
+def load_reference(model, checkpoint: Checkpoint, state_names: dict[str, str], dtype: str, tied: bool = False):
+    """``model`` (a torch module) holding the checkpoint's tensors, in ``dtype``, in eval mode.
+
+    ``state_names`` maps the model's state-dict names to the checkpoint's tensor names. Any tensor
+    the model expects and does not get (except a tied ``lm_head.weight``), or gets and does not
+    expect, is a ConfigError: the reference must compute exactly the checkpoint's model.
+    """
+    import torch
+
+    state = {name: torch.from_numpy(np.array(checkpoint.tensor(stored))) for name, stored in state_names.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m != "lm_head.weight" or not tied]
+    if missing or unexpected:
+        raise ConfigError(f"reference model did not take the checkpoint (missing {missing}, unexpected {unexpected})")
+    return model.to(getattr(torch, dtype)).eval()
+
+
+def logits_of(model):
+    """A causal LM's forward as verify calls it: token ids ``[n]`` -> float32 logits ``[n, n_vocab]``."""
+    import torch
+
+    def forward(tokens: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.as_tensor(tokens, dtype=torch.long)[None]).logits[0].float().numpy()
+
+    return forward
 
 
 def storage_notes(checkpoint: Checkpoint, stages: list[Stage]) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
@@ -18,10 +17,7 @@ from ..load import Checkpoint
 from ..ops import Embed, LayerNorm, Linear, d_head, epsilon, n_head
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
-from .common import (ACTIVATIONS, DIM_LATEX, DIM_PYTHON, ConfigReader, causal_self_attention, d_ff, d_model,
-                     expect_shapes, layer, n_ctx, n_vocab, param, residual, seq)
-HEAD_DIM_GUESS = 64  # GPT-2's own head width, assumed when no config.json gives n_head
-
+from .common import (ACTIVATIONS, DIM_LATEX, DIM_PYTHON, causal_self_attention, ConfigReader, d_ff, d_model, expect_shapes, guess_heads, layer, load_reference, logits_of, n_ctx, n_vocab, param, residual, seq, unembedding)
 
 @dataclass(frozen=True)
 class GPT2Config:
@@ -80,7 +76,7 @@ def _infer_config(checkpoint: Checkpoint, prefix: str) -> tuple[dict, list[str]]
     layers = 0
     while f"{prefix}h.{layers}.ln_1.weight" in checkpoint.tensors:
         layers += 1
-    heads = width // HEAD_DIM_GUESS if width % HEAD_DIM_GUESS == 0 else 1
+    heads = guess_heads(width)
     config = {
         "vocab_size": vocab, "n_positions": checkpoint.shape(prefix + "wpe.weight")[0],
         "n_embd": width, "n_layer": layers, "n_head": heads,
@@ -199,22 +195,12 @@ def _block(config: GPT2Config, block: str) -> Stage:
 def _unembedding(config: GPT2Config, prefix: str) -> Stage:
     gamma_f = param("unembedding", "gamma_f", 1, d_model, r"\gamma_f", TensorRef(prefix + "ln_f.weight"))
     beta_f = param("unembedding", "beta_f", 1, d_model, r"\beta_f", TensorRef(prefix + "ln_f.bias"))
-    if config.tie_word_embeddings:  # the same tensor as the embedding: W_U = W_Eᵀ
-        W_E = param("embedding", "W_E", n_vocab, d_model, "W_E", TensorRef(prefix + "wte.weight"))
-        unembed, params = W_E.symbol.T, [gamma_f, beta_f, W_E]
-    else:
-        W_U = param("unembedding", "W_U", d_model, n_vocab, "W_U", TensorRef("lm_head.weight", transpose=True))
-        unembed, params = W_U.symbol, [gamma_f, beta_f, W_U]
-    x, h, logits = MatrixSymbol("x", seq, d_model), MatrixSymbol("h", seq, d_model), MatrixSymbol("logits", seq, n_vocab)
-    return Stage("unembedding", "Unembedding", "U", x,
-                 [Equation(h, LayerNorm(x, gamma_f.symbol, beta_f.symbol, epsilon)),
-                  Equation(logits, Linear(h, unembed))],
-                 params, {"x": "X^{(L)}", "h": "H^{(L)}", "logits": "Z"})
+    return unembedding(lambda x: LayerNorm(x, gamma_f.symbol, beta_f.symbol, epsilon), [gamma_f, beta_f],
+                       prefix + "wte.weight", config.tie_word_embeddings)
 
 
 def reference(checkpoint: Checkpoint, dtype: str = "float32"):
     """transformers' GPT2LMHeadModel on the checkpoint's tensors, computing in ``dtype``."""
-    import torch
     import transformers
     from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
 
@@ -222,25 +208,13 @@ def reference(checkpoint: Checkpoint, dtype: str = "float32"):
     config, prefix, _ = read_config(checkpoint)
     hf_config = HFConfig(**checkpoint.config) if checkpoint.config else HFConfig(
         **asdict(config), bos_token_id=None, eos_token_id=None)
-    model = GPT2LMHeadModel(hf_config).eval()
-    state = {("" if name.startswith("lm_head") else "transformer.") + name[len(prefix):]:
-             torch.from_numpy(np.array(checkpoint.tensor(name))) for name in checkpoint.tensors
+    names = {"transformer." + name[len(prefix):]: name for name in checkpoint.tensors
              if name.startswith(prefix) and not name.startswith("lm_head")
              and not name.endswith((".attn.bias", ".attn.masked_bias"))}
     if "lm_head.weight" in checkpoint.tensors and not config.tie_word_embeddings:
-        state["lm_head.weight"] = torch.from_numpy(np.array(checkpoint.tensor("lm_head.weight")))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if m != "lm_head.weight" or not config.tie_word_embeddings]
-    if missing or unexpected:
-        raise ConfigError(f"reference model did not take the checkpoint (missing {missing}, unexpected {unexpected})")
-    model.to(getattr(torch, dtype))
-
-    def forward(tokens: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.as_tensor(tokens, dtype=torch.long)[None]).logits[0].float().numpy()
-
-    return forward
+        names["lm_head.weight"] = "lm_head.weight"
+    return logits_of(load_reference(GPT2LMHeadModel(hf_config), checkpoint, names, dtype, config.tie_word_embeddings))
 
 
 FAMILY = Family("gpt2", ("gpt2",), recognises, lower, reference,
-                tensors=lambda raw: expected_tensors(config_from_dict(raw)))
+                tensors=lambda config: expected_tensors(config_from_dict(config)))

@@ -14,21 +14,19 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import sympy as sp
 from sympy import HadamardProduct
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import ConfigError
 from ..load import Checkpoint
-from ..ops import (CausalMask, Embed, GroupedHeads, Linear, Llama3Frequencies, MergeHeads, RMSNorm, RoPE,
-                   RotaryFrequencies, SiLU, SlidingWindowMask, Softmax, SplitHeads, d_head, epsilon, n_head,
-                   n_kv_head, window)
+from ..ops import (CausalMask, Embed, Linear, Llama3Frequencies, RMSNorm, RoPE, RotaryFrequencies, SiLU,
+                   SlidingWindowMask, d_head, epsilon, n_head, n_kv_head, window)
 from ..ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
-from .common import (DIM_LATEX, DIM_PYTHON, ConfigReader, d_ff, d_model, expect_shapes, n_ctx, n_vocab, param,
-                     residual, seq, storage_notes)
+from .common import (DIM_LATEX, DIM_PYTHON, ConfigReader, d_ff, d_model, expect_shapes, load_reference, logits_of,
+                     n_ctx, n_vocab, param, residual, self_attention, seq, storage_notes, unembedding)
 
 ROPE_TYPES = ("default", "linear", "llama3")  # position-static RoPE types transformers has for Llama
 ACTIVATIONS = {"silu": SiLU, "swish": SiLU}  # transformers' ACT2FN names for the SwiGLU gate
@@ -249,9 +247,9 @@ def _block(config: LlamaConfig) -> Stage:
     gamma_2 = p("gamma_2", 1, d, r"\gamma_2", "post_attention_layernorm.weight", transpose=False)
     theta = MatrixSymbol("theta", 1, d_head / 2)
     positions = MatrixSymbol("p", seq, 1)  # 0-based positions of the rows: RoPE turns by them
-    x, h, q, k, v, a, z, x_mid, h_mid, m, x_next = (
+    x, h, q, k, v, z, x_mid, h_mid, m, x_next = (
         MatrixSymbol(name, seq, cols) for name, cols in
-        [("x", d), ("h", d), ("q", width_q), ("k", width_kv), ("v", width_kv), ("a", seq), ("z", width_q),
+        [("x", d), ("h", d), ("q", width_q), ("k", width_kv), ("v", width_kv), ("z", width_q),
          ("x_mid", d), ("h_mid", d), ("m", inner), ("x_next", d)])
     query, query_params = affine(h, "Q", "Q", "self_attn.q_proj", d, width_q, config.qkv_bias)
     key, key_params = affine(h, "K", "K", "self_attn.k_proj", d, width_kv, config.qkv_bias)
@@ -262,15 +260,14 @@ def _block(config: LlamaConfig) -> Stage:
     down, down_params = affine(m, "down", r"\mathrm{down}", "mlp.down_proj", inner, d, config.mlp_bias)
 
     grouped = config.num_key_value_heads != config.num_attention_heads
-    keys, values = ((GroupedHeads(s, n_kv_head, n_head) if grouped else SplitHeads(s, n_head)) for s in (k, v))
-    scores = sp.Integer(1) / sp.sqrt(d_head) * SplitHeads(q, n_head) * keys.T
-    masked = SlidingWindowMask(scores, window) if config.sliding_window else CausalMask(scores)
+    mask = (lambda scores: SlidingWindowMask(scores, window)) if config.sliding_window else CausalMask
+    attention = self_attention(q, k, v, sp.Integer(1) / sp.sqrt(d_head), mask, n_kv_head if grouped else None,
+                               width_q)
     equations = [
         Equation(theta, _frequencies(config.rope)),
         Equation(h, RMSNorm(x, gamma_1.symbol, epsilon)),
         Equation(q, RoPE(query, theta, positions)), Equation(k, RoPE(key, theta, positions)), Equation(v, value),
-        Equation(a, Softmax(masked)),
-        Equation(z, MergeHeads(a * values, n_head)),
+        *attention,
         Equation(x_mid, residual(x, output)),
         Equation(h_mid, RMSNorm(x_mid, gamma_2.symbol, epsilon)),
         Equation(m, HadamardProduct(SiLU(gate), up)),
@@ -287,44 +284,23 @@ def _block(config: LlamaConfig) -> Stage:
 
 def _unembedding(config: LlamaConfig) -> Stage:
     gamma_f = param("unembedding", "gamma_f", 1, d_model, r"\gamma_f", TensorRef("model.norm.weight"))
-    if config.tie_word_embeddings:  # the same tensor as the embedding: W_U = W_Eᵀ
-        W_E = param("embedding", "W_E", n_vocab, d_model, "W_E", TensorRef("model.embed_tokens.weight"))
-        unembed, params = W_E.symbol.T, [gamma_f, W_E]
-    else:
-        W_U = param("unembedding", "W_U", d_model, n_vocab, "W_U", TensorRef("lm_head.weight", transpose=True))
-        unembed, params = W_U.symbol, [gamma_f, W_U]
-    x, h = MatrixSymbol("x", seq, d_model), MatrixSymbol("h", seq, d_model)
-    logits = MatrixSymbol("logits", seq, n_vocab)
-    return Stage("unembedding", "Unembedding", "U", x,
-                 [Equation(h, RMSNorm(x, gamma_f.symbol, epsilon)), Equation(logits, Linear(h, unembed))],
-                 params, {"x": "X^{(L)}", "h": "H^{(L)}", "logits": "Z"})
+    return unembedding(lambda x: RMSNorm(x, gamma_f.symbol, epsilon), [gamma_f], "model.embed_tokens.weight",
+                       config.tie_word_embeddings)
 
 
 MODEL_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
-def reference(checkpoint: Checkpoint):
-    """transformers' ``<Family>ForCausalLM`` on the checkpoint's tensors: the ground truth for verify."""
-    import torch
+def reference(checkpoint: Checkpoint, dtype: str = "float32"):
+    """transformers' ``<Family>ForCausalLM`` on the checkpoint's tensors, computing in ``dtype``."""
     import transformers
 
     transformers.logging.set_verbosity_error()
     config = read_config(checkpoint)
-    hf_config = transformers.AutoConfig.for_model(**checkpoint.config)
-    model = getattr(transformers, MODEL_CLASSES[config.model_type])(hf_config).to(torch.float32).eval()
-    state = {name: torch.from_numpy(np.array(checkpoint.tensor(name))) for name in checkpoint.tensors}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if m != "lm_head.weight" or not config.tie_word_embeddings]
-    if missing or unexpected:
-        raise ConfigError(f"reference model did not take the checkpoint (missing {missing}, "
-                          f"unexpected {unexpected})")
-
-    def forward(tokens: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.as_tensor(tokens, dtype=torch.long)[None]).logits[0].numpy()
-
-    return forward
+    model = getattr(transformers, MODEL_CLASSES[config.model_type])(transformers.AutoConfig.for_model(**checkpoint.config))
+    names = {name: name for name in checkpoint.tensors}
+    return logits_of(load_reference(model, checkpoint, names, dtype, config.tie_word_embeddings))
 
 
 FAMILY = Family("llama", ("llama", "mistral", "qwen2"), recognises, lower, reference,
-                tensors=lambda raw: expected_tensors(config_from_dict(raw)))
+                tensors=lambda config: expected_tensors(config_from_dict(config)))

@@ -26,7 +26,7 @@ from ..load import Checkpoint
 from ..ops import GELU, ReLU, Sigmoid, SiLU, Tanh
 from ..program import Equation, Program, Stage, TensorRef
 from . import Family
-from .common import ConfigReader, param
+from .common import ConfigReader, load_reference, param
 
 # config.json "activation" values: the op that writes it, and torch's module for the reference
 ACTIVATIONS = {"relu": (ReLU, "ReLU"), "tanh": (Tanh, "Tanh"), "sigmoid": (Sigmoid, "Sigmoid"),
@@ -149,7 +149,7 @@ def _vector(k: int, depth: int, widths: list[sp.Symbol]) -> tuple[MatrixSymbol, 
     return MatrixSymbol(name, widths[k], 1), latex
 
 
-def random_vector(program: Program, rng: np.random.Generator, _length: int) -> np.ndarray:
+def random_vector(program: Program, rng: np.random.Generator, length: int) -> np.ndarray:
     """A standard normal x in R^{d_0}. Its size is fixed: each length verify asks for is one draw."""
     return rng.standard_normal(int(program.dims[program.input_symbol.shape[0]])).astype(np.float32)
 
@@ -159,17 +159,16 @@ def reference(checkpoint: Checkpoint, dtype: str = "float32"):
     import torch
 
     config, _ = read_config(checkpoint)
-    modules = []
+    modules, names = [], {}
     for k, position in enumerate(config.positions):
-        linear = torch.nn.Linear(config.widths[k], config.widths[k + 1], bias=config.biases[k])
-        names = ["weight", "bias"] if config.biases[k] else ["weight"]
-        linear.load_state_dict({name: torch.from_numpy(np.array(checkpoint.tensor(f"{position}.{name}")))
-                                for name in names})
-        modules.append(linear)
+        names[f"{len(modules)}.weight"] = f"{position}.weight"
+        if config.biases[k]:
+            names[f"{len(modules)}.bias"] = f"{position}.bias"
+        modules.append(torch.nn.Linear(config.widths[k], config.widths[k + 1], bias=config.biases[k]))
         if config.activated[k]:
             modules.append(getattr(torch.nn, ACTIVATIONS[config.activation][1])())
     torch_dtype = getattr(torch, dtype)
-    model = torch.nn.Sequential(*modules).eval().to(torch_dtype)
+    model = load_reference(torch.nn.Sequential(*modules), checkpoint, names, dtype)
 
     def forward(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -28,6 +28,7 @@ class StoredTensor(Protocol):
     name: str
     dtype: str  # the storage format: "F32", "BF16", ..., or a GGUF quantization such as "Q4_1"
     shape: tuple[int, ...]
+    nbytes: int  # bytes the file stores it in (quantized formats: fewer than 4 per weight)
 
     def read(self) -> np.ndarray: ...
 
