@@ -17,6 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -52,6 +53,8 @@ LATEX_SYMBOLS = {  # family -> level -> what its LaTeX must contain
     "mlp": {"model": r"f_\theta &= f_{2} \circ f_{1}", "layer": r"W_{1} x + b_{1}", "index": r"\paragraph{GELU.}"},
 }
 LATEX_SYMBOLS["mistral"] = LATEX_SYMBOLS["qwen2"] = LATEX_SYMBOLS["llama"]
+OPERATORS = {"gpt2": "LN", "llama": "RMSNorm", "mistral": "RMSNorm", "qwen2": "RMSNorm", "bert": "LN",
+             "mlp": "GELU"}  # one each family's HTML page names (its symbols carry links there)
 
 
 def _make_bert(folder: Path) -> Path:
@@ -180,7 +183,7 @@ def _minilm() -> Source:
 
 # -------------------------------------------------------------------------------------------- cells
 
-def run(*args) -> "click.testing.Result":  # noqa: F821
+def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], prog_name="eqcompile")
 
 
@@ -197,37 +200,30 @@ def refused(result, *words: str) -> None:
     assert all(word in lines[0] for word in words), lines[0]
 
 
-def latex_cell(level: str):
-    def check(source: Source, tmp_path: Path) -> None:
-        result = run(source.path, "--latex", "--level", level)
-        succeeded(result)
+def check_latex(level: str):
+    def check(source: Source, result, out: Path) -> None:
         assert LATEX_SYMBOLS[source.family][level] in result.stdout
         assert result.stdout.count(r"\begin{align*}") == result.stdout.count(r"\end{align*}") >= 1
     return check
 
 
-def stats_cell(source: Source, tmp_path: Path) -> None:
-    result = run("stats", source.path)
-    succeeded(result)
+def check_stats(source: Source, result, out: Path) -> None:
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.stdout.splitlines())
     assert rows["family"] == source.family or source.family == "llama" and rows["family"] in ("mistral", "qwen2")
     assert int(rows["parameters"].replace(",", "")) == source.parameters
 
 
-def stats_json_cell(source: Source, tmp_path: Path) -> None:
-    result = run("stats", source.path, "--json")
-    succeeded(result)
+def check_stats_json(source: Source, result, out: Path) -> None:
     numbers = json.loads(result.stdout)
     assert numbers["parameters"] == source.parameters
     assert numbers["operations_total"] == sum(numbers["operations"].values()) > 0
     assert numbers["weight_bytes_per_token"] > 0
 
 
-def python_cell(source: Source, tmp_path: Path) -> None:
-    result = run(source.path, "--python", tmp_path / "out")
-    succeeded(result)
-    assert {"model.py", "weights.safetensors"} <= {p.name for p in (tmp_path / "out").iterdir()}
-    spec = importlib.util.spec_from_file_location(f"matrix_{tmp_path.name}", tmp_path / "out" / "model.py")
+def check_python(source: Source, result, out: Path) -> None:
+    """model.py imports on its own and runs one forward: finite outputs of the right shape."""
+    assert {"model.py", "weights.safetensors"} <= {p.name for p in out.iterdir()}
+    spec = importlib.util.spec_from_file_location(f"matrix_{out.parent.name}", out / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     output = module.forward(source.sample)
@@ -235,20 +231,16 @@ def python_cell(source: Source, tmp_path: Path) -> None:
     assert np.all(np.isfinite(output)) and np.any(output != 0)
 
 
-def verify_cell(source: Source, tmp_path: Path) -> None:
-    seqs = [1] if source.family == "mlp" else [1, SEQ]  # an mlp's context is one vector
-    result = run("verify", source.path, *[arg for seq in seqs for arg in ("--seq", seq)])
-    succeeded(result)
+def verify_lengths(source: Source) -> list[int]:
+    return [1] if source.family == "mlp" else [1, SEQ]  # an mlp's context is one vector
+
+
+def check_verify(source: Source, result, out: Path) -> None:
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
-    assert [(int(row[0]), row[-1]) for row in rows] == [(seq, "ok") for seq in seqs], result.stdout
+    assert [(int(row[0]), row[-1]) for row in rows] == [(seq, "ok") for seq in verify_lengths(source)], result.stdout
 
 
-def verify_exact_cell(source: Source, tmp_path: Path) -> None:
-    result = run("verify", source.path, "--exact", "--seq", 1 if source.family == "mlp" else SEQ, "--json")
-    if result.exit_code == 2:  # beyond the time limit: a one-line refusal that says how long
-        refused(result, "minutes", "--force")
-        return
-    succeeded(result)
+def check_exact(source: Source, result, out: Path) -> None:
     rows = {row["implementation"]: row for row in json.loads(result.stdout)["implementations"]}
     assert {"numpy float32", "numpy float64", "torch float32", "torch bfloat16"} <= set(rows)
     # the same equation; float64's error is float64 rounding, or the erf fit's 1.2e-7 (bert's GELU)
@@ -256,70 +248,107 @@ def verify_exact_cell(source: Source, tmp_path: Path) -> None:
     assert rows["numpy float32"]["bits"] > 15 and rows["torch float32"]["bits"] > 15
 
 
-def pdf_cell(source: Source, tmp_path: Path) -> None:
-    if shutil.which("latexmk") is None or shutil.which("pdflatex") is None:
-        pytest.skip("latexmk and pdflatex are not installed (CI installs them)")
-    result = run(source.path, "--pdf", tmp_path / "a.pdf")
-    succeeded(result)
-    data = (tmp_path / "a.pdf").read_bytes()
+def check_pdf(source: Source, result, out: Path) -> None:
+    data = out.read_bytes()
     assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
 
 
-def html_cell(source: Source, tmp_path: Path) -> None:
-    result = run(source.path, "--html", tmp_path / "a.html")
-    succeeded(result)
-    text = (tmp_path / "a.html").read_text()
+def check_html(source: Source, result, out: Path) -> None:
+    text = out.read_text()
     assert text.lstrip().lower().startswith("<!doctype html") and text.rstrip().endswith("</html>")
-    assert "katex" in text and LATEX_SYMBOLS[source.family]["model"].split("=")[0].strip() in text
+    assert "katex" in text and rf"\operatorname{{{OPERATORS[source.family]}}}" in text
 
 
-def tex_cell(source: Source, tmp_path: Path) -> None:
-    result = run(source.path, "--tex", tmp_path / "a.tex")
-    succeeded(result)
-    text = (tmp_path / "a.tex").read_text()
+def check_tex(source: Source, result, out: Path) -> None:
+    text = out.read_text()
     assert text.startswith(r"\documentclass") and text.rstrip().endswith(r"\end{document}")
     assert LATEX_SYMBOLS[source.family]["layer"] in text
 
 
-def diff_cell(source: Source, tmp_path: Path) -> None:
-    result = run("diff", source.path, source.path, "--json")
-    succeeded(result)
+def check_diff(source: Source, result, out: Path) -> None:
     report = json.loads(result.stdout)
     assert report["identical"] is True and report["families"]
 
 
-def expand_cell(source: Source, tmp_path: Path) -> None:
-    result = run(source.path, "--latex", "--expand", *([] if source.family == "mlp" else ["--seq", 2]))
-    if source.parameters > 25_000:  # beyond the size limit: refused, the size and --force named
-        refused(result, "scalar operations", "--force")
-        return
-    succeeded(result)
-    assert r"\begin{" in result.stdout and re.search(r"\d\.\d{3}", result.stdout)
+def check_expand(source: Source, result, out: Path) -> None:
+    assert r"\begin{" in result.stdout and re.search(r"\d\.\d{3}", result.stdout)  # numbers written out
+
+
+@dataclass(frozen=True)
+class Command:
+    arguments: Callable[[Source, Path], list]  # (row, output path) -> the command line
+    check: Callable[[Source, object, Path], None]  # (row, its result, output path): a plausible output
 
 
 COMMANDS = {
-    "latex-model": latex_cell("model"), "latex-layer": latex_cell("layer"), "latex-index": latex_cell("index"),
-    "stats": stats_cell, "stats-json": stats_json_cell, "python": python_cell, "verify": verify_cell,
-    "verify-exact": verify_exact_cell, "pdf": pdf_cell, "html": html_cell, "tex": tex_cell, "diff": diff_cell,
-    "expand": expand_cell,
+    **{f"latex-{level}": Command(lambda s, out, level=level: [s.path, "--latex", "--level", level], check_latex(level))
+       for level in ("model", "layer", "index")},
+    "stats": Command(lambda s, out: ["stats", s.path], check_stats),
+    "stats-json": Command(lambda s, out: ["stats", s.path, "--json"], check_stats_json),
+    "python": Command(lambda s, out: [s.path, "--python", out], check_python),
+    "verify": Command(lambda s, out: ["verify", s.path, *[a for n in verify_lengths(s) for a in ("--seq", n)]],
+                      check_verify),
+    "verify-exact": Command(lambda s, out: ["verify", s.path, "--exact", "--seq", min(verify_lengths(s)[-1], 2),
+                                            "--json"], check_exact),
+    "pdf": Command(lambda s, out: [s.path, "--pdf", out], check_pdf),
+    "html": Command(lambda s, out: [s.path, "--html", out], check_html),
+    "tex": Command(lambda s, out: [s.path, "--tex", out], check_tex),
+    "diff": Command(lambda s, out: ["diff", s.path, s.path, "--json"], check_diff),
+    "expand": Command(lambda s, out: [s.path, "--latex", "--expand", *([] if s.family == "mlp" else ["--seq", 2])],
+                      check_expand),
 }
-SLOW = {  # cells that read all of a real checkpoint's weights (or evaluate it in mpmath)
-    **{("smollm2-gguf", command): "" for command in ("python", "verify", "pdf", "html", "tex", "diff")},
-    ("minilm-folder", "verify"): "", ("minilm-folder", "verify-exact"): "",
-    ("llama-gguf-Q6_K", "verify-exact"): "",
+OUTPUTS = {"python": "out", "pdf": "a.pdf", "html": "a.html", "tex": "a.tex"}
+REFUSALS = {  # (row, command) -> words of the one-line refusal; every other cell must succeed
+    ("llama-gguf-Q6_K", "expand"): ("scalar operations", "--force"),  # 1.8M operations at --seq 2
+    ("smollm2-gguf", "expand"): ("scalar operations", "--force"),
+    ("minilm-folder", "expand"): ("scalar operations", "--force"),
+    ("smollm2-gguf", "verify-exact"): ("minutes", "--force"),  # hours of mpmath at --seq 2
 }
 XFAIL: dict[tuple[str, str], str] = {}
+REAL = ("smollm2-gguf", "minilm-folder")
+DEFAULT_EXTRAS = {  # beyond the rule in in_default_run: one cell each of the expensive kinds
+    ("llama-gguf-Q4_1", "verify"), ("llama-gguf-Q6_K", "verify"),  # the quantized reference path
+    ("llama-folder", "verify-exact"), ("mlp-folder", "verify-exact"),
+    ("mlp-folder", "expand"),
+    ("llama-gguf-Q4_1", "pdf"),  # the quantization note and a GGUF tokenizer, through TeX
+}
+
+
+def in_default_run(row: str, command: str) -> bool:
+    """The default run's share of the matrix (~90 s on a loaded 2-core machine); the rest is ``-m slow``.
+
+    Every row's symbolic cells (LaTeX at every level on the folders and the real checkpoints, at
+    the layer level elsewhere) and every refusal; every tiny row's ``--python`` (it reads each
+    tensor through the container); each family's folder with every command but the costly three
+    (PDF, --exact, --expand), which run on a few rows (DEFAULT_EXTRAS).
+    """
+    if command in ("latex-layer", "stats", "stats-json") or \
+            command.startswith("latex") and (row.endswith("-folder") or row in REAL):
+        return True
+    if (row, command) in REFUSALS or (row, command) in DEFAULT_EXTRAS:
+        return True
+    if row in REAL:
+        return False
+    return command == "python" or row.endswith("-folder") and command in ("verify", "html", "tex", "diff")
 
 
 def cells():
     for row in ROWS:
         for command in COMMANDS:
-            marks = [pytest.mark.slow] if (row, command) in SLOW else []
+            marks = [] if in_default_run(row, command) else [pytest.mark.slow]
             if (row, command) in XFAIL:
                 marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[row, command]))
             yield pytest.param(row, command, marks=marks, id=f"{row}-{command}")
 
 
-@pytest.mark.parametrize("row, command", cells())
+@pytest.mark.parametrize("row, command", list(cells()))
 def test_cell(source, tmp_path, row, command):
-    COMMANDS[command](source(row), tmp_path)
+    if command == "pdf" and (shutil.which("latexmk") is None or shutil.which("pdflatex") is None):
+        pytest.skip("latexmk and pdflatex are not installed (CI installs them)")
+    checkpoint, out = source(row), tmp_path / OUTPUTS.get(command, "none")
+    result = run(*COMMANDS[command].arguments(checkpoint, out))
+    if (row, command) in REFUSALS:
+        refused(result, *REFUSALS[row, command])
+    else:
+        succeeded(result)
+        COMMANDS[command].check(checkpoint, result, out)
