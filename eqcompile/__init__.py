@@ -7,8 +7,8 @@
 """
 
 from .api import CompiledModel, compile
-from .errors import CheckpointError, ConfigError, EqcompileError, UnsupportedArchitecture
+from .errors import CheckpointError, ConfigError, EqcompileError, UnsupportedArchitecture, UntrustedInput
 
 __version__ = "0.1.0"
 __all__ = ["CheckpointError", "CompiledModel", "ConfigError", "EqcompileError",
-           "UnsupportedArchitecture", "compile"]
+           "UnsupportedArchitecture", "UntrustedInput", "compile"]

@@ -18,11 +18,12 @@ from .expand import Expansion, expand
 from .emit.files import write_bytes, write_text
 from .emit.pdf import build_pdf
 from .emit.python import write_module
-from .errors import EqcompileError, TooLarge
+from .emit.tokenizer_latex import tokenizer_latex
+from .errors import ConfigError, TooLarge
 from .load import Checkpoint, load_checkpoint
 from .program import Program
 from .stats import Stats, stats
-from .tokenizer import Tokenizer, checkpoint_tokenizer, tokenizer_latex
+from .tokenizer import Tokenizer, checkpoint_tokenizer
 
 EXPANSION_LIMIT = 200_000  # scalar operations; beyond this --expand needs --force
 
@@ -33,6 +34,7 @@ class CompiledModel:
 
     checkpoint: Checkpoint
     program: Program
+    trust_tokenizer_pattern: bool = False  # run a pre-tokenizer regex of no known family
 
     def latex(self, level: str = "layer", unroll: bool = False, standalone: bool = False,
               expand: bool = False, seq: int | None = None, force: bool = False) -> str:
@@ -55,10 +57,14 @@ class CompiledModel:
 
     @cached_property
     def _tokenizer(self) -> tuple[Tokenizer | None, str]:
-        """(the tokenizer or None, why there is none when the checkpoint has an unsupported one)."""
+        """(the tokenizer or None, why there is none when the checkpoint has an unsupported one).
+
+        A malformed tokenizer file (CheckpointError) or an untrusted regex (UntrustedInput) is
+        refused, not skipped: the user should know the checkpoint is not what it says.
+        """
         try:
-            return checkpoint_tokenizer(self.checkpoint), ""
-        except EqcompileError as e:
+            return checkpoint_tokenizer(self.checkpoint, self.trust_tokenizer_pattern), ""
+        except ConfigError as e:
             return None, str(e)
 
     def stats(self, seq: int | None = None) -> Stats:
@@ -138,13 +144,16 @@ class CompiledModel:
         return latex_emitter.composition(self.program).replace("align*", "aligned").join(("$$", "$$"))
 
 
-def compile(source: str | Path, activation: str | None = None, pooling: str | None = None) -> CompiledModel:
+def compile(source: str | Path, activation: str | None = None, pooling: str | None = None,
+            trust_tokenizer_pattern: bool = False) -> CompiledModel:
     """Load a checkpoint (file, folder, sharded index or cached hub id) and lower it to equations.
 
     ``activation`` sets an mlp model's activation over its config.json's (or supplies it);
-    ``pooling="mean"`` ends an encoder (bert) with mean pooling: a sentence embedding.
+    ``pooling="mean"`` ends an encoder (bert) with mean pooling: a sentence embedding;
+    ``trust_tokenizer_pattern`` accepts a pre-tokenizer regex of no known family (see
+    :mod:`eqcompile.tokenizer.pattern`), which the emitted tokenizer would otherwise never run.
     """
     given = {"activation": activation, "pooling": pooling}
     settings = {key: value for key, value in given.items() if value is not None}
     checkpoint = arch.with_settings(load_checkpoint(source), settings)
-    return CompiledModel(checkpoint, arch.lower(checkpoint))
+    return CompiledModel(checkpoint, arch.lower(checkpoint), trust_tokenizer_pattern)

@@ -113,11 +113,14 @@ pooling_option = click.option(
 @click.option("--title", help="The appendix's title.")
 @click.option("--author", default="", help="The appendix's author line.")
 @click.option("--numbers", is_flag=True, help="Add every weight's values to the appendix (tiny models only).")
+@click.option("--trust-tokenizer-pattern", is_flag=True,
+              help="Accept a pre-tokenizer regex that is none of the known families' (GPT-2, Llama-3, Qwen2, "
+                   "SmolLM2); such a regex from a stranger's file can take exponential time on some texts.")
 @activation_option
 @pooling_option
 def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, expand, seq, force,
-                    dtype, pdf_path, tex_path, fragment, html_path, title, author, numbers, activation,
-                    pooling):
+                    dtype, pdf_path, tex_path, fragment, html_path, title, author, numbers, trust_tokenizer_pattern,
+                    activation, pooling):
     """Compile MODEL to LaTeX, a numpy module, and/or an appendix (PDF, TeX, HTML)."""
     appendix_paths = [p for p in (pdf_path, tex_path, html_path) if p is not None]
     if fragment and tex_path is None:
@@ -129,7 +132,8 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
     options = dict(title=title, author=author, numbers=numbers)
 
     def work():
-        compiled = api.compile(model, activation=activation, pooling=pooling)
+        compiled = api.compile(model, activation=activation, pooling=pooling,
+                               trust_tokenizer_pattern=trust_tokenizer_pattern)
         if seq is not None and seq > compiled.program.max_seq:
             raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
         latex_options = dict(level=level, unroll=unroll, standalone=standalone, expand=expand, seq=seq,

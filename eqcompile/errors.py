@@ -13,6 +13,11 @@ class ConfigError(EqcompileError):
     """The model's configuration is invalid or asks for an option eqcompile does not support."""
 
 
+class UntrustedInput(EqcompileError):
+    """The checkpoint asks eqcompile to run code it cannot vouch for (a pre-tokenizer regex of no
+    known family); the user may accept it explicitly (``--trust-tokenizer-pattern``)."""
+
+
 class UnsupportedArchitecture(EqcompileError):
     """The checkpoint belongs to a model family eqcompile has no lowering for."""
 

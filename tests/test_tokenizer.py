@@ -22,8 +22,10 @@ from hypothesis import strategies as st
 import eqcompile
 from eqcompile import ConfigError
 from eqcompile.emit.python import import_module
+from eqcompile.emit.tokenizer_latex import tokenizer_latex
+from eqcompile.emit.tokenizer_module import write_tokenizer
 from eqcompile.tokenizer import (LLAMA3_PATTERN, bytes_to_unicode, from_gguf, from_tokenizer_json, from_vocab_merges,
-                                 load_tokenizer, tokenizer_latex, translate_pattern, write_tokenizer)
+                                 load_tokenizer, translate_pattern)
 
 from conftest import ROOT, SAMPLE, compile_tex, pdflatex_available
 
@@ -377,8 +379,8 @@ def test_gguf_pre_tokenizer_must_be_known():
 # --- the emitted module ---------------------------------------------------------------------------
 
 def exec_emitted(source: str, folder):
-    namespace = {"__file__": str(folder / "model.py"), "__name__": "emitted_tokenizer"}
-    exec(compile(source, str(folder / "model.py"), "exec"), namespace)
+    namespace = {"__file__": str(folder / "tokenizer.py"), "__name__": "emitted_tokenizer"}
+    exec(compile(source, str(folder / "tokenizer.py"), "exec"), namespace)
     return namespace
 
 
@@ -386,7 +388,7 @@ def exec_emitted(source: str, folder):
 def test_emitted_source_is_standalone_and_identical(request, tmp_path, which):
     ours = request.getfixturevalue(which)
     reference = request.getfixturevalue(f"{which}_reference")
-    source = write_tokenizer(ours, tmp_path)
+    source = write_tokenizer(ours, tmp_path).read_text(encoding="utf-8")
     imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(source))
                 if isinstance(node, (ast.Import, ast.ImportFrom))
                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module)])}
@@ -414,7 +416,8 @@ def test_model_py_without_tokenizer_files_has_no_encode(tmp_path):
     for name in ["model.safetensors", "config.json"]:
         shutil.copy(SAMPLE / name, tmp_path / "ckpt" / name)
     module = import_module(eqcompile.compile(tmp_path / "ckpt").to_python(tmp_path / "out"), name="no_tokenizer")
-    assert not hasattr(module, "encode") and not (tmp_path / "out" / "tokenizer_data.json").exists()
+    assert not hasattr(module, "encode")
+    assert not (tmp_path / "out" / "tokenizer_data.json").exists() and not (tmp_path / "out" / "tokenizer.py").exists()
 
 
 def test_model_py_with_an_unsupported_tokenizer_warns_and_has_no_encode(tmp_path):
@@ -453,3 +456,15 @@ def test_latex_compiles_with_pdflatex(request, tmp_path, which):
     (tmp_path / "main.tex").write_text(WRAPPER % "tokenizer")
     result = compile_tex(tmp_path / "main.tex")
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_the_tokenizer_package_imports_no_emitter():
+    """The tokenizer is read at load level and printed at emit level: imports flow one way."""
+    package = ROOT / "eqcompile" / "tokenizer"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                assert not target.lstrip(".").startswith("emit") and "eqcompile.emit" not in target, (path, target)
+            elif isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("eqcompile.emit") for alias in node.names), path

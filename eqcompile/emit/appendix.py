@@ -8,15 +8,15 @@ the checkpoint stay plain text in the content model: each template escapes them 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..load import Checkpoint
+from ..load.files import read_json
 from ..program import Binding, Program
 from .latex import (Decorate, EquationLine, OpBlock, StageBlock, composition_lines, number_latex, op_blocks,
                     printer_for, stage_blocks)
@@ -230,10 +230,13 @@ def _matrix_pieces(checkpoint: Checkpoint, program: Program, binding: Binding) -
 
 
 def _read_json(path: Path):
-    """A JSON file from the model folder, or None when absent or unreadable (it is optional)."""
+    """A JSON file from the model folder, or None when absent or unreadable (it is optional);
+    read through the bounded reader (size, nesting, integer length)."""
+    if not path.exists():
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return read_json(path)
+    except CheckpointError:
         return None
 
 

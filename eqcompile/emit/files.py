@@ -32,10 +32,12 @@ def atomic_output(path: Path, mode: str = "w"):
 
 
 @contextmanager
-def staging_folder(folder: Path):
+def staging_folder(folder: Path, owned: Iterable[str] = ()):
     """A temporary folder beside ``folder`` whose files move into it only if the block succeeds.
 
-    Each file is renamed into place (atomic per file); on failure nothing of the run remains.
+    Each file is renamed into place (atomic per file); on failure nothing of the run remains. The
+    ``owned`` names the block did not write are then removed from ``folder``, so the folder holds
+    this run's set of outputs and no file of an earlier run's (a tokenizer the model lost, say).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -43,8 +45,11 @@ def staging_folder(folder: Path):
     try:
         yield staging
         folder.mkdir(exist_ok=True)
-        for item in sorted(staging.iterdir()):
+        written = sorted(staging.iterdir())
+        for item in written:
             os.replace(item, folder / item.name)
+        for stale in set(owned) - {item.name for item in written}:
+            (folder / stale).unlink(missing_ok=True)  # a symlink goes, never its target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

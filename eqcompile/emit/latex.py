@@ -86,7 +86,7 @@ def printer_for(program: Program, stage: Stage | None = None, layer: str = "l",
 def render(program: Program, level: str = "layer", unroll: bool = False, tokenizer: str = "") -> str:
     """A LaTeX fragment (needs amsmath and amssymb) stating the program at ``level``.
 
-    ``tokenizer``: the tokenizer's definition (``eqcompile.tokenizer.tokenizer_latex``), stated
+    ``tokenizer``: the tokenizer's definition (``eqcompile.emit.tokenizer_latex``), stated
     first at the layer level, since the map starts with it.
     """
     if level not in LEVELS:

@@ -12,15 +12,18 @@ from ..load import Checkpoint
 from ..ops import is_per_head, ops_used_by
 from ..ops.base import numpy_source
 from ..program import Param, Program, Stage
-from ..tokenizer import Tokenizer, write_tokenizer
+from ..tokenizer import Tokenizer
 from .files import progress_bar, staging_folder, write_safetensors, write_text
 from .numpy_printer import ModulePrinter
 from .templates import render_template
+from .tokenizer_module import DATA_FILE, MODULE_FILE, write_tokenizer
+
+OUTPUTS = ("model.py", "weights.safetensors", MODULE_FILE, DATA_FILE)  # what a run owns in its folder
 
 
-def module_source(program: Program, tokenizer: str = "") -> str:
+def module_source(program: Program, tokenizer: bool = False) -> str:
     """The text of ``model.py``: dims, op definitions, one function per stage, ``forward``, and
-    ``tokenizer`` (the source :func:`eqcompile.tokenizer.write_tokenizer` returns), if any."""
+    with ``tokenizer`` the import of ``encode``/``decode`` from ``tokenizer.py`` beside it."""
     printer = ModulePrinter(program.dim_python)
     functions = []
     for op in ops_used_by(program):
@@ -39,11 +42,21 @@ def module_source(program: Program, tokenizer: str = "") -> str:
         ops=numpy_source(functions),
         stages=stages,
         calls=_forward_calls(program),
-        parameters=parameters,
+        parameters=_parameters_source(parameters),
         repeated=[s.name for s in program.stages if s.layers],
         interface=program.interface,
         tokenizer=tokenizer,
     )
+
+
+def _parameters_source(parameters: dict[str, dict[str, str]]) -> str:
+    """The PARAMETERS table as Python: one stage per block, one argument per line."""
+    lines = ["{  # stage -> {argument: its key in weights.safetensors; {layer} counts from 0}"]
+    for stage, names in parameters.items():
+        lines.append(f"    {stage!r}: {{")
+        lines += [f"        {name!r}: {key!r}," for name, key in names.items()]
+        lines.append("    },")
+    return "\n".join([*lines, "}"])
 
 
 def _shape(program: Program, symbol, expr, cached: bool = False) -> str:
@@ -91,14 +104,14 @@ def _forward_calls(program: Program) -> list[str]:
         names += ["cache"] if stage.cached else []
         extra = "".join(f", {name}={name}" for name in names)
         if stage.layers:
-            loop, items = "params", f"weights[{stage.name!r}]"
+            loop, items = "params", f"WEIGHTS[{stage.name!r}]"
             if stage.cached:
                 loop, items = "params, cache", f"zip({items}, caches)"
             if stage.layer_symbols:
                 loop, items = f"l, ({loop})", f"enumerate({items}, start=1)"
             calls += [f"    for {loop} in {items}:", f"        x = {stage.name}({value}, **params{extra})"]
         else:
-            calls.append(f"    x = {stage.name}({value}, **weights[{stage.name!r}]{extra})")
+            calls.append(f"    x = {stage.name}({value}, **WEIGHTS[{stage.name!r}]{extra})")
         value = "x"
     return calls
 
@@ -121,21 +134,23 @@ def weight_plan(program: Program) -> dict[str, tuple[Param, int | None]]:
 
 def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: str = "float32",
                  tokenizer: Tokenizer | None = None) -> Path:
-    """Write ``folder/model.py`` and ``folder/weights.safetensors`` (and ``tokenizer_data.json``
-    with ``encode``/``decode`` in model.py, given a tokenizer); return the module's path.
+    """Write ``folder/model.py`` and ``folder/weights.safetensors`` (and, given a tokenizer,
+    ``tokenizer.py`` with the ``tokenizer_data.json`` it reads); return the module's path. The files
+    of :data:`OUTPUTS` this run does not write (an earlier run's tokenizer) are removed.
 
     ``dtype="float64"`` stores the weights (float32 values, widened exactly) as float64, so the
     module computes in float64: a second implementation to measure rounding against.
     """
     folder = Path(folder)
-    with staging_folder(folder) as staging:  # nothing reaches ``folder`` unless every file is written
-        tokenizer_source = write_tokenizer(tokenizer, staging) if tokenizer is not None else ""
+    with staging_folder(folder, OUTPUTS) as staging:  # nothing reaches ``folder`` unless every file is written
+        if tokenizer is not None:
+            write_tokenizer(tokenizer, staging)
         plan = weight_plan(program)
         shapes = [(key, program.numeric_shape(p.symbol)) for key, (p, _) in plan.items()]
         write_safetensors(staging / "weights.safetensors", shapes,
                           lambda key: parameter_value(checkpoint, program, *plan[key]),
                           progress_bar(shapes, "weights"), dtype)
-        write_text(staging / "model.py", module_source(program, tokenizer_source))
+        write_text(staging / "model.py", module_source(program, tokenizer is not None))
     return folder / "model.py"
 
 

@@ -1,15 +1,17 @@
 """Byte-level BPE (and character-level WordLevel) encoding and decoding, standard library only.
 
-eqcompile copies this file's code into every emitted ``model.py`` whose checkpoint has a tokenizer,
-so it imports nothing but the standard library: no ``tokenizers``, no ``regex``, no eqcompile. The
-data it runs on (vocabulary, merges, pre-tokenization regexes already translated to Python's ``re``
-syntax) is written by ``eqcompile.tokenizer``; the rules follow Hugging Face ``tokenizers``, the
-reference the tests compare with token for token.
+eqcompile copies this file's code into the ``tokenizer.py`` it writes beside every emitted
+``model.py`` whose checkpoint has a tokenizer, so it imports nothing but the standard library: no
+``tokenizers``, no ``regex``, no eqcompile. The data it runs on (vocabulary, merges, pre-tokenization
+regexes already translated to Python's ``re`` syntax and passed through the pattern gate of
+``eqcompile.tokenizer.pattern``) is packed by ``eqcompile.tokenizer``; the rules follow Hugging Face
+``tokenizers``, the reference the tests compare with token for token.
 """
 
 import heapq
 import json
 import re
+from pathlib import Path
 
 # Unicode's White_Space property (PropList.txt, unchanged since Unicode 6.3): what Oniguruma's and
 # Rust's ``\s`` match. Python's own ``\s`` also matches U+001C..U+001F, so it is never used here.
@@ -42,7 +44,7 @@ def split_isolated(regex: re.Pattern, text: str) -> list[str]:
 
 
 class Tokenizer:
-    """τ: text -> token ids and its inverse, from the data ``eqcompile.tokenizer`` writes.
+    """τ: text -> token ids and its inverse, from the data ``eqcompile.tokenizer`` packs.
 
     ``encode``: cut out added tokens, pre-tokenize each remaining stretch with the regexes, map
     each piece's UTF-8 bytes to symbols, apply merges lowest rank first (leftmost on a tie), look
@@ -75,8 +77,7 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
-        with open(path, encoding="utf-8") as f:
-            return cls(json.load(f))
+        return cls(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; with ``add_special_tokens`` the post-processor's template tokens
