@@ -120,9 +120,9 @@ def write_llama_gguf(folder: Path, path: Path, quantization: str | None = None) 
             stored = llama_cpp_interleave(weight, heads if ".q_proj." in name else kv_heads)
         if quantization and weight.ndim == 2:
             qtype = gguf.GGMLQuantizationType[quantization]
-            stored = gguf.quants.quantize(stored, qtype)
+            stored = quantize(stored, qtype)
             writer.add_tensor(gguf_name(name), stored, raw_dtype=qtype)
-            weight = gguf.quants.dequantize(gguf.quants.quantize(weight, qtype), qtype)
+            weight = gguf.quants.dequantize(quantize(weight, qtype), qtype)
         else:
             writer.add_tensor(gguf_name(name), stored)
         stands_for[name] = weight
@@ -131,6 +131,37 @@ def write_llama_gguf(folder: Path, path: Path, quantization: str | None = None) 
     writer.write_tensors_to_file()
     writer.close()
     return stands_for
+
+
+def quantize(weight: np.ndarray, qtype) -> np.ndarray:
+    """gguf's own quantizer, and :func:`quantize_q6_k` for the one K-quant (gguf-py has none)."""
+    import gguf
+
+    if qtype == gguf.GGMLQuantizationType.Q6_K:
+        return quantize_q6_k(weight)
+    return gguf.quants.quantize(weight, qtype)
+
+
+def quantize_q6_k(weight: np.ndarray) -> np.ndarray:
+    """Q6_K blocks of a matrix whose rows are multiples of 256 long: the inverse of gguf's dequantizer.
+
+    A block of 256 numbers is 16 groups of 16, w = d * scale_g * (q - 32) with q in 0..63, a signed
+    byte scale_g per group and a float16 d per block; stored as 128 bytes of the q's low four bits,
+    64 bytes of their high two bits, the 16 scales, then d (210 bytes).
+    """
+    rows = weight.shape[0]
+    groups = weight.astype(np.float32).reshape(-1, 16, 16)  # [blocks, group, element]
+    group_step = np.abs(groups).max(axis=2) / 31
+    d = (group_step.max(axis=1) / 127).astype(np.float16)  # [blocks]
+    d32 = np.where(d == 0, np.float16(1), d).astype(np.float32)[:, None]
+    scales = np.clip(np.round(group_step / d32), -128, 127).astype(np.int8)
+    step = d32 * np.where(scales == 0, 1, scales)
+    q = (np.clip(np.round(groups / step[:, :, None]), -32, 31) + 32).astype(np.uint8).reshape(-1, 2, 128)
+    low, high = (q & 0x0F).reshape(-1, 2, 2, 64), (q >> 4).reshape(-1, 2, 4, 32)
+    ql = (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(-1, 128)
+    qh = (high[:, :, 0] | (high[:, :, 1] << 2) | (high[:, :, 2] << 4) | (high[:, :, 3] << 6)).reshape(-1, 64)
+    blocks = np.concatenate([ql, qh, scales.view(np.uint8), d.view(np.uint8).reshape(-1, 2)], axis=1)
+    return blocks.reshape(rows, -1)
 
 
 def cut_gguf(reader, path: Path, layers: int) -> None:
