@@ -96,6 +96,9 @@ pooling_option = click.option(
 @click.option("--unroll", is_flag=True, help="Write every layer out instead of one generic layer (l).")
 @click.option("--python", "python_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/model.py (numpy only) and DIR/weights.safetensors.")
+@click.option("--jax", "jax_dir", type=click.Path(file_okay=False, path_type=Path),
+              help='Write DIR/model_jax.py (jitted JAX, float32; needs pip install "eqcompile[jax]") beside '
+                   "DIR/model.py and DIR/weights.safetensors.")
 @click.option("--expand", is_flag=True,
               help="The literal equation: every weight substituted, as scalar terms (tiny models). "
                    "With --python, DIR/model.py is then pure Python (math only).")
@@ -115,15 +118,16 @@ pooling_option = click.option(
 @click.option("--numbers", is_flag=True, help="Add every weight's values to the appendix (tiny models only).")
 @activation_option
 @pooling_option
-def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, expand, seq, force,
+def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, jax_dir, expand, seq, force,
                     dtype, pdf_path, tex_path, fragment, html_path, title, author, numbers, activation,
                     pooling):
     """Compile MODEL to LaTeX, a numpy module, and/or an appendix (PDF, TeX, HTML)."""
     appendix_paths = [p for p in (pdf_path, tex_path, html_path) if p is not None]
     if fragment and tex_path is None:
         _fail("error: --fragment applies to --tex FILE", 2)
-    if not want_latex and python_dir is None and not appendix_paths:
-        _fail("error: choose an output: --latex [-o FILE], --python DIR, --pdf FILE, --tex FILE or --html FILE", 2)
+    if not want_latex and python_dir is None and jax_dir is None and not appendix_paths:
+        _fail("error: choose an output: --latex [-o FILE], --python DIR, --jax DIR, --pdf FILE, --tex FILE or "
+              "--html FILE", 2)
     if (title is not None or author or numbers) and not appendix_paths:
         _fail("error: --title, --author and --numbers apply to --pdf, --tex and --html", 2)
     options = dict(title=title, author=author, numbers=numbers)
@@ -144,6 +148,8 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
             path = compiled.to_python(python_dir, expand=expand, seq=seq, force=force, dtype=dtype)
             click.echo(f"wrote {path}" + ("" if expand else f" and {path.with_name('weights.safetensors')}"),
                        err=True)
+        if jax_dir is not None:
+            click.echo(f"wrote {compiled.to_jax(jax_dir)}", err=True)
         if tex_path is not None:
             compiled.tex(tex_path, fragment=fragment, **options)
             needs = f" (its preamble needs \\usepackage{{{','.join(PACKAGES)}}})" if fragment else ""

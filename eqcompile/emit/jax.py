@@ -9,6 +9,7 @@ no shape to infer them from). Input checks, weight loading and sampling stay on 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from sympy.printing.numpy import JaxPrinter
 
 from ..errors import EqcompileError
 from ..load import Checkpoint
-from ..ops import ops_used_by
+from ..ops import GroupedHeads, Linear, MergeHeads, SplitHeads, ops_used_by
 from ..ops.base import numpy_source
 from ..program import Program
 from ..tokenizer import Tokenizer
@@ -30,7 +31,7 @@ EXTRA = "jax"  # pip install "eqcompile[jax]"
 
 
 class UnsupportedForJax(EqcompileError):
-    """A model the JAX emitter does not write yet."""
+    """A model the JAX emitter does not write yet, or JAX is not installed."""
 
 
 class JaxModulePrinter(ModulePrinter, JaxPrinter):
@@ -92,12 +93,62 @@ def module_source(program: Program) -> str:
         repeated=[s.name for s in program.stages if s.layers],
         cached=cached,
         tokenizer="",  # encode/decode live in model.py
+        split={stage: ", ".join(f"{name!r}: ({axis}, {count})" for name, (axis, count) in rules.items())
+               for stage, rules in split_table(program).items()},
     )
+
+
+def split_table(program: Program) -> dict[str, dict[str, tuple[int, str]]]:
+    """Megatron's placement, read off the equations: stage -> weight -> (axis, count), the axis of
+    the weight split over the mesh's "model" axis and the count it holds (whole heads, d_ff, vocabulary).
+
+    Column-parallel: the weights (and biases) of a matrix split into heads (Q, K, V), and those
+    whose columns are d_ff (into the MLP). Row-parallel: the weight multiplying the merged heads
+    (W_O), and those whose rows are d_ff (out of the MLP). The vocabulary axis of the embedding and
+    unembedding is split too. Everything else is replicated.
+    """
+    named = {name: symbol for symbol, name in program.dim_python.items()}
+    table = {}
+    for stage in program.stages:
+        params = {p.symbol: p.name for p in stage.params}
+        rules = table.setdefault(stage.name, {})
+        split_by = {}  # an intermediate matrix -> the head count it is split into
+        merged = {}  # an intermediate matrix of merged heads -> their count
+        for eq in stage.equations:
+            for op in eq.rhs.atoms(SplitHeads, GroupedHeads):
+                split_by[op.arg] = op.kv_heads if isinstance(op, GroupedHeads) else op.heads
+            if isinstance(eq.rhs, MergeHeads):
+                merged[eq.lhs] = eq.rhs.heads
+        for eq in stage.equations:
+            if eq.lhs in split_by:  # Q, K, V: whole heads' columns per device
+                for symbol in eq.rhs.free_symbols & params.keys():
+                    rules[params[symbol]] = (1, program.dim_python[split_by[eq.lhs]])
+            for left, right in _products(eq.rhs):
+                if left in merged and right in params:  # W_O: the rows of whole heads
+                    rules[params[right]] = (0, program.dim_python[merged[left]])
+        for symbol, name in params.items():
+            for axis in (1, 0):
+                for count in ("d_ff", "n_vocab"):
+                    if name not in rules and named.get(count) in sp.sympify(symbol.shape[axis]).free_symbols:
+                        rules[name] = (axis, count)
+    order = [p.name for _, p in program.params]
+    return {stage: dict(sorted(rules.items(), key=lambda rule: order.index(rule[0])))
+            for stage, rules in table.items() if rules}
+
+
+def _products(expr):
+    """Every (x, W) multiplied as ``x W`` in an expression, plain or in a ``Linear``."""
+    for linear in expr.atoms(Linear):
+        yield linear.arg, linear.weight
+    for product in expr.atoms(sp.MatMul):
+        yield from zip(product.args, product.args[1:])
 
 
 def write_jax_module(program: Program, checkpoint: Checkpoint, folder: Path,
                      tokenizer: Tokenizer | None = None) -> Path:
     """Write ``folder/model_jax.py`` beside the numpy module's files (it reads their weights)."""
+    if importlib.util.find_spec("jax") is None:
+        raise UnsupportedForJax(f'--jax needs JAX, the "{EXTRA}" extra: pip install "eqcompile[{EXTRA}]"')
     source = module_source(program)  # refuses an unsupported model before anything is written
     folder = Path(folder)
     write_module(program, checkpoint, folder, tokenizer=tokenizer)
