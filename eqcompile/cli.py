@@ -216,9 +216,11 @@ def stats_command(model, seq, as_json):
               help="Decimal digits of the exact evaluation.")
 @click.option("--json", "as_json", is_flag=True, help="With --exact: machine-readable output.")
 @click.option("--force", is_flag=True, help="With --exact: run even when the estimate is long.")
+@click.option("--backend", type=click.Choice(["numpy", "jax"]), default="numpy", show_default=True,
+              help="The emitted module to check: model.py (numpy) or model_jax.py (JAX; causal LMs).")
 @activation_option
 @pooling_option
-def verify_command(model, seqs, seed, exact, digits, as_json, force, activation, pooling):
+def verify_command(model, seqs, seed, exact, digits, as_json, force, backend, activation, pooling):
     """Run the emitted module and the reference on the same random inputs; compare the outputs.
 
     The reference is transformers (torch's nn.Sequential for an mlp).
@@ -234,6 +236,8 @@ def verify_command(model, seqs, seed, exact, digits, as_json, force, activation,
 
     def work():
         compiled = api.compile(model, activation=activation, pooling=pooling)
+        if exact and backend != "numpy":
+            raise EqcompileError("--exact measures the numpy and torch implementations: drop --backend")
         if exact:
             return _exact_report(compiled, min(seqs[0] if seqs else 16, compiled.program.max_seq),
                                  digits, seed, as_json, force)
@@ -241,7 +245,7 @@ def verify_command(model, seqs, seed, exact, digits, as_json, force, activation,
         lengths = sorted(set(seqs or (1, min(7, longest), longest)))
         if max(lengths) > compiled.program.max_seq:
             raise EqcompileError(f"--seq {max(lengths)} exceeds the context length {compiled.program.max_seq}")
-        results = verify(compiled, lengths, seed)
+        results = verify(compiled, lengths, seed, backend=backend)
         click.echo(f"{'seq':>5} {'max abs err':>12} {'max rel err':>12}  "
                    f"(tolerance {absolute_tolerance(compiled):g} abs, {REL_TOLERANCE:g} rel)")
         for r in results:

@@ -180,3 +180,11 @@ def test_strict_placement_names_a_head_count_that_does_not_divide(tmp_path):
     assert jax_module.placement("block", "W_O", 3) == PartitionSpec("model")
     with pytest.raises(ValueError, match="block.W_Q: 3 does not split over 8"):
         jax_module.placement("block", "W_Q", 8, strict=True)
+
+
+def test_verify_backend_jax(tmp_path):
+    pytest.importorskip("jax")
+    folder = make_gpt2(tmp_path / "ckpt")
+    result = CliRunner().invoke(main, ["verify", str(folder), "--backend", "jax", "--seq", "9"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].split()[0] == "9" and result.output.rstrip().endswith("ok")
