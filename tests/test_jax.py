@@ -188,3 +188,12 @@ def test_verify_backend_jax(tmp_path):
     result = CliRunner().invoke(main, ["verify", str(folder), "--backend", "jax", "--seq", "9"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].split()[0] == "9" and result.output.rstrip().endswith("ok")
+
+
+@pytest.mark.slow
+def test_sliding_window_matches_transformers(tmp_path):
+    folder = make_llama(tmp_path / "ckpt", model_type="mistral", sliding_window=4, num_key_value_heads=1)
+    jax_module, numpy_module = emit_both(folder, tmp_path / "out")
+    tokens = np.arange(11) * 5 % 50  # longer than the window
+    assert_matches(jax_module, numpy_module, lambda t: llama_reference_logits(folder, t), tokens)
+    assert jax_module.generate([1, 2, 3], 8, seed=1) == numpy_module.generate([1, 2, 3], 8, seed=1)

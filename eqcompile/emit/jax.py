@@ -18,7 +18,7 @@ from sympy.printing.numpy import JaxPrinter
 
 from ..errors import EqcompileError
 from ..load import Checkpoint
-from ..ops import GroupedHeads, Linear, MergeHeads, SplitHeads, ops_used_by
+from ..ops import OPS, CausalMask, GroupedHeads, Linear, MergeHeads, SlidingWindowMask, SplitHeads
 from ..ops.base import numpy_source
 from ..program import Program
 from ..tokenizer import Tokenizer
@@ -70,7 +70,7 @@ def module_source(program: Program) -> str:
         raise UnsupportedForJax(f"--jax writes causal language models so far; this {program.family} model's "
                                 f"interface is {program.interface!r}: use --python")
     functions = []
-    for op in ops_used_by(program):
+    for op in _ops_computed(program):
         functions += [f for f in op.numpy_functions if f not in functions]
     stages = [_stage_function(program, stage, JaxModulePrinter(program.dim_python, bool(stage.cached)))
               for stage in program.stages]
@@ -96,6 +96,13 @@ def module_source(program: Program) -> str:
         split={stage: ", ".join(f"{name!r}: ({axis}, {count})" for name, (axis, count) in rules.items())
                for stage, rules in split_table(program).items()},
     )
+
+
+def _ops_computed(program: Program) -> list[type]:
+    """The ops whose numpy functions model_jax.py calls: a cached stage's masks are the cache's methods."""
+    used = {type(op) for stage in program.stages for eq in stage.equations for op in eq.rhs.atoms(*OPS)
+            if not (stage.cached and isinstance(op, (CausalMask, SlidingWindowMask)))}
+    return [op for op in OPS if op in used]
 
 
 def split_table(program: Program) -> dict[str, dict[str, tuple[int, str]]]:
