@@ -114,6 +114,12 @@ class CompiledModel:
             warnings.warn(f"model.py gets no encode/decode: {unsupported}", stacklevel=2)
         return write_module(self.program, self.checkpoint, Path(folder), dtype, tokenizer)
 
+    def to_jax(self, folder: str | Path) -> Path:
+        """Write ``model_jax.py`` (jitted, shardable; needs the ``jax`` extra) beside ``to_python``'s files."""
+        from .emit.jax import write_jax_module
+
+        return write_jax_module(self.program, self.checkpoint, Path(folder), self.tokenizer)
+
     def appendix(self, title: str | None = None, author: str = "", numbers: bool = False,
                  cost: appendix_emitter.Table | None = None,
                  decorate: latex_emitter.Decorate | None = None, unroll: bool = False) -> appendix_emitter.Appendix:

@@ -125,6 +125,9 @@ pooling_option = click.option(
               "(--latex, and the appendix of --pdf and --tex).")
 @click.option("--python", "python_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/model.py (numpy only) and DIR/weights.safetensors.")
+@click.option("--jax", "jax_dir", type=click.Path(file_okay=False, path_type=Path),
+              help='Write DIR/model_jax.py (jitted JAX, float32; needs pip install "eqcompile[jax]") beside '
+                   "DIR/model.py and DIR/weights.safetensors.")
 @click.option("--expand", is_flag=True,
               help="The literal equation: every weight substituted, as scalar terms (tiny models). "
                    "With --python, DIR/model.py is then pure Python (math only).")
@@ -147,15 +150,16 @@ pooling_option = click.option(
                    "SmolLM2); such a regex from a stranger's file can take exponential time on some texts.")
 @activation_option
 @pooling_option
-def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, expand, seq, force,
+def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, jax_dir, expand, seq, force,
                     dtype, pdf_path, tex_path, fragment, html_path, title, author, numbers, trust_tokenizer_pattern,
                     activation, pooling):
     """Compile MODEL to LaTeX, a numpy module, and/or an appendix (PDF, TeX, HTML)."""
     appendix_paths = [p for p in (pdf_path, tex_path, html_path) if p is not None]
     if fragment and tex_path is None:
         _fail("error: --fragment applies to --tex FILE", 2)
-    if not want_latex and python_dir is None and not appendix_paths:
-        _fail("error: choose an output: --latex [-o FILE], --python DIR, --pdf FILE, --tex FILE or --html FILE", 2)
+    if not want_latex and python_dir is None and jax_dir is None and not appendix_paths:
+        _fail("error: choose an output: --latex [-o FILE], --python DIR, --jax DIR, --pdf FILE, --tex FILE or "
+              "--html FILE", 2)
     if (title is not None or author or numbers) and not appendix_paths:
         _fail("error: --title, --author and --numbers apply to --pdf, --tex and --html", 2)
     options = dict(title=title, author=author, numbers=numbers)
@@ -177,6 +181,8 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
             path = compiled.to_python(python_dir, expand=expand, seq=seq, force=force, dtype=dtype)
             click.echo(f"wrote {path}" + ("" if expand else f" and {path.with_name('weights.safetensors')}"),
                        err=True)
+        if jax_dir is not None:
+            click.echo(f"wrote {compiled.to_jax(jax_dir)}", err=True)
         if tex_path is not None:
             compiled.tex(tex_path, fragment=fragment, unroll=unroll, **options)
             needs = f" (its preamble needs \\usepackage{{{','.join(PACKAGES)}}})" if fragment else ""
@@ -243,9 +249,11 @@ def stats_command(model, seq, as_json):
               help="Decimal digits of the exact evaluation.")
 @click.option("--json", "as_json", is_flag=True, help="With --exact: machine-readable output.")
 @click.option("--force", is_flag=True, help="With --exact: run even when the estimate is long.")
+@click.option("--backend", type=click.Choice(["numpy", "jax"]), default="numpy", show_default=True,
+              help="The emitted module to check: model.py (numpy) or model_jax.py (JAX; causal LMs).")
 @activation_option
 @pooling_option
-def verify_command(model, seqs, seed, exact, digits, as_json, force, activation, pooling):
+def verify_command(model, seqs, seed, exact, digits, as_json, force, backend, activation, pooling):
     """Run the emitted module and the reference on the same random inputs; compare the outputs.
 
     The reference is transformers (torch's nn.Sequential for an mlp).
@@ -261,6 +269,8 @@ def verify_command(model, seqs, seed, exact, digits, as_json, force, activation,
 
     def work():
         compiled = api.compile(model, activation=activation, pooling=pooling)
+        if exact and backend != "numpy":
+            raise EqcompileError("--exact measures the numpy and torch implementations: drop --backend")
         if exact:
             return _exact_report(compiled, min(seqs[0] if seqs else 16, compiled.program.max_seq),
                                  digits, seed, as_json, force)
@@ -268,7 +278,7 @@ def verify_command(model, seqs, seed, exact, digits, as_json, force, activation,
         lengths = sorted(set(seqs or (1, min(7, longest), longest)))
         if max(lengths) > compiled.program.max_seq:
             raise EqcompileError(f"--seq {max(lengths)} exceeds the context length {compiled.program.max_seq}")
-        results = verify(compiled, lengths, seed)
+        results = verify(compiled, lengths, seed, backend=backend)
         click.echo(f"{'seq':>5} {'max abs err':>12} {'max rel err':>12}  "
                    f"(tolerance {absolute_tolerance(compiled):g} abs, {REL_TOLERANCE:g} rel)")
         for r in results:

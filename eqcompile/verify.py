@@ -61,18 +61,18 @@ def reference_forward(model: CompiledModel):
 
 
 def verify(model: CompiledModel, seqs: list[int], seed: int = 0, atol: float | None = None,
-           rtol: float = REL_TOLERANCE) -> list[Comparison]:
+           rtol: float = REL_TOLERANCE, backend: str = "numpy") -> list[Comparison]:
     """Emit the module, run it and the reference on random inputs of each length, compare.
 
     The family draws the inputs: token ids for a language model, a vector for an MLP. ``atol``
-    defaults to :func:`absolute_tolerance`.
+    defaults to :func:`absolute_tolerance`. ``backend="jax"`` checks ``model_jax.py`` instead of ``model.py``.
     """
     atol = absolute_tolerance(model) if atol is None else atol
     reference = reference_forward(model)
     sample_input = arch.family_of(model.checkpoint).sample_input
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="eqcompile-verify-") as folder:
-        emitted = import_module(model.to_python(Path(folder)))
+        emitted = import_module(model.to_jax(Path(folder)) if backend == "jax" else model.to_python(Path(folder)))
         results = []
         for seq in seqs:
             inputs = sample_input(model.program, rng, seq)
