@@ -106,11 +106,7 @@ def _forward_calls(program: Program) -> list[str]:
 def parameter_value(checkpoint: Checkpoint, program: Program, param: Param, layer: int | None) -> np.ndarray:
     """The numbers a parameter stands for in one layer (numeric stages only)."""
     ref = param.source.for_layer(layer)
-    array = checkpoint.tensor(ref.name)
-    if ref.columns:
-        array = array[..., ref.columns[0]:ref.columns[1]]
-    if ref.transpose:
-        array = array.T
+    array = ref.select(checkpoint.tensor(ref.name))
     return np.ascontiguousarray(array.reshape(program.numeric_shape(param.symbol)), dtype=np.float32)
 
 

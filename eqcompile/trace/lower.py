@@ -1,0 +1,263 @@
+"""The pattern lowering: each aten node of one stage's section of the graph becomes a piece of a
+sympy equation, by a handler per op; multi-node idioms (RMSNorm written out, rotate_half) are
+matched through ``Partial`` values. A node no handler takes stops the lowering with its op and
+module path: never a guessed equation."""
+
+from __future__ import annotations
+
+import math
+
+import sympy as sp
+from sympy import HadamardProduct
+from sympy.matrices.expressions.matexpr import MatrixSymbol
+
+from ..errors import UnsupportedArchitecture
+from ..ops import (GELU, CausalMask, Embed, GELUTanh, GroupedHeads, LayerNorm, Linear, MergeHeads, PartialRoPE,
+                   ReLU, RMSNorm, RoPE, Sigmoid, SiLU, SlidingWindowMask, Softmax, SplitHeads, Tanh, d_head,
+                   n_head, n_kv_head)
+from .naming import Names
+from .statics import is_positions, mask_kind, rotary_kind
+from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
+
+IDENTITY = {"dropout", "alias", "contiguous", "clone", "detach", "lift_fresh_copy"}
+ACTIVATIONS = {"silu": SiLU, "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
+
+
+def op_name(node) -> str:
+    """``aten.linear.default`` -> ``linear``; Python's ``getitem`` -> ``getitem``."""
+    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
+
+
+def module_path(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0].removeprefix("m.") if stack else "(model)"
+
+
+class StageLowering:
+    """Lowers one section of the graph into a stage's equations (``names`` collects them)."""
+
+    def __init__(self, context, names: Names, values: dict):
+        self.context, self.names, self.values = context, names, values
+
+    def lower(self, nodes, output) -> MatrixSymbol:
+        for node in nodes:
+            if node in self.context.static:
+                continue
+            handler = getattr(self, "_" + op_name(node), None)
+            if handler is None:
+                self.refuse(node)
+            args = [self.value(a) for a in node.args]
+            kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
+            result = handler(node, *args, **kwargs)
+            if result is NotImplemented:
+                self.refuse(node)
+            if isinstance(result, Stream) and node is not output and self.context.fan_out(node) > 1:
+                result = Stream(self.names.materialize(result.expr))
+            self.values[node] = result
+        final = self.values.get(output)
+        if not isinstance(final, Stream):
+            raise UnsupportedArchitecture(f"the stage ending at {module_path(output)} does not end in a matrix")
+        return final.expr
+
+    def value(self, arg):
+        import torch.fx
+
+        if isinstance(arg, torch.fx.Node):
+            return Static(arg) if arg in self.context.static else self.values[arg]
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.value(a) for a in arg)
+        return arg
+
+    def refuse(self, node):
+        args = ", ".join(type(self.value(a)).__name__ for a in node.args if not isinstance(a, (int, float)))
+        raise UnsupportedArchitecture(
+            f"cannot lower aten op {getattr(node.target, '__name__', node.target)} ({args}) at {module_path(node)}: "
+            "no pattern matches it")
+
+    # plumbing --------------------------------------------------------------------------------
+    def _identity(self, node, x, *rest, **kwargs):
+        if op_name(node) == "dropout" and rest[1:2] == (True,):
+            return NotImplemented  # dropout in training mode
+        return x
+
+    _dropout = _alias = _contiguous = _clone = _detach = _identity
+
+    def _to(self, node, x, *args, **kwargs):
+        import torch
+
+        dtype = kwargs.get("dtype", next((a for a in args if isinstance(a, torch.dtype)), torch.float32))
+        return x if dtype == torch.float32 and isinstance(x, (Stream, Heads)) else NotImplemented
+
+    _type_as = _to
+
+    def _getitem(self, node, pieces, index):
+        return pieces.items[index] if isinstance(pieces, Pieces) else NotImplemented
+
+    # embeddings and affine maps --------------------------------------------------------------
+    def _embedding(self, node, weight, indices, *rest):
+        if not isinstance(weight, Weight):
+            return NotImplemented
+        table = self.names.weight(weight, node, "E")
+        if isinstance(indices, Tokens):
+            return Stream(Embed(table, indices.symbol))
+        n = 7
+        if isinstance(indices, Static) and is_positions(self.context.evaluate(indices.node, n), n):
+            return Stream(Embed(table, self.names.positions()))
+        return NotImplemented
+
+    def _linear(self, node, x, weight, bias=None):
+        if not isinstance(x, Stream) or not isinstance(weight, Weight):
+            return NotImplemented
+        return Stream(self.names.linear(self.names.named_input(x.expr), weight, bias, node))
+
+    def _layer_norm(self, node, x, shape, weight=None, bias=None, eps=1e-5, *rest):
+        if not (isinstance(x, Stream) and isinstance(weight, Weight) and isinstance(bias, Weight)):
+            return NotImplemented
+        gain, shift = self.names.norm_weights(weight, bias, node)
+        return Stream(LayerNorm(x.expr, gain, shift, self.names.epsilon(eps)))
+
+    # RMSNorm, written out: x * rsqrt(mean(x^2) + eps) * gain ----------------------------------
+    def _pow(self, node, x, exponent):
+        return Partial("square", (x.expr,)) if isinstance(x, Stream) and exponent == 2 else NotImplemented
+
+    def _mean(self, node, x, dims, keepdim=False, **kwargs):
+        if isinstance(x, Partial) and x.kind == "square" and list(dims) in ([-1], [2]) and keepdim:
+            return Partial("mean_square", x.parts)
+        return NotImplemented
+
+    def _rsqrt(self, node, x):
+        return Partial("inverse_rms", x.parts) if isinstance(x, Partial) and x.kind == "mean_square_eps" \
+            else NotImplemented
+
+    # elementwise ------------------------------------------------------------------------------
+    def _add(self, node, a, b, alpha=1):
+        if isinstance(a, Partial) and a.kind == "mean_square" and isinstance(b, (int, float)):
+            return Partial("mean_square_eps", (*a.parts, b))
+        if isinstance(a, Stream) and isinstance(b, Stream):  # a residual: the stream first, then the updates
+            terms = [t for x in (a, b) for t in (x.expr.args if isinstance(x.expr, sp.MatAdd) else (x.expr,))]
+            terms.sort(key=lambda term: not self.names.is_stream(term))
+            return Stream(sp.MatAdd(*terms, evaluate=False))
+        if isinstance(a, Partial) and isinstance(b, Partial) and {a.kind, b.kind} == {"rotation"}:
+            (view, kinds) = a.parts[0], {a.parts[1], b.parts[1]}
+            if b.parts[0] == view and kinds == {"cos", "sin"}:
+                if view.whole:
+                    rotated = RoPE(view.base, self.names.frequencies(view.width), self.names.positions())
+                    return Heads(rotated, view.heads, view.width, 0, view.width)
+                return Partial("rotated", (view,))
+        return NotImplemented
+
+    def _mul(self, node, a, b):
+        for x, y in ((a, b), (b, a)):
+            if isinstance(x, Stream) and isinstance(y, Partial) and y.kind == "inverse_rms" and y.parts[0] == x.expr:
+                return Partial("normalized", y.parts)
+            if isinstance(x, Weight) and isinstance(y, Partial) and y.kind == "normalized":
+                gain = self.names.norm_weights(x, None, node)[0]
+                return Stream(RMSNorm(y.parts[0], gain, self.names.epsilon(y.parts[1])))
+            if isinstance(y, Static) and isinstance(x, (Heads, Partial)):
+                view = x if isinstance(x, Heads) else x.parts[0] if x.kind == "rotate_half" else None
+                if view is None:
+                    continue
+                kind = self.context.rotary_kind(y.node, view.stop - view.start)
+                wanted = "cos" if isinstance(x, Heads) else "sin"
+                if kind == wanted:
+                    return Partial("rotation", (view, kind))
+            if isinstance(x, Stream) and isinstance(y, (int, float)):
+                return Stream(sp.Float(y, 17) * x.expr) if y != 1 else x
+        if isinstance(a, Stream) and isinstance(b, Stream):
+            return Stream(HadamardProduct(a.expr, b.expr))
+        return NotImplemented
+
+    def _neg(self, node, x):
+        return Partial("negated", (x,)) if isinstance(x, Heads) else NotImplemented
+
+    def _cat(self, node, items, dim=0):
+        if dim not in (-1, 3) or len(items) != 2:
+            return NotImplemented
+        first, second = items
+        if isinstance(first, Partial) and first.kind == "negated" and isinstance(second, Heads):
+            upper = first.parts[0]  # rotate_half(v) = [-v_upper, v_lower]
+            if upper.base == second.base and second.stop == upper.start and \
+                    upper.stop - upper.start == second.stop - second.start:
+                return Partial("rotate_half", (Heads(second.base, second.heads, second.width, second.start,
+                                                     upper.stop),))
+        if isinstance(first, Partial) and first.kind == "rotated" and isinstance(second, Heads):
+            view = first.parts[0]
+            if view.base == second.base and view.start == 0 and second.start == view.stop and \
+                    second.stop == view.width:
+                frequencies = self.names.frequencies(view.stop, partial=True)
+                rotated = PartialRoPE(view.base, frequencies, self.names.positions(), d_head)
+                return Heads(rotated, view.heads, view.width, 0, view.width)
+        return NotImplemented
+
+    def _gelu(self, node, x, approximate="none"):
+        if not isinstance(x, Stream):
+            return NotImplemented
+        return Stream((GELUTanh if approximate == "tanh" else GELU)(x.expr))
+
+    def _activation(self, node, x):
+        return Stream(ACTIVATIONS[op_name(node)](x.expr)) if isinstance(x, Stream) else NotImplemented
+
+    _silu = _relu = _tanh = _sigmoid = _activation
+
+    # heads -------------------------------------------------------------------------------------
+    def _view(self, node, x, shape):
+        before, after = tuple(node.args[0].meta["val"].shape), tuple(node.meta["val"].shape)
+        if before == after:
+            return x
+        if isinstance(x, Stream) and len(after) == 4 and len(before) == 3:
+            return SplitRows(x.expr, int(after[2]), int(after[3]))
+        if isinstance(x, Attended) and x.transposed and len(after) == 3:
+            return Stream(self.names.materialize(MergeHeads(x.expr, n_head), "z"))
+        return NotImplemented
+
+    _reshape = _unsafe_view = _view
+
+    def _transpose(self, node, x, first, second):
+        if {first, second} != {1, 2}:
+            return NotImplemented
+        if isinstance(x, SplitRows):
+            return Heads(x.base, x.heads, x.width, 0, x.width)
+        if isinstance(x, Attended) and not x.transposed:
+            return Attended(x.expr, x.heads, True)
+        return NotImplemented
+
+    def _chunk(self, node, x, chunks, dim=0):
+        if not isinstance(x, Heads) or dim not in (-1, 3) or (x.stop - x.start) % chunks:
+            return NotImplemented
+        size = (x.stop - x.start) // chunks
+        return Pieces(tuple(self.names.fold(x.part(i * size, (i + 1) * size), i, node)
+                            for i in range(chunks)))
+
+    def _slice(self, node, x, dim=0, start=None, end=None, step=1):
+        if isinstance(x, Heads) and dim in (-1, 3) and step == 1:
+            width = x.stop - x.start
+            start, end = start or 0, width if end is None else min(end, width)
+            return x.part(start, end)
+        return NotImplemented
+
+    def _scaled_dot_product_attention(self, node, q, k, v, mask=None, dropout=0.0, is_causal=False, scale=None,
+                                      enable_gqa=False):
+        if not all(isinstance(x, Heads) and x.whole for x in (q, k, v)) or dropout:
+            return NotImplemented
+        if q.heads != k.heads and not enable_gqa:
+            return NotImplemented
+        queries, keys, values = (self.names.materialize(x.base, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
+        self.names.cache(keys, values)
+        if q.heads == k.heads:
+            keys, values = SplitHeads(keys, n_head), SplitHeads(values, n_head)
+        else:
+            keys, values = (GroupedHeads(x, n_kv_head, n_head) for x in (keys, values))
+        scale = 1 / math.sqrt(q.width) if scale is None else scale
+        factor = sp.Integer(1) / sp.sqrt(d_head) if math.isclose(scale, 1 / math.sqrt(q.width), rel_tol=1e-12) \
+            else sp.Float(scale, 17)
+        scores = factor * SplitHeads(queries, n_head) * keys.T
+        if isinstance(mask, Static):
+            kind, size = mask_kind(lambda n: self.context.evaluate(mask.node, n), window=self.context.window)
+        elif mask is None and is_causal:
+            kind, size = "causal", None
+        else:
+            return NotImplemented
+        masked = CausalMask(scores) if kind == "causal" else SlidingWindowMask(scores, self.names.window(size))
+        weights = self.names.materialize(Softmax(masked), "a")
+        return Attended(weights * values, q.heads)
+
