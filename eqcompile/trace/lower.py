@@ -6,6 +6,7 @@ module path: never a guessed equation."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import sympy as sp
 from sympy import HadamardProduct
@@ -20,6 +21,7 @@ from .statics import is_positions, mask_kind, rotary_kind
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
 
 IDENTITY = {"dropout", "alias", "contiguous", "clone", "detach", "lift_fresh_copy"}
+PARTS = {"slice", "chunk", "split_with_sizes", "_assert_tensor_metadata"}  # a fused projection's users: folded
 ACTIVATIONS = {"silu": SiLU, "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 
 
@@ -51,7 +53,8 @@ class StageLowering:
             result = handler(node, *args, **kwargs)
             if result is NotImplemented:
                 self.refuse(node)
-            if isinstance(result, Stream) and node is not output and self.context.fan_out(node) > 1:
+            if isinstance(result, Stream) and node is not output and self.context.fan_out(node) > 1 \
+                    and not all(op_name(user) in PARTS for user in node.users):
                 result = Stream(self.names.materialize(result.expr))
             self.values[node] = result
         final = self.values.get(output)
@@ -86,7 +89,7 @@ class StageLowering:
         import torch
 
         dtype = kwargs.get("dtype", next((a for a in args if isinstance(a, torch.dtype)), torch.float32))
-        return x if dtype == torch.float32 and isinstance(x, (Stream, Heads)) else NotImplemented
+        return x if dtype == torch.float32 and isinstance(x, (Stream, Heads, Partial)) else NotImplemented
 
     _type_as = _to
 
@@ -174,6 +177,8 @@ class StageLowering:
         if dim not in (-1, 3) or len(items) != 2:
             return NotImplemented
         first, second = items
+        if isinstance(second, Heads) and second.start == second.stop:  # x[..., d:] of a head d wide: empty
+            return first
         if isinstance(first, Partial) and first.kind == "negated" and isinstance(second, Heads):
             upper = first.parts[0]  # rotate_half(v) = [-v_upper, v_lower]
             if upper.base == second.base and second.stop == upper.start and \
@@ -200,10 +205,22 @@ class StageLowering:
     _silu = _relu = _tanh = _sigmoid = _activation
 
     # heads -------------------------------------------------------------------------------------
+    # transformers' repeat_kv: x[:, :, None].expand(1, kv, r, n, w).reshape(1, kv r, n, w)
+    def _unsqueeze(self, node, x, dim):
+        return Partial("unsqueezed", (x,)) if isinstance(x, Heads) and x.whole and dim == 2 else NotImplemented
+
+    def _expand(self, node, x, shape, **kwargs):
+        if isinstance(x, Partial) and x.kind == "unsqueezed" and len(shape) == 5:
+            return Partial("repeated", (x.parts[0], int(node.meta["val"].shape[2])))
+        return NotImplemented
+
     def _view(self, node, x, shape):
         before, after = tuple(node.args[0].meta["val"].shape), tuple(node.meta["val"].shape)
         if before == after:
             return x
+        if isinstance(x, Partial) and x.kind == "repeated" and len(after) == 4:
+            view, times = x.parts
+            return replace(view, repeat=view.repeat * times)
         if isinstance(x, Stream) and len(after) == 4 and len(before) == 3:
             return SplitRows(x.expr, int(after[2]), int(after[3]))
         if isinstance(x, Attended) and x.transposed and len(after) == 3:
@@ -222,24 +239,45 @@ class StageLowering:
         return NotImplemented
 
     def _chunk(self, node, x, chunks, dim=0):
-        if not isinstance(x, Heads) or dim not in (-1, 3) or (x.stop - x.start) % chunks:
+        rank = len(node.args[0].meta["val"].shape)
+        width = x.stop - x.start if isinstance(x, Heads) else int(node.args[0].meta["val"].shape[-1])
+        if dim not in (-1, rank - 1) or width % chunks:
             return NotImplemented
-        size = (x.stop - x.start) // chunks
-        return Pieces(tuple(self.names.fold(x.part(i * size, (i + 1) * size), i, node)
-                            for i in range(chunks)))
+        size = width // chunks
+        return Pieces(tuple(self._columns(node, x, i * size, (i + 1) * size) for i in range(chunks)))
+
+    def _split_with_sizes(self, node, x, sizes, dim=0):
+        if dim not in (-1, len(node.args[0].meta["val"].shape) - 1):
+            return NotImplemented
+        bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        return Pieces(tuple(self._columns(node, x, a, b) for a, b in zip(bounds, bounds[1:])))
 
     def _slice(self, node, x, dim=0, start=None, end=None, step=1):
-        if isinstance(x, Heads) and dim in (-1, 3) and step == 1:
-            width = x.stop - x.start
-            start, end = start or 0, width if end is None else min(end, width)
-            return x.part(start, end)
+        rank = len(node.args[0].meta["val"].shape)
+        if dim not in (-1, rank - 1) or step != 1:
+            return NotImplemented
+        width = x.stop - x.start if isinstance(x, Heads) else int(node.args[0].meta["val"].shape[-1])
+        return self._columns(node, x, start or 0, width if end is None else min(end, width), fold=False)
+
+    def _columns(self, node, x, start: int, stop: int, fold: bool = True):
+        """Features start:stop of every head (of a stream's rows): a fused projection's part becomes
+        a projection of its own."""
+        if isinstance(x, Heads):
+            part = x.part(start, stop)
+            return self.names.fold_heads(part) if fold else part
+        if isinstance(x, Stream) and (start, stop) == (0, int(node.args[0].meta["val"].shape[-1])):
+            return x
+        if isinstance(x, Stream):
+            width = int(node.args[0].meta["val"].shape[-1])
+            folded = self.names.fold(x.expr, (width, start, stop))
+            return NotImplemented if folded is None else Stream(folded)
         return NotImplemented
 
     def _scaled_dot_product_attention(self, node, q, k, v, mask=None, dropout=0.0, is_causal=False, scale=None,
                                       enable_gqa=False):
         if not all(isinstance(x, Heads) and x.whole for x in (q, k, v)) or dropout:
             return NotImplemented
-        if q.heads != k.heads and not enable_gqa:
+        if not all(x.heads * x.repeat == q.heads for x in (k, v)) and not enable_gqa:
             return NotImplemented
         queries, keys, values = (self.names.materialize(x.base, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
         self.names.cache(keys, values)

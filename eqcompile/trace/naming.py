@@ -49,6 +49,7 @@ class Names:
         self.prelude: list[Equation] = []  # equations of constants (RoPE frequencies), stated first
         self.counts: dict[str, int] = {}
         self.fused_leaf: dict[MatrixSymbol, str] = {}  # a projection's weight -> its module's name
+        self.parts: dict[MatrixSymbol, int] = {}  # a fused projection's weight -> the last part taken
 
     def _superscript(self, text: str, next_layer: bool = False) -> str:
         if not self.layered:
@@ -100,27 +101,30 @@ class Names:
         b = self._param(f"b_{stem}", f"b_{{{_role_latex(stem)}}}", bias, 1, cols)
         return Linear(x, w, b)
 
-    def fold(self, view: Heads, index: int, node) -> Heads:
-        """A chunk of a fused projection's heads as its own projection: W_Q out of ``query_key_value``."""
-        base = view.base
-        if not isinstance(base, Linear) or base.weight not in self.sources or view.whole:
-            return view
-        from .lower import module_path
-
+    def fold(self, base, blocks: tuple[int, int, int], heads: int = 1):
+        """Part of a fused projection as its own projection (W_Q out of ``query_key_value``): entries
+        start:stop of every ``width`` of its outputs; None when ``base`` is no projection of ours."""
+        if not isinstance(base, Linear) or base.weight not in self.sources:
+            return None
         fused = base.weight
+        index = self.parts[fused] = self.parts.get(fused, -1) + 1  # parts are taken in order: q, k, v
         roles = FUSED.get(self.fused_leaf.get(fused, ""))
         role = self._unique(roles[index] if roles and index < len(roles) else f"part{index + 1}")
-        blocks = (view.width, view.start, view.stop)
-        width = view.stop - view.start
-        cols = self.context.dim(view.heads * width)
-        weight, _ = self.sources[fused]
-        w = self._param(f"W_{role}", f"W_{{{_role_latex(role)}}}", weight, fused.shape[0], cols, transpose=True,
+        width, start, stop = blocks
+        cols = self.context.dim(heads * (stop - start) if heads > 1 else stop - start)
+        w = self._param(f"W_{role}", f"W_{{{_role_latex(role)}}}", self.sources[fused][0], fused.shape[0], cols,
+                        transpose=True, blocks=blocks)
+        if base.bias is None:
+            return Linear(base.arg, w)
+        b = self._param(f"b_{role}", f"b_{{{_role_latex(role)}}}", self.sources[base.bias][0], 1, cols,
                         blocks=blocks)
-        b = None
-        if base.bias is not None:
-            b = self._param(f"b_{role}", f"b_{{{_role_latex(role)}}}", self.sources[base.bias][0], 1, cols,
-                            blocks=blocks)
-        folded = Linear(base.arg, w) if b is None else Linear(base.arg, w, b)
+        return Linear(base.arg, w, b)
+
+    def fold_heads(self, view: Heads) -> Heads:
+        folded = None if view.whole else self.fold(view.base, (view.width, view.start, view.stop), view.heads)
+        if folded is None:
+            return view
+        width = view.stop - view.start
         return Heads(folded, view.heads, width, 0, width)
 
     def norm_weights(self, gain: Weight, shift: Weight | None, node):

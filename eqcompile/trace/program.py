@@ -129,8 +129,8 @@ def _boundary(nodes: list, static: set) -> tuple:
     inside = set(nodes)
     inputs = {arg for node in nodes for arg in node.all_input_nodes
               if arg not in inside and arg not in static and arg.op != "placeholder"}
-    outputs = [node for node in nodes if any(user not in inside for user in node.users)
-               and node not in static]
+    outputs = [node for node in nodes if node not in static and any(
+        user not in inside and (user.op != "call_function" or op_name(user) not in IGNORED) for user in node.users)]
     if len(inputs) != 1 or len(outputs) != 1:
         raise UnsupportedArchitecture(
             f"layer at {module_path(nodes[0])} does not take and return one hidden state "

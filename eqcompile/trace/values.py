@@ -9,7 +9,7 @@ last node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy as sp
 
@@ -28,13 +28,14 @@ class Heads:
     width: int
     start: int
     stop: int
+    repeat: int = 1  # each head read by this many query heads in turn (transformers' repeat_kv)
 
     @property
     def whole(self) -> bool:
         return (self.start, self.stop) == (0, self.width)
 
     def part(self, start: int, stop: int) -> Heads:
-        return Heads(self.base, self.heads, self.width, self.start + start, self.start + stop)
+        return replace(self, start=self.start + start, stop=self.start + stop)
 
 
 @dataclass(frozen=True)
