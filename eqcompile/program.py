@@ -30,6 +30,7 @@ class TensorRef:
     columns: tuple[int, int] | None = None
     transpose: bool = False
     blocks: tuple[int, int, int] | None = None  # (width, start, stop), applied after the transpose
+    rows: tuple[int, int] | None = None  # rows start:stop of the stored tensor, taken first (OPT's positions)
 
     def for_layer(self, layer: int | None) -> TensorRef:
         if layer is None:
@@ -38,6 +39,8 @@ class TensorRef:
 
     def select(self, array):
         """The parameter's numbers out of the stored tensor's (an array with ``[...]`` and ``.T``)."""
+        if self.rows:
+            array = array[self.rows[0]:self.rows[1]]
         if self.columns:
             array = array[..., self.columns[0]:self.columns[1]]
         if self.transpose:
@@ -50,6 +53,8 @@ class TensorRef:
 
     def describe(self) -> str:
         text = self.name
+        if self.rows:
+            text += f"[{self.rows[0]}:{self.rows[1]}]"
         if self.columns:
             text += f"[..., {self.columns[0]}:{self.columns[1]}]"
         text += "ᵀ" if self.transpose else ""

@@ -33,6 +33,8 @@ ARCHITECTURES = {  # model_type -> (config class, settings over SMALL)
     "phi3": ("Phi3Config", dict(num_key_value_heads=2)),
     "stablelm": ("StableLmConfig", dict(num_key_value_heads=2)),
     "olmo2": ("Olmo2Config", dict(num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=8)),
+    "opt": ("OPTConfig", dict(ffn_dim=40, word_embed_proj_dim=32)),
 }
 DEFAULT_RUN = ("gpt_neox", "phi3")  # the others run with -m slow (each costs an export)
 

@@ -13,11 +13,11 @@ from sympy import HadamardProduct
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import UnsupportedArchitecture
-from ..ops import (GELU, CausalMask, Embed, GELUTanh, GroupedHeads, LayerNorm, Linear, MergeHeads, PartialRoPE,
+from ..ops import (GELU, CausalMask, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, Linear, MergeHeads, PartialRoPE,
                    ReLU, RMSNorm, RoPE, Sigmoid, SiLU, SlidingWindowMask, Softmax, SplitHeads, Tanh, d_head,
                    n_head, n_kv_head)
 from .naming import Names
-from .statics import is_positions, mask_kind, rotary_kind
+from .statics import mask_kind, positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
 
 IDENTITY = {"dropout", "alias", "contiguous", "clone", "detach", "lift_fresh_copy"}
@@ -89,7 +89,7 @@ class StageLowering:
         import torch
 
         dtype = kwargs.get("dtype", next((a for a in args if isinstance(a, torch.dtype)), torch.float32))
-        return x if dtype == torch.float32 and isinstance(x, (Stream, Heads, Partial)) else NotImplemented
+        return x if dtype == torch.float32 and isinstance(x, (Stream, Heads, SplitRows, Partial)) else NotImplemented
 
     _type_as = _to
 
@@ -100,13 +100,13 @@ class StageLowering:
     def _embedding(self, node, weight, indices, *rest):
         if not isinstance(weight, Weight):
             return NotImplemented
-        table = self.names.weight(weight, node, "E")
         if isinstance(indices, Tokens):
-            return Stream(Embed(table, indices.symbol))
+            return Stream(Embed(self.names.weight(weight, "E"), indices.symbol))
         n = 7
-        if isinstance(indices, Static) and is_positions(self.context.evaluate(indices.node, n), n):
-            return Stream(Embed(table, self.names.positions()))
-        return NotImplemented
+        offset = positions_offset(self.context.evaluate(indices.node, n), n) if isinstance(indices, Static) else None
+        if offset is None:
+            return NotImplemented
+        return Stream(Embed(self.names.weight(weight, "P", offset), self.names.positions()))
 
     def _linear(self, node, x, weight, bias=None):
         if not isinstance(x, Stream) or not isinstance(weight, Weight):
@@ -121,7 +121,7 @@ class StageLowering:
 
     # RMSNorm, written out: x * rsqrt(mean(x^2) + eps) * gain ----------------------------------
     def _pow(self, node, x, exponent):
-        return Partial("square", (x.expr,)) if isinstance(x, Stream) and exponent == 2 else NotImplemented
+        return Partial("square", (x,)) if isinstance(x, (Stream, SplitRows)) and exponent == 2 else NotImplemented
 
     def _mean(self, node, x, dims, keepdim=False, **kwargs):
         if isinstance(x, Partial) and x.kind == "square" and list(dims) in ([-1], [2]) and keepdim:
@@ -151,11 +151,10 @@ class StageLowering:
 
     def _mul(self, node, a, b):
         for x, y in ((a, b), (b, a)):
-            if isinstance(x, Stream) and isinstance(y, Partial) and y.kind == "inverse_rms" and y.parts[0] == x.expr:
+            if isinstance(y, Partial) and y.kind == "inverse_rms" and y.parts[0] == x:
                 return Partial("normalized", y.parts)
             if isinstance(x, Weight) and isinstance(y, Partial) and y.kind == "normalized":
-                gain = self.names.norm_weights(x, None, node)[0]
-                return Stream(RMSNorm(y.parts[0], gain, self.names.epsilon(y.parts[1])))
+                return self._rms_norm(node, x, *y.parts)
             if isinstance(y, Static) and isinstance(x, (Heads, Partial)):
                 view = x if isinstance(x, Heads) else x.parts[0] if x.kind == "rotate_half" else None
                 if view is None:
@@ -169,6 +168,12 @@ class StageLowering:
         if isinstance(a, Stream) and isinstance(b, Stream):
             return Stream(HadamardProduct(a.expr, b.expr))
         return NotImplemented
+
+    def _rms_norm(self, node, weight: Weight, x, eps):
+        gain, eps = self.names.norm_weights(weight, None, node)[0], self.names.epsilon(eps)
+        if isinstance(x, Stream):
+            return Stream(RMSNorm(x.expr, gain, eps))
+        return SplitRows(HeadRMSNorm(x.base, gain, eps, d_head), x.heads, x.width)  # each head on its own
 
     def _neg(self, node, x):
         return Partial("negated", (x,)) if isinstance(x, Heads) else NotImplemented
@@ -216,7 +221,8 @@ class StageLowering:
 
     def _view(self, node, x, shape):
         before, after = tuple(node.args[0].meta["val"].shape), tuple(node.meta["val"].shape)
-        if before == after:
+        if before == after or (isinstance(x, Stream) and {len(before), len(after)} <= {2, 3}
+                               and before[-1] == after[-1]):  # [1, n, w] <-> [n, w]: the same rows
             return x
         if isinstance(x, Partial) and x.kind == "repeated" and len(after) == 4:
             view, times = x.parts

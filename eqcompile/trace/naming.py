@@ -62,19 +62,21 @@ class Names:
         return stem if count == 1 else f"{stem}_{count}"
 
     # parameters -----------------------------------------------------------------------------
-    def _param(self, name: str, latex: str, weight: Weight, rows, cols, transpose=False, blocks=None):
+    def _param(self, name: str, latex: str, weight: Weight, height, width, transpose=False, blocks=None,
+               rows=None):
         tensor = self.context.template(weight.tensor) if self.layered else weight.tensor
-        p = param(self.stage, name, rows, cols, self._superscript(latex),
-                  TensorRef(tensor, transpose=transpose, blocks=blocks))
+        p = param(self.stage, name, height, width, self._superscript(latex),
+                  TensorRef(tensor, transpose=transpose, blocks=blocks, rows=rows))
         self.params[p.symbol] = p
         self.sources[p.symbol] = (weight, transpose)
         return p.symbol
 
-    def weight(self, weight: Weight, node, role: str) -> MatrixSymbol:
-        """An embedding table [rows, d]."""
+    def weight(self, weight: Weight, role: str, offset: int = 0) -> MatrixSymbol:
+        """An embedding table [rows, d]; ``offset``: its first rows are never read (OPT's positions)."""
         rows, cols = weight.shape
+        rows -= offset
         return self._param(self._unique(f"W_{role}"), f"W_{{{role}}}", weight, self.context.dim(rows),
-                           self.context.dim(cols))
+                           self.context.dim(cols), rows=(offset, offset + rows) if offset else None)
 
     def _role(self, node) -> str:
         from .lower import module_path

@@ -58,6 +58,7 @@ class Context:
         inner = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
         if inner:
             table.append((inner, d_ff))
+        table.append((int(getattr(config, "max_position_embeddings", 0) or 0), n_ctx))
         self.dims.update({d_model: hidden, n_vocab: config.vocab_size, n_head: heads, d_head: head_width,
                           n_ctx: int(getattr(config, "max_position_embeddings", 0) or 2048)})
         if kv != heads:

@@ -57,9 +57,12 @@ class Evaluator:
         return np.asarray(self.value(node, n).detach().to("cpu").numpy())
 
 
-def is_positions(values: np.ndarray, n: int) -> bool:
-    """Position ids 0, ..., n-1 (any leading size-1 axes)."""
-    return values.size == n and np.array_equal(values.reshape(-1), np.arange(n))
+def positions_offset(values: np.ndarray, n: int) -> int | None:
+    """k when ``values`` are the position ids k, ..., k+n-1 (any leading size-1 axes), else None."""
+    if values.size != n or values.dtype.kind not in "iu":
+        return None
+    offset = int(values.reshape(-1)[0])
+    return offset if offset >= 0 and np.array_equal(values.reshape(-1), np.arange(offset, offset + n)) else None
 
 
 def rotary_kind(values: np.ndarray, n: int, base: float | None, width: int) -> str | None:
