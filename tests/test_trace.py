@@ -35,6 +35,7 @@ ARCHITECTURES = {  # model_type -> (config class, settings over SMALL)
     "olmo2": ("Olmo2Config", dict(num_key_value_heads=2)),
     "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=8)),
     "opt": ("OPTConfig", dict(ffn_dim=40, word_embed_proj_dim=32)),
+    "falcon": ("FalconConfig", dict(new_decoder_architecture=False, multi_query=True, parallel_attn=True)),
 }
 DEFAULT_RUN = ("gpt_neox", "phi3")  # the others run with -m slow (each costs an export)
 

@@ -12,6 +12,7 @@ from ..errors import ConfigError, UnsupportedArchitecture
 from ..load import Checkpoint
 
 EXAMPLE_LENGTH = 4  # export needs an example of >= 2 tokens for a dynamic length
+ALLOCATE_BELOW = 256 * 2**20  # bytes of weights: smaller models are exported with (random) weights allocated
 
 
 @dataclass
@@ -33,16 +34,17 @@ def _model(checkpoint: Checkpoint, empty: bool):
         raise UnsupportedArchitecture("the tracer needs a config.json with a model_type")
     try:
         config = transformers.AutoConfig.for_model(**checkpoint.config)
-    except (ValueError, KeyError) as e:
-        raise UnsupportedArchitecture(f"transformers does not know this config: {e}") from None
-    config.use_cache = False
-    if empty:
-        from accelerate import init_empty_weights  # keeps buffers (rotary inv_freq) real
+        config.use_cache = False
+        if empty:
+            from accelerate import init_empty_weights  # keeps buffers (rotary inv_freq) real
 
-        with init_empty_weights():
+            with init_empty_weights():
+                model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        else:
             model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    else:
-        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    except (ValueError, KeyError, TypeError) as e:
+        reason = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
+        raise UnsupportedArchitecture(f"transformers cannot build it with torch's sdpa attention: {reason}") from None
     return model.to(torch.float32).eval()
 
 
@@ -66,7 +68,10 @@ class _Logits:
 def export_checkpoint(checkpoint: Checkpoint) -> Exported:
     import torch
 
-    model = _model(checkpoint, empty=True)
+    # unallocated weights keep a big model's export in constant memory, but some models then make
+    # their constants (Falcon's head indices) or buffers (GPT-J's sin/cos table) on the wrong device
+    size = sum(info.nbytes for info in checkpoint.tensors.values())
+    model = _model(checkpoint, empty=size > ALLOCATE_BELOW)
     names = _checkpoint_names(model, checkpoint)
     missing = [name for name, _ in model.named_parameters() if name not in names]
     if missing:

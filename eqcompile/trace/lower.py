@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import sympy as sp
 from sympy import HadamardProduct
 from sympy.matrices.expressions.matexpr import MatrixSymbol
@@ -113,6 +114,14 @@ class StageLowering:
             return NotImplemented
         return Stream(self.names.linear(self.names.named_input(x.expr), weight, bias, node))
 
+    def _numpy_T(self, node, weight):
+        return Partial("transposed", (weight,)) if isinstance(weight, Weight) else NotImplemented
+
+    def _matmul(self, node, x, y):  # x @ W.T, as Falcon writes its projections
+        if isinstance(y, Partial) and y.kind == "transposed":
+            return self._linear(node, x, y.parts[0])
+        return NotImplemented
+
     def _layer_norm(self, node, x, shape, weight=None, bias=None, eps=1e-5, *rest):
         if not (isinstance(x, Stream) and isinstance(weight, Weight) and isinstance(bias, Weight)):
             return NotImplemented
@@ -208,6 +217,7 @@ class StageLowering:
         return Stream(ACTIVATIONS[op_name(node)](x.expr)) if isinstance(x, Stream) else NotImplemented
 
     _silu = _relu = _tanh = _sigmoid = _activation
+    _add_ = _add
 
     # heads -------------------------------------------------------------------------------------
     # transformers' repeat_kv: x[:, :, None].expand(1, kv, r, n, w).reshape(1, kv r, n, w)
@@ -235,6 +245,9 @@ class StageLowering:
 
     _reshape = _unsafe_view = _view
 
+    def _permute(self, node, x, order):
+        return self._transpose(node, x, 1, 2) if list(order) == [0, 2, 1, 3] else NotImplemented
+
     def _transpose(self, node, x, first, second):
         if {first, second} != {1, 2}:
             return NotImplemented
@@ -258,8 +271,25 @@ class StageLowering:
         bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         return Pieces(tuple(self._columns(node, x, a, b) for a, b in zip(bounds, bounds[1:])))
 
+    def _index(self, node, x, indices):
+        """Falcon's key and value heads out of the fused projection: x[:, :, [k]]."""
+        if not isinstance(x, SplitRows) or len(indices) != 3 or indices[:2] != [None, None] \
+                or not isinstance(indices[2], Static):
+            return NotImplemented
+        chosen = self.context.evaluate(indices[2].node, 7).reshape(-1) % x.heads
+        if not np.array_equal(chosen, np.arange(chosen[0], chosen[0] + chosen.size)):
+            return NotImplemented
+        return self._head_range(x, int(chosen[0]), int(chosen[0]) + chosen.size)
+
+    def _head_range(self, x: SplitRows, first: int, last: int):
+        folded = self.names.fold(x.base, (x.heads * x.width, first * x.width, last * x.width))
+        return NotImplemented if folded is None else SplitRows(folded, last - first, x.width)
+
     def _slice(self, node, x, dim=0, start=None, end=None, step=1):
         rank = len(node.args[0].meta["val"].shape)
+        if isinstance(x, SplitRows) and dim == 2 and step == 1:  # a range of heads
+            first, last = slice(start, end).indices(x.heads)[:2]
+            return self._head_range(x, first, last)
         if dim not in (-1, rank - 1) or step != 1:
             return NotImplemented
         width = x.stop - x.start if isinstance(x, Heads) else int(node.args[0].meta["val"].shape[-1])
@@ -283,14 +313,15 @@ class StageLowering:
                                       enable_gqa=False):
         if not all(isinstance(x, Heads) and x.whole for x in (q, k, v)) or dropout:
             return NotImplemented
-        if not all(x.heads * x.repeat == q.heads for x in (k, v)) and not enable_gqa:
-            return NotImplemented
+        if not all(x.heads * x.repeat == q.heads or x.heads == 1 for x in (k, v)) and not enable_gqa:
+            return NotImplemented  # (one key/value head is broadcast to all: multi-query attention)
         queries, keys, values = (self.names.materialize(x.base, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
         self.names.cache(keys, values)
         if q.heads == k.heads:
             keys, values = SplitHeads(keys, n_head), SplitHeads(values, n_head)
         else:
-            keys, values = (GroupedHeads(x, n_kv_head, n_head) for x in (keys, values))
+            groups = self.context.constant(n_kv_head, k.heads)
+            keys, values = (GroupedHeads(x, groups, n_head) for x in (keys, values))
         scale = 1 / math.sqrt(q.width) if scale is None else scale
         factor = sp.Integer(1) / sp.sqrt(d_head) if math.isclose(scale, 1 / math.sqrt(q.width), rel_tol=1e-12) \
             else sp.Float(scale, 17)

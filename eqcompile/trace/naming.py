@@ -103,7 +103,7 @@ class Names:
         b = self._param(f"b_{stem}", f"b_{{{_role_latex(stem)}}}", bias, 1, cols)
         return Linear(x, w, b)
 
-    def fold(self, base, blocks: tuple[int, int, int], heads: int = 1):
+    def fold(self, base, blocks: tuple[int, int, int]):
         """Part of a fused projection as its own projection (W_Q out of ``query_key_value``): entries
         start:stop of every ``width`` of its outputs; None when ``base`` is no projection of ours."""
         if not isinstance(base, Linear) or base.weight not in self.sources:
@@ -113,7 +113,7 @@ class Names:
         roles = FUSED.get(self.fused_leaf.get(fused, ""))
         role = self._unique(roles[index] if roles and index < len(roles) else f"part{index + 1}")
         width, start, stop = blocks
-        cols = self.context.dim(heads * (stop - start) if heads > 1 else stop - start)
+        cols = self.context.dim(self.sources[fused][0].shape[0] // width * (stop - start))
         w = self._param(f"W_{role}", f"W_{{{_role_latex(role)}}}", self.sources[fused][0], fused.shape[0], cols,
                         transpose=True, blocks=blocks)
         if base.bias is None:
@@ -123,7 +123,7 @@ class Names:
         return Linear(base.arg, w, b)
 
     def fold_heads(self, view: Heads) -> Heads:
-        folded = None if view.whole else self.fold(view.base, (view.width, view.start, view.stop), view.heads)
+        folded = None if view.whole else self.fold(view.base, (view.width, view.start, view.stop))
         if folded is None:
             return view
         width = view.stop - view.start

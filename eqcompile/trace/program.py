@@ -52,7 +52,7 @@ class Context:
         """(size, its symbol expression, the dim it defines, value) in order of preference."""
         hidden, heads = config.hidden_size, config.num_attention_heads
         head_width = getattr(config, "head_dim", None) or hidden // heads
-        kv = getattr(config, "num_key_value_heads", None) or heads
+        kv = getattr(config, "num_key_value_heads", None) or getattr(config, "num_kv_heads", None) or heads
         table = [(hidden, d_model), (config.vocab_size, n_vocab), (heads * head_width, n_head * d_head),
                  (kv * head_width, n_kv_head * d_head), (head_width, d_head)]
         inner = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
@@ -148,8 +148,11 @@ def _signature(context: Context, nodes: list, index: int, parameters: dict) -> l
 
     def static(node):  # by what computes it: each layer re-derives the same tables under new names
         if node not in memo:
-            memo[node] = ("static", node.name) if node.op == "placeholder" else \
-                ("static", str(node.target), describe(node.args))
+            if node.name in context.exported.buffers:  # each layer may lift its own copy of a constant
+                memo[node] = ("static", tuple(context.exported.buffers[node.name].reshape(-1).tolist()))
+            else:
+                memo[node] = ("static", node.name) if node.op == "placeholder" else \
+                    ("static", str(node.target), describe(node.args))
         return memo[node]
 
     def describe(arg):
