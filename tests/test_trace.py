@@ -132,3 +132,24 @@ def test_without_torch_the_error_names_the_extra(neox, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     with pytest.raises(UnsupportedArchitecture, match=r"eqcompile\[trace\]"):
         eqcompile.compile(neox)
+
+
+TINY = dict(vocab_size=8, hidden_size=8, intermediate_size=12, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=4)
+
+
+@pytest.mark.parametrize("model_type, settings", [
+    ("gpt_neox", dict(rotary_pct=0.5)),  # PartialRoPE
+    pytest.param("qwen3", dict(num_key_value_heads=1, head_dim=4), marks=pytest.mark.slow),  # HeadRMSNorm
+])
+def test_literal_expansion_of_a_traced_model(tmp_path, model_type, settings):
+    """--expand on a traced Program: the counts of the built expansion equal the analytic ones
+    (``cost``), and the pure-Python module computes what the float64 numpy module computes."""
+    from eqcompile.stats import operation_counts
+
+    model = eqcompile.compile(make_checkpoint(tmp_path / "ckpt", model_type, **TINY, **settings))
+    assert model.expand().operations() == operation_counts(model.program, model.program.max_seq)
+    literal = import_module(model.to_python(tmp_path / "literal", expand=True), f"{model_type}_literal")
+    numpy64 = import_module(model.to_python(tmp_path / "numpy", dtype="float64"), f"{model_type}_numpy64")
+    tokens = [3, 1, 7, 2]
+    np.testing.assert_allclose(np.array(literal.forward(tokens)), numpy64.forward(tokens), atol=1e-6, rtol=0)

@@ -12,7 +12,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .attention import d_head
-from .base import MatrixOp, i, j, n
+from .base import MatrixOp, add, i, j, mul, n, neg, ops
 from .rope import rope
 
 d_rot = sp.Symbol("d_rot", integer=True, positive=True)  # features of a head that are rotated
@@ -48,6 +48,31 @@ class PartialRoPE(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "partial_rope", self.arg, self.frequencies, self.positions, self.head_width)
+
+    def explicit(self, ev):
+        """As RoPE's expansion, on the first d_rot features of each head; the others are copied."""
+        x, theta, positions = ev.shared(self.arg), ev.shared(self.frequencies), ev.value(self.positions)
+        half, width = theta.cols, int(ev.number(self.head_width))
+        out = sp.Matrix(x)
+        for r in range(x.rows):
+            for f in range(half):
+                angle = ev.name("phi", mul(positions[r, 0], theta[0, f]), r, f, latex=r"\varphi")
+                cos = ev.name("cos", sp.cos(angle, evaluate=False), r, f, latex=r"\cos\varphi")
+                sin = ev.name("sin", sp.sin(angle, evaluate=False), r, f, latex=r"\sin\varphi")
+                for start in range(0, x.cols, width):
+                    first, second = x[r, start + f], x[r, start + f + half]
+                    out[r, start + f] = add(mul(first, cos), neg(mul(second, sin)))
+                    out[r, start + f + half] = add(mul(second, cos), mul(first, sin))
+        return out
+
+    def cost(self, ev):
+        """RoPE's cost on the rotated features only: 2 len(θ) of every head."""
+        rows, cols = ev.size(self)
+        half = ev.size(self.frequencies)[1]
+        rotated = cols // int(ev.number(self.head_width)) * 2 * half
+        angles = rows * half
+        return ev.cost(self.arg) + ops(mul=angles + 2 * rows * rotated, add=rows * rotated, neg=rows * rotated // 2,
+                                       cos=angles, sin=angles)
 
     @classmethod
     def definition(cls):  # one head's block of columns; every head is turned the same way
