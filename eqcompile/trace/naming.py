@@ -9,7 +9,7 @@ import re
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from ..arch.common import d_model, n_vocab, param, seq
+from ..arch.common import param, seq
 from ..ops import LayerNorm, Linear, MergeHeads, RMSNorm, RotaryFrequencies, Softmax, epsilon, window
 from ..ops.partial_rope import d_rot
 from ..ops.attention import d_head
@@ -210,5 +210,3 @@ class Names:
             used |= eq.rhs.free_symbols
         return [p for symbol, p in self.params.items() if symbol in used]
 
-
-__all__ = ["Names", "d_model", "n_vocab"]

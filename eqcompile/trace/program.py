@@ -22,7 +22,7 @@ from .export import Exported
 from .lower import StageLowering, module_path, op_name
 from .naming import Names
 from .statics import Evaluator, rotary_kind, static_nodes
-from .values import Tokens, Weight
+from .values import Stream, Tokens, Weight
 
 DIM_LATEX = {**DIM_LATEX, d_rot: r"d_{\mathrm{rot}}"}
 DIM_PYTHON = {**DIM_PYTHON, d_rot: "d_rot"}
@@ -116,7 +116,7 @@ def _sections(context: Context):
             layers[index].append(node)
         elif not any(layers):
             before.append(node)
-        elif any(node in layer for layer in layers[-1:]) or layers[-1]:
+        elif layers[-1]:
             after.append(node)
         else:
             raise UnsupportedArchitecture(f"op {op_name(node)} at {module_path(node)} lies between two layers")
@@ -213,22 +213,21 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
                                          tuple(int(s) for s in placeholder.meta["val"].shape))
     tokens = MatrixSymbol("t", seq, 1)
     values[context.tokens] = Tokens(tokens)
-    entry, _ = _boundary(layers[0], context.static)
+    block_in, block_out = _boundary(layers[0], context.static)
     _, leaving = _boundary(layers[-1], context.static)
     logits_node = next(n for n in exported.program.graph.nodes if n.op == "output").args[0][0]
 
     stages = []
     names = Names(context, "embedding", tokens, "t", layered=False)
-    output = StageLowering(context, names, values).lower(before, entry)
+    output = StageLowering(context, names, values).lower(before, block_in)
     stages.append(_stage(names, "embedding", "Embedding", "E", output, "x", "X^{(0)}"))
-    block_in, block_out = _boundary(layers[0], context.static)
     x = MatrixSymbol("x", seq, d_model)
-    values[block_in] = _stream(x)
+    values[block_in] = Stream(x)
     names = Names(context, "block", x, "X^{($l)}", layered=True)
     output = StageLowering(context, names, values).lower(layers[0], block_out)
     stages.append(_stage(names, "block", "Transformer block", "B", output, "x_next", "X^{($next)}",
                          layers=len(layers)))
-    values[leaving] = _stream(x)
+    values[leaving] = Stream(x)
     names = Names(context, "unembedding", x, "X^{(L)}", layered=False)
     output = StageLowering(context, names, values).lower(after, logits_node)
     stages.append(_stage(names, "unembedding", "Unembedding", "U", output, "logits", "Z"))
@@ -240,12 +239,6 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
         vocab=context.dims[n_vocab], source=checkpoint.source,
         notes=[f"Traced from transformers' {type(exported.model).__name__} with torch.export."],
         config=dict(checkpoint.config or {}))
-
-
-def _stream(symbol):
-    from .values import Stream
-
-    return Stream(symbol)
 
 
 def _stage(names: Names, name, title, letter, output, out_name, out_latex, layers=None) -> Stage:
