@@ -105,7 +105,7 @@ def test_neox_cli_latex_and_verify(neox):
     result = runner.invoke(main, [str(neox), "--latex"])
     assert result.exit_code == 0, result.output
     assert r"\operatorname{RoPE}" in result.stdout and "B^{(l)}" in result.stdout
-    assert "tracing transformers' model" in result.stderr and result.stderr.count("\n") == 1
+    assert "traced transformers' GPTNeoXForCausalLM" in result.stderr and result.stderr.count("\n") == 1
     result = runner.invoke(main, ["verify", str(neox), "--seq", "3", "--seq", "9"])
     assert result.exit_code == 0, result.output
 

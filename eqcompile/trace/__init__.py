@@ -35,12 +35,15 @@ def lower(checkpoint: Checkpoint) -> Program:
         from .export import export_checkpoint
         from .program import build_program
 
-        print(f"eqcompile: no hand-written family for model_type {model_type!r}: tracing transformers' "
-              "model with torch.export", file=sys.stderr)
-        return build_program(export_checkpoint(checkpoint), checkpoint)
+        exported = export_checkpoint(checkpoint)
+        program = build_program(exported, checkpoint)
     except UnsupportedArchitecture as e:
         raise UnsupportedArchitecture(f"unsupported architecture {model_type!r} (supported: {supported_types()}; "
                                       f"others through the tracer): {e}") from None
+    # said once it worked, so that a refusal stays one line
+    print(f"eqcompile: no hand-written family for model_type {model_type!r}: traced transformers' "
+          f"{type(exported.model).__name__} with torch.export", file=sys.stderr)
+    return program
 
 
 def reference(checkpoint: Checkpoint):

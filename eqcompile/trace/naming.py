@@ -14,6 +14,7 @@ from ..ops import LayerNorm, Linear, MergeHeads, RMSNorm, RotaryFrequencies, Sof
 from ..ops.partial_rope import d_rot
 from ..ops.attention import d_head
 from ..ops.rope import rope_theta
+from ..errors import UnsupportedArchitecture
 from ..program import Equation, TensorRef
 from .values import Heads, Weight
 
@@ -182,7 +183,7 @@ class Names:
         name = self._unique(stem)
         symbol = MatrixSymbol(name, *expr.shape)
         if isinstance(expr, Softmax) and name != stem:
-            raise AssertionError("one attention per block")  # a second would need its own A name
+            raise UnsupportedArchitecture("a block with two attentions is not supported")
         letter = LOCALS.get(stem, stem)
         primes = "" if name == stem else "'" * (int(name.rsplit("_", 1)[1]) - 1)
         if stem == "h" and primes:
