@@ -7,7 +7,7 @@ layer's tensors by formatting ``{layer}`` in its parameter's tensor names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from string import Template
 from typing import TYPE_CHECKING
 
@@ -26,31 +26,54 @@ class TensorRef:
     """Where a parameter's numbers come from: a checkpoint tensor, possibly sliced or transposed.
 
     ``columns`` slices the last axis (e.g. W_Q out of GPT-2's fused ``c_attn``); ``transpose``
-    turns a stored ``[out, in]`` matrix into the ``[in, out]`` that ``X W`` needs.
+    turns a stored ``[out, in]`` matrix into the ``[in, out]`` that ``X W`` needs; ``blocks`` then
+    keeps entries start:stop of every ``width`` along the last axis (a traced model's fused
+    per-head ``[q_h k_h v_h]`` projection, e.g. GPT-NeoX's ``query_key_value``).
     """
 
     name: str  # may contain "{layer}" (0-based) for block parameters
     columns: tuple[int, int] | None = None
     transpose: bool = False
+    blocks: tuple[int, int, int] | None = None  # (width, start, stop), applied after the transpose
+    rows: tuple[int, int] | None = None  # rows start:stop of the stored tensor, taken first (OPT's positions)
 
     def for_layer(self, layer: int | None) -> TensorRef:
         if layer is None:
             return self
-        return TensorRef(self.name.replace("{layer}", str(layer)), self.columns, self.transpose)
+        return replace(self, name=self.name.replace("{layer}", str(layer)))
 
-    def read(self, checkpoint: Checkpoint, transpose: bool = True) -> np.ndarray:
-        """The numbers (read as float32): the stored tensor, sliced, and transposed unless told not to."""
-        array = checkpoint.tensor(self.name)
+    def select(self, array):
+        """The parameter's numbers out of the stored tensor's (an array with ``[...]`` and ``.T``)."""
+        if self.rows:
+            array = array[self.rows[0]:self.rows[1]]
         if self.columns:
             array = array[..., self.columns[0]:self.columns[1]]
-        return array.T if self.transpose and transpose else array
+        if self.transpose:
+            array = array.T
+        if self.blocks:
+            width, start, stop = self.blocks
+            grouped = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
+            array = grouped[..., start:stop].reshape(*array.shape[:-1], -1)
+        return array
+
+    def read(self, checkpoint: Checkpoint, transpose: bool = True) -> np.ndarray:
+        """The parameter's numbers (float32): the stored tensor through :meth:`select`; with
+        ``transpose=False`` laid out as the file stores them (diff compares them so)."""
+        array = self.select(checkpoint.tensor(self.name))
+        return array.T if self.transpose and not transpose else array
 
     def describe(self, stored_name: str | None = None) -> str:
         """The source as text, under ``stored_name`` when the file stores it under another name (GGUF)."""
         text = stored_name or self.name
+        if self.rows:
+            text += f"[{self.rows[0]}:{self.rows[1]}]"
         if self.columns:
             text += f"[..., {self.columns[0]}:{self.columns[1]}]"
-        return text + ("ᵀ" if self.transpose else "")
+        text += "ᵀ" if self.transpose else ""
+        if self.blocks:
+            width, start, stop = self.blocks
+            text += f" (entries {start}:{stop} of every {width})"
+        return text
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from eqcompile.emit.latex import EquationPrinter
 from eqcompile.emit.numpy_printer import ModulePrinter
-from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows, GELUTanh, GroupedHeads,
-                           LayerNorm, Linear, Llama3Frequencies, MeanPool, MergeHeads, PaddingMask, QuickGELU,
+from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows, GELUTanh, GroupedHeads, HeadRMSNorm,
+                           LayerNorm, Linear, Llama3Frequencies, MeanPool, MergeHeads, PaddingMask, PartialRoPE, QuickGELU,
                            ReLU, RMSNorm, RoPE, RotaryFrequencies, Sigmoid, SiLU, SlidingWindowMask, Softmax,
                            SplitHeads, Tanh, d_head, epsilon, n_head, n_kv_head, window)
 from eqcompile.ops.activation import erf
@@ -38,6 +38,7 @@ def example(op):
         Llama3Frequencies: Llama3Frequencies(theta, rope_factor, low_freq_factor, high_freq_factor, original_context),
         GroupedHeads: GroupedHeads(X, n_kv_head, n_head), SlidingWindowMask: SlidingWindowMask(S, window),
         PaddingMask: PaddingMask(S, mask), MeanPool: MeanPool(X, mask),
+        PartialRoPE: PartialRoPE(X, theta, t, d_head), HeadRMSNorm: HeadRMSNorm(X, g, epsilon, d_head),
     }.get(op) or op(X)
 
 
@@ -68,6 +69,8 @@ GOLDEN = {
                         "llama3_frequencies(theta, rope_factor, low_freq_factor, high_freq_factor, original_context)"),
     GroupedHeads: (r"X_{g{\left(h \right)}}", "grouped_heads(X, n_kv_head, n_head)"),
     SlidingWindowMask: (r"\operatorname{mask}_{w}\left(S\right)", "sliding_window_mask(S, w)"),
+    PartialRoPE: (r"\operatorname{RoPE}_{\theta}\left(X;\, t\right)", "partial_rope(X, theta, t, d_head)"),
+    HeadRMSNorm: (r"\operatorname{RMSNorm}_{h}\left(X;\, \gamma\right)", "head_rms_norm(X, gamma, eps, d_head)"),
 }
 
 

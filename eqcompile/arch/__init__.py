@@ -110,13 +110,17 @@ def families() -> list[Family]:
 
 
 def family_named(model_type) -> Family:
-    """The family that lowers config.json's ``model_type``."""
-    known = families()
-    for family in known:
+    """The family that lowers config.json's ``model_type``; with none, the tracer (``eqcompile.trace``)."""
+    for family in families():
         if model_type in family.model_types:
             return family
-    supported = ", ".join(t for f in known for t in f.model_types)
-    raise UnsupportedArchitecture(f"unsupported architecture {str(model_type)!r} (supported: {supported})")
+    from ..trace import TRACER
+
+    return TRACER
+
+
+def supported_types() -> str:
+    return ", ".join(t for f in families() for t in f.model_types)
 
 
 def family_of(checkpoint: Checkpoint) -> Family:

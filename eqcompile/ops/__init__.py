@@ -10,12 +10,14 @@ from .norm import LayerNorm, RMSNorm, epsilon
 from .rope import Llama3Frequencies, RoPE, RotaryFrequencies
 from .window import SlidingWindowMask, window
 from .pooling import MeanPool
+from .partial_rope import PartialRoPE, d_rot
+from .head_norm import HeadRMSNorm
 
 __all__ = [
     "Embed", "FirstRows", "Linear", "LayerNorm", "RMSNorm", "Softmax", "CausalMask",
     "SplitHeads", "MergeHeads", "GELUTanh", "GELU", "ReLU", "Sigmoid", "SiLU", "QuickGELU", "Tanh",
     "RoPE", "RotaryFrequencies", "Llama3Frequencies", "GroupedHeads", "SlidingWindowMask",
-    "PaddingMask", "MeanPool",
+    "PaddingMask", "MeanPool", "PartialRoPE", "HeadRMSNorm",
 ]
 OPS: tuple[type[MatrixOp], ...] = tuple(globals()[name] for name in __all__)
 ACTIVATIONS: tuple[type[Activation], ...] = tuple(op for op in OPS if issubclass(op, Activation))

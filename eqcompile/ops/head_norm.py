@@ -1,0 +1,59 @@
+"""RMSNorm of each head on its own (Qwen3's, Gemma3's q_norm and k_norm): the d_head features of a
+head are divided by their root mean square, then scaled by a gain shared by all heads."""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixSymbol
+
+from .attention import d_head, head
+from .base import MatrixOp, add, i, j, k, mul, n, ops
+from .norm import epsilon, rms_norm
+
+
+def head_rms_norm(x, gamma, eps, d_head):  # [n, heads * d_head] -> the same, each head normalised alone
+    return rms_norm(x.reshape(x.shape[0], -1, d_head), gamma, eps).reshape(x.shape)
+
+
+class HeadRMSNorm(MatrixOp):
+    """RMSNorm over each head's d_head features (not over the whole row), with a gain [1, d_head]."""
+
+    numpy_functions = (rms_norm, head_rms_norm)
+
+    def _latex(self, printer):
+        x, gamma = printer._print(self.arg), printer._print(self.args[1])
+        return rf"\operatorname{{RMSNorm}}_{{{printer._print(head)}}}\left({x};\, {gamma}\right)"
+
+    def _numpycode(self, printer):
+        return self._call(printer, "head_rms_norm", *self.args)
+
+    def explicit(self, ev):
+        value, gamma, eps = ev.value(self.arg), ev.value(self.args[1]), ev.number(self.args[2])
+        # its input's compound entries named "v", not "u" as ev.shared would: RoPE, applied to this
+        # op in the same equation, names its own input's entries "u"
+        x = sp.Matrix(value.rows, value.cols, lambda r, c: value[r, c] if value[r, c].is_Symbol or
+                      value[r, c].is_Number else ev.name("v", value[r, c], r, c))
+        width = int(ev.number(self.args[3]))
+        out = sp.zeros(x.rows, x.cols)
+        for r in range(x.rows):
+            for start in range(0, x.cols, width):
+                features = [x[r, c] for c in range(start, start + width)]
+                squares = add(*(sp.Pow(e, 2, evaluate=False) for e in features))
+                mean_square = ev.name("ms", mul(sp.Rational(1, width), squares), r, start // width)
+                scale = ev.name("r", sp.Pow(add(mean_square, eps), sp.Rational(-1, 2), evaluate=False), r,
+                                start // width)
+                for c in range(width):
+                    out[r, start + c] = mul(gamma[0, c], features[c], scale)
+        return out
+
+    def cost(self, ev):  # RMSNorm's cost per head
+        rows, cols = ev.size(self.arg)
+        width = int(ev.number(self.args[3]))
+        return ev.cost(self.arg) + ops(mul=3 * width + 1, add=width, sqrt=1, div=1) * (rows * (cols // width))
+
+    @classmethod
+    def definition(cls):  # column j of head h is column (h - 1) d_head + j of the row
+        X = MatrixSymbol("X", n, d_head)
+        gamma = sp.IndexedBase("gamma")[j]
+        normed = cls(X, MatrixSymbol("gamma", 1, d_head), epsilon, d_head)
+        return [(normed[i, j], gamma * X[i, j] / sp.sqrt(sp.Sum(X[i, k] ** 2, (k, 1, d_head)) / d_head + epsilon))]

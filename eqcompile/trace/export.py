@@ -1,0 +1,156 @@
+"""torch's side of the tracer: the transformers model for a config.json, exported with a dynamic
+sequence length, and the checkpoint names of its parameters."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError, UnsupportedArchitecture
+from ..load import Checkpoint
+
+EXAMPLE_LENGTH = 4  # export needs an example of >= 2 tokens for a dynamic length
+ALLOCATE_BELOW = 256 * 2**20  # bytes of weights: smaller models are exported with (random) weights allocated
+
+
+@dataclass
+class Exported:
+    program: object  # torch.export.ExportedProgram
+    model: object  # the transformers model (weights not allocated)
+    parameters: dict[str, str]  # graph placeholder -> the checkpoint's tensor name
+    buffers: dict[str, object]  # graph placeholder -> buffer tensor (real values, e.g. inv_freq)
+    layers_path: str  # "gpt_neox.layers": the ModuleList of the blocks
+    layers: int
+
+
+def _model(checkpoint: Checkpoint, empty: bool):
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if not checkpoint.config or "model_type" not in checkpoint.config:
+        raise UnsupportedArchitecture("the tracer needs a config.json with a model_type")
+    try:
+        config = transformers.AutoConfig.for_model(**checkpoint.config)
+        config.use_cache = False
+        if empty:
+            from accelerate import init_empty_weights  # keeps buffers (rotary inv_freq) real
+
+            with init_empty_weights():
+                model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        else:
+            model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    except (ValueError, KeyError, TypeError) as e:
+        reason = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
+        raise UnsupportedArchitecture(f"transformers cannot build it with torch's sdpa attention: {reason}") from None
+    return model.to(torch.float32).eval()
+
+
+class _Logits:
+    """Wraps the model so the export returns the logits tensor alone."""
+
+    def __new__(cls, model):
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = model
+
+            def forward(self, ids):
+                return self.m(input_ids=ids, use_cache=False).logits
+
+        return Wrapper()
+
+
+def export_checkpoint(checkpoint: Checkpoint) -> Exported:
+    import torch
+
+    # unallocated weights keep a big model's export in constant memory, but some models then make
+    # their constants (Falcon's head indices) or buffers (GPT-J's sin/cos table) on the wrong device
+    size = sum(info.nbytes for info in checkpoint.tensors.values())
+    model = _model(checkpoint, empty=size > ALLOCATE_BELOW)
+    names = _checkpoint_names(model, checkpoint)
+    missing = [name for name, _ in model.named_parameters() if name not in names]
+    if missing:
+        raise UnsupportedArchitecture(f"the checkpoint's tensors are not those of transformers' "
+                                      f"{type(model).__name__} (no {missing[0]!r})")
+    context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    length = torch.export.Dim("n", min=2, max=max(context, 3))
+    try:
+        program = torch.export.export(_Logits(model), (torch.zeros(1, EXAMPLE_LENGTH, dtype=torch.long),),
+                                      dynamic_shapes={"ids": {1: length}})
+    except Exception as e:  # torch raises many types; the user gets why, in one line
+        raise UnsupportedArchitecture(f"torch.export cannot trace {type(model).__name__}: "
+                                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    signature = program.graph_signature
+    parameters = {}
+    for placeholder, state_name in signature.inputs_to_parameters.items():
+        name = state_name.removeprefix("m.")
+        if name not in names:
+            raise ConfigError(f"the checkpoint has no tensor for the model's parameter {name!r}")
+        parameters[placeholder] = names[name]
+    buffer_values = dict(model.named_buffers())
+    buffers = {placeholder: buffer_values[name.removeprefix("m.")]
+               for placeholder, name in signature.inputs_to_buffers.items()}
+    buffers.update({placeholder: program.constants[name]
+                    for placeholder, name in signature.inputs_to_lifted_tensor_constants.items()})
+    path, layers = _layer_list(model)
+    return Exported(program, model, parameters, buffers, path, layers)
+
+
+def _checkpoint_names(model, checkpoint: Checkpoint) -> dict[str, str]:
+    """The model's parameter names -> the checkpoint's tensor names: the same name, a tensor saved
+    under an older name (transformers' renamings, e.g. GPT-NeoX ``embed_out`` -> ``lm_head``), or
+    for a tied weight, the tensor it is tied to."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    renamings = [(source, target) for rule in get_model_conversion_mapping(model)
+                 if type(rule).__name__ == "WeightRenaming"
+                 for source, target in zip(rule.source_patterns, rule.target_patterns)]
+    names = {}
+    for stored in checkpoint.tensors:
+        renamed = stored
+        for source, target in renamings:
+            renamed = re.sub(source, target, renamed)
+        names.setdefault(renamed, stored)
+        names.setdefault(stored, stored)
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    if isinstance(tied, dict) and getattr(model.config, "tie_word_embeddings", False):
+        for target, source in tied.items():
+            if target not in names and source in names:
+                names[target] = names[source]
+    return names
+
+
+def _layer_list(model) -> tuple[str, int]:
+    """The ModuleList holding the blocks: the longest one (its length is the depth)."""
+    import torch
+
+    lists = [(len(module), name) for name, module in model.named_modules()
+             if isinstance(module, torch.nn.ModuleList) and len(module)]
+    if not lists:
+        raise UnsupportedArchitecture(f"{type(model).__name__} has no list of layers to state as one block")
+    count, name = max(lists)
+    return name, count
+
+
+def reference_forward(checkpoint: Checkpoint):
+    """transformers' own model for the checkpoint (its class from config.json), in float32."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if checkpoint.folder is None:
+        raise ConfigError("the traced reference needs the checkpoint's folder (config.json beside the weights)")
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=torch.float32,
+                                                              attn_implementation="sdpa").eval()
+
+    def forward(tokens: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.as_tensor(tokens, dtype=torch.long)[None], use_cache=False).logits[0].numpy()
+
+    return forward

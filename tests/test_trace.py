@@ -1,0 +1,155 @@
+"""The tracer: transformers' own models, exported with torch.export and lowered into the Program.
+
+Each architecture is a tiny random checkpoint saved by transformers (wide weights, random norm gains
+and biases, so every term moves the logits); the emitted numpy module must give transformers'
+logits at several lengths within ``ATOL``/``RTOL`` (float32 on both sides).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import eqcompile  # noqa: E402
+from eqcompile import UnsupportedArchitecture  # noqa: E402
+from eqcompile.cli import main  # noqa: E402
+from eqcompile.emit.python import import_module  # noqa: E402
+from eqcompile.verify import compare  # noqa: E402
+
+ATOL, RTOL = 1e-4, 1e-5  # max |emitted - transformers|, and that over max |transformers|
+LENGTHS = (1, 5, 16)
+SMALL = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
+             max_position_embeddings=32, initializer_range=0.3, bos_token_id=None, eos_token_id=None,
+             pad_token_id=None)
+ARCHITECTURES = {  # model_type -> (config class, settings over SMALL)
+    "gpt_neox": ("GPTNeoXConfig", dict(rotary_pct=0.5, use_parallel_residual=True)),
+    "phi3": ("Phi3Config", dict(num_key_value_heads=2)),
+    "stablelm": ("StableLmConfig", dict(num_key_value_heads=2)),
+    "olmo2": ("Olmo2Config", dict(num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=8)),
+    "opt": ("OPTConfig", dict(ffn_dim=40, word_embed_proj_dim=32)),
+    "falcon": ("FalconConfig", dict(new_decoder_architecture=False, multi_query=True, parallel_attn=True)),
+}
+DEFAULT_RUN = ("gpt_neox", "phi3")  # the others run with -m slow (each costs an export)
+
+
+def make_checkpoint(folder: Path, model_type: str, seed: int = 0, **overrides) -> Path:
+    """A random ``AutoModelForCausalLM`` of ``model_type`` saved with save_pretrained."""
+    transformers.logging.set_verbosity_error()
+    config_class, settings = ARCHITECTURES[model_type]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_class)(**{**SMALL, **settings, **overrides})
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # a fresh model's gains are 1 and its biases 0: they would test nothing
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return folder
+
+
+def transformers_logits(folder: Path, tokens) -> np.ndarray:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.as_tensor(tokens)[None], use_cache=False).logits[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def neox(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("neox") / "ckpt", "gpt_neox")
+
+
+@pytest.fixture(scope="module")
+def neox_compiled(neox):
+    return eqcompile.compile(neox)
+
+
+@pytest.mark.parametrize("model_type", [pytest.param(t, marks=() if t in DEFAULT_RUN else pytest.mark.slow)
+                                        for t in ARCHITECTURES])
+def test_traced_module_matches_transformers(tmp_path, model_type):
+    folder = make_checkpoint(tmp_path / "ckpt", model_type)
+    compiled = eqcompile.compile(folder)
+    blocks = [stage for stage in compiled.program.stages if stage.layers]
+    assert len(blocks) == 1 and blocks[0].layers == SMALL["num_hidden_layers"]  # one generic block (l)
+    module = import_module(compiled.to_python(tmp_path / "out"), f"traced_{model_type}")
+    rng = np.random.default_rng(0)
+    for length in LENGTHS:
+        tokens = rng.integers(0, SMALL["vocab_size"], length)
+        logits = module.forward(tokens)
+        assert logits.dtype == np.float32
+        max_abs, max_rel, ok = compare(logits, transformers_logits(folder, tokens), ATOL, RTOL)
+        assert ok, (model_type, length, max_abs, max_rel)
+
+
+def test_neox_block_is_stated_once_with_its_weights_by_role(neox_compiled):
+    program = neox_compiled.program
+    block = program.stages[1]
+    names = [p.name for p in block.params]
+    assert names[:4] == ["gamma_1", "beta_1", "W_Q", "b_Q"] and {"W_K", "W_V", "W_O", "W_in", "W_out"} <= set(names)
+    w_q = next(p for p in block.params if p.name == "W_Q")
+    assert w_q.source.name == "gpt_neox.layers.{layer}.attention.query_key_value.weight"
+    assert w_q.source.blocks == (24, 0, 8)  # each head's [q k v] rows, q first (head width 8)
+    unembedding = {p.name: p.source.name for p in program.stages[2].params}
+    assert unembedding["W_U"] == "embed_out.weight"  # the checkpoint's name, not the model's lm_head
+
+
+def test_neox_cli_latex_and_verify(neox):
+    runner = CliRunner()
+    result = runner.invoke(main, [str(neox), "--latex"])
+    assert result.exit_code == 0, result.output
+    assert r"\operatorname{RoPE}" in result.stdout and "B^{(l)}" in result.stdout
+    assert "traced transformers' GPTNeoXForCausalLM" in result.stderr and result.stderr.count("\n") == 1
+    result = runner.invoke(main, ["verify", str(neox), "--seq", "3", "--seq", "9"])
+    assert result.exit_code == 0, result.output
+
+
+def test_neox_greedy_generation_matches_transformers(neox, neox_compiled, tmp_path):
+    module = import_module(neox_compiled.to_python(tmp_path / "out"), "traced_neox_generate")
+    model = transformers.AutoModelForCausalLM.from_pretrained(neox, dtype=torch.float32).eval()
+    prompt = [3, 14, 15, 9]
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, min_new_tokens=16)
+    assert module.generate(prompt, 16, seed=0, temperature=0) == expected[0, len(prompt):].tolist()
+
+
+def test_an_op_without_a_pattern_is_refused_naming_it_and_its_module(neox, monkeypatch):
+    from eqcompile.trace.lower import StageLowering
+
+    monkeypatch.delattr(StageLowering, "_gelu")
+    with pytest.raises(UnsupportedArchitecture) as error:
+        eqcompile.compile(neox)
+    message = str(error.value)
+    assert "gelu" in message and "gpt_neox.layers.0.mlp.act" in message and "\n" not in message
+
+
+def test_without_torch_the_error_names_the_extra(neox, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(UnsupportedArchitecture, match=r"eqcompile\[trace\]"):
+        eqcompile.compile(neox)
+
+
+TINY = dict(vocab_size=8, hidden_size=8, intermediate_size=12, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=4)
+
+
+@pytest.mark.parametrize("model_type, settings", [
+    ("gpt_neox", dict(rotary_pct=0.5)),  # PartialRoPE
+    pytest.param("qwen3", dict(num_key_value_heads=1, head_dim=4), marks=pytest.mark.slow),  # HeadRMSNorm
+])
+def test_literal_expansion_of_a_traced_model(tmp_path, model_type, settings):
+    """--expand on a traced Program: the counts of the built expansion equal the analytic ones
+    (``cost``), and the pure-Python module computes what the float64 numpy module computes."""
+    from eqcompile.stats import operation_counts
+
+    model = eqcompile.compile(make_checkpoint(tmp_path / "ckpt", model_type, **TINY, **settings))
+    assert model.expand().operations() == operation_counts(model.program, model.program.max_seq)
+    literal = import_module(model.to_python(tmp_path / "literal", expand=True), f"{model_type}_literal")
+    numpy64 = import_module(model.to_python(tmp_path / "numpy", dtype="float64"), f"{model_type}_numpy64")
+    tokens = [3, 1, 7, 2]
+    np.testing.assert_allclose(np.array(literal.forward(tokens)), numpy64.forward(tokens), atol=1e-6, rtol=0)
