@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from . import arch
+from . import arch, frontend
 from .emit import appendix as appendix_emitter
 from .emit import html as html_emitter
 from .emit import latex as latex_emitter
@@ -164,4 +164,4 @@ def compile(source: str | Path, activation: str | None = None, pooling: str | No
     given = {"activation": activation, "pooling": pooling}
     settings = {key: value for key, value in given.items() if value is not None}
     checkpoint = arch.with_settings(arch.open_checkpoint(source), settings)
-    return CompiledModel(checkpoint, arch.lower(checkpoint), trust_tokenizer_pattern)
+    return CompiledModel(checkpoint, frontend.lower(checkpoint), trust_tokenizer_pattern)

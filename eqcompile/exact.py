@@ -17,7 +17,7 @@ from typing import Callable
 import mpmath
 import numpy as np
 
-from . import arch
+from . import frontend
 from .api import CompiledModel
 from .progress import progress_bar
 from .emit.python import import_module
@@ -86,7 +86,7 @@ def deviations(model: CompiledModel, seq: int, digits: int = DEFAULT_DIGITS, see
         raise TooLarge(f"the exact evaluation would take about {seconds / 60:,.0f} minutes "
                        f"({model.stats(seq).operations_total:,} operations at ~{SECONDS_PER_OPERATION * 1e6:g} µs); "
                        "use a shorter --seq or pass --force")
-    family = arch.family_of(model.checkpoint)
+    family = frontend.family_of(model.checkpoint)
     inputs = family.sample_input(model.program, np.random.default_rng(seed), seq)
     with tempfile.TemporaryDirectory(prefix="eqcompile-exact-") as folder:
         single = model.to_python(Path(folder) / "float32")
@@ -125,7 +125,7 @@ def _references(model: CompiledModel) -> dict[str, Callable]:
         import torch  # noqa: F401
     except ImportError:
         return {}
-    reference = arch.family_of(model.checkpoint).reference
+    reference = frontend.family_of(model.checkpoint).reference
     return {f"torch {dtype}": reference(model.checkpoint, dtype=dtype) for dtype in ("float32", "bfloat16")}
 
 

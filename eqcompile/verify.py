@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import arch
+from . import frontend
 from .api import CompiledModel
 from .emit.python import import_module
 from .errors import ReferenceUnavailable
@@ -57,7 +57,7 @@ def reference_forward(model: CompiledModel):
         raise ReferenceUnavailable(
             "verify needs the reference implementation: pip install 'eqcompile[test]' "
             "(torch==2.13.0 and transformers)") from None
-    return arch.family_of(model.checkpoint).reference(model.checkpoint)
+    return frontend.family_of(model.checkpoint).reference(model.checkpoint)
 
 
 def verify(model: CompiledModel, seqs: list[int], seed: int = 0, atol: float | None = None,
@@ -69,7 +69,7 @@ def verify(model: CompiledModel, seqs: list[int], seed: int = 0, atol: float | N
     """
     atol = absolute_tolerance(model) if atol is None else atol
     reference = reference_forward(model)
-    sample_input = arch.family_of(model.checkpoint).sample_input
+    sample_input = frontend.family_of(model.checkpoint).sample_input
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="eqcompile-verify-") as folder:
         emitted = import_module(model.to_jax(Path(folder)) if backend == "jax" else model.to_python(Path(folder)))

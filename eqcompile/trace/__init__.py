@@ -46,11 +46,11 @@ def lower(checkpoint: Checkpoint) -> Program:
     return program
 
 
-def reference(checkpoint: Checkpoint):
+def reference(checkpoint: Checkpoint, dtype: str = "float32"):
     require_torch()
     from .export import reference_forward
 
-    return reference_forward(checkpoint)
+    return reference_forward(checkpoint, dtype)
 
 
 TRACER = Family("traced", (), lambda checkpoint: False, lower, reference)

@@ -137,8 +137,8 @@ def _layer_list(model) -> tuple[str, int]:
     return name, count
 
 
-def reference_forward(checkpoint: Checkpoint):
-    """transformers' own model for the checkpoint (its class from config.json), in float32."""
+def reference_forward(checkpoint: Checkpoint, dtype: str = "float32"):
+    """transformers' own model for the checkpoint (its class from config.json), computing in ``dtype``."""
     import torch
     import transformers
 
@@ -146,11 +146,11 @@ def reference_forward(checkpoint: Checkpoint):
     transformers.utils.logging.disable_progress_bar()
     if checkpoint.folder is None:
         raise ConfigError("the traced reference needs the checkpoint's folder (config.json beside the weights)")
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=torch.float32,
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=getattr(torch, dtype),
                                                               attn_implementation="sdpa").eval()
 
     def forward(tokens: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model(torch.as_tensor(tokens, dtype=torch.long)[None], use_cache=False).logits[0].numpy()
+            return model(torch.as_tensor(tokens, dtype=torch.long)[None], use_cache=False).logits[0].float().numpy()
 
     return forward

@@ -17,7 +17,7 @@ from ..errors import UnsupportedArchitecture
 from ..ops import (GELU, CausalMask, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
                    ReLU, RMSNorm, RoPE, Sigmoid, SiLU, SlidingWindowMask, Softmax, SplitHeads, Tanh, d_head,
                    n_head, n_kv_head)
-from .naming import Names
+from .naming import Names, module_path
 from .statics import mask_kind, positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
 
@@ -29,11 +29,6 @@ ACTIVATIONS = {"silu": SiLU, "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 def op_name(node) -> str:
     """``aten.linear.default`` -> ``linear``; Python's ``getitem`` -> ``getitem``."""
     return getattr(node.target, "__name__", str(node.target)).split(".")[0]
-
-
-def module_path(node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0].removeprefix("m.") if stack else "(model)"
 
 
 class StageLowering:

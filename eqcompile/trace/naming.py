@@ -18,6 +18,13 @@ from ..errors import UnsupportedArchitecture
 from ..program import Equation, TensorRef
 from .values import Heads, Weight
 
+
+def module_path(node) -> str:
+    """The module a graph node comes from (``gpt_neox.layers.0.attention``): errors and names say it."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0].removeprefix("m.") if stack else "(model)"
+
+
 ROLES = {"q_proj": "Q", "query": "Q", "k_proj": "K", "key": "K", "v_proj": "V", "value": "V", "o_proj": "O",
          "out_proj": "O", "gate_proj": "gate", "up_proj": "up", "down_proj": "down", "fc1": "in", "fc2": "out",
          "fc_in": "in", "fc_out": "out", "dense_h_to_4h": "in", "dense_4h_to_h": "out", "c_fc": "in",
@@ -80,7 +87,6 @@ class Names:
                            self.context.dim(cols), rows=(offset, offset + rows) if offset else None)
 
     def _role(self, node) -> str:
-        from .lower import module_path
 
         path = module_path(node).split(".")
         leaf, parent = path[-1], path[-2] if len(path) > 1 else ""
@@ -91,7 +97,6 @@ class Names:
         return re.sub(r"\W", "_", leaf) if re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,20}", leaf) else "lin"
 
     def linear(self, x, weight: Weight, bias, node):
-        from .lower import module_path
 
         out, width = weight.shape
         role = self._role(node)

@@ -19,7 +19,8 @@ from ..ops import d_head, n_head, n_kv_head
 from ..ops.partial_rope import d_rot
 from ..program import Program, Stage
 from .export import Exported
-from .lower import StageLowering, module_path, op_name
+from .lower import StageLowering, op_name
+from .naming import module_path
 from .naming import Names
 from .statics import Evaluator, rotary_kind, static_nodes
 from .values import Stream, Tokens, Weight
