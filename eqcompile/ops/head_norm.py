@@ -18,6 +18,8 @@ def head_rms_norm(x, gamma, eps, d_head):  # [n, heads * d_head] -> the same, ea
 class HeadRMSNorm(MatrixOp):
     """RMSNorm over each head's d_head features (not over the whole row), with a gain [1, d_head]."""
 
+    summary_latex = (r"RMSNorm within each head: each head's $d_{\mathrm{head}}$ features divided by their root mean "
+                     r"square, then the gain $[1, d_{\mathrm{head}}]$ shared by the heads.")
     numpy_functions = (rms_norm, head_rms_norm)
 
     def _latex(self, printer):

@@ -28,6 +28,8 @@ def partial_rope(x, theta, positions, d_head):  # [n, heads * d_head]: each head
 class PartialRoPE(MatrixOp):
     """RoPE on the first d_rot features of each head (pairs j, j + d_rot/2); the others pass unchanged."""
 
+    summary_latex = (r"Partial rotary position embedding: in each head, features $j$ and $j + d_{\mathrm{rot}}/2$ "
+                     r"of the first $d_{\mathrm{rot}}$ turned by $p_i \theta_j$; the others pass unchanged.")
     numpy_functions = (rope, partial_rope)
 
     @property
