@@ -24,7 +24,7 @@ from ..program import Program
 from ..tokenizer import Tokenizer
 from .files import staging_folder, write_text
 from .numpy_printer import ModulePrinter
-from .python import _forward_calls, _stage_function, write_module
+from .python import _stage_function, module_context, write_module
 from .templates import render_template
 
 EXTRA = "jax"  # pip install "eqcompile[jax]"
@@ -80,17 +80,10 @@ def module_source(program: Program) -> str:
         for symbol in stage.cached:
             cached[symbol.name] = int(sp.sympify(symbol.shape[1]).subs(program.dims))  # [n, columns]
     return render_template(
-        "model_jax.py.j2",
-        title=program.title,
-        composition=sp.sstr(program.composition()),
-        source=program.source,
-        layers=program.layers,
-        dims=[(program.dim_python[s], v) for s, v in program.dims.items()],
+        "model_jax.py.j2", **module_context(program),
         ops=as_jax(numpy_source(functions)),
         stages=[as_jax(s) for s in stages],
-        calls=_forward_calls(program),
         parameters=parameters,
-        repeated=[s.name for s in program.stages if s.layers],
         cached=cached,
         tokenizer="",  # encode/decode live in model.py
         split={stage: ", ".join(f"{name!r}: ({axis}, {count})" for name, (axis, count) in rules.items())

@@ -32,21 +32,16 @@ def module_source(program: Program, tokenizer: bool = False) -> str:
                 functions.append(function)
     stages = [_stage_function(program, stage, printer) for stage in program.stages]
     parameters = {stage.name: {p.name: p.key for p in stage.params} for stage in program.stages}
-    return render_template(
-        "model.py.j2",
-        title=program.title,
-        composition=sp.sstr(program.composition()),
-        source=program.source,
-        layers=program.layers,
-        dims=[(program.dim_python[s], v) for s, v in program.dims.items()],
-        ops=numpy_source(functions),
-        stages=stages,
-        calls=_forward_calls(program),
-        parameters=_parameters_source(parameters),
-        repeated=[s.name for s in program.stages if s.layers],
-        interface=program.interface,
-        tokenizer=tokenizer,
-    )
+    return render_template("model.py.j2", **module_context(program), ops=numpy_source(functions), stages=stages,
+                           parameters=_parameters_source(parameters), interface=program.interface,
+                           tokenizer=tokenizer)
+
+
+def module_context(program: Program) -> dict:
+    """What every emitted module's template states of the Program, whatever its array library."""
+    return dict(title=program.title, composition=sp.sstr(program.composition()), source=program.source,
+                layers=program.layers, dims=[(program.dim_python[s], v) for s, v in program.dims.items()],
+                calls=_forward_calls(program), repeated=[s.name for s in program.stages if s.layers])
 
 
 def _parameters_source(parameters: dict[str, dict[str, str]]) -> str:

@@ -12,8 +12,8 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .attention import d_head
-from .base import MatrixOp, add, i, j, mul, n, neg, ops
-from .rope import rope
+from .base import MatrixOp, i, j, n, ops
+from .rope import rope, turned_pairs
 
 d_rot = sp.Symbol("d_rot", integer=True, positive=True)  # features of a head that are rotated
 
@@ -54,18 +54,7 @@ class PartialRoPE(MatrixOp):
     def explicit(self, ev):
         """As RoPE's expansion, on the first d_rot features of each head; the others are copied."""
         x, theta, positions = ev.shared(self.arg), ev.shared(self.frequencies), ev.value(self.positions)
-        half, width = theta.cols, int(ev.number(self.head_width))
-        out = sp.Matrix(x)
-        for r in range(x.rows):
-            for f in range(half):
-                angle = ev.name("phi", mul(positions[r, 0], theta[0, f]), r, f, latex=r"\varphi")
-                cos = ev.name("cos", sp.cos(angle, evaluate=False), r, f, latex=r"\cos\varphi")
-                sin = ev.name("sin", sp.sin(angle, evaluate=False), r, f, latex=r"\sin\varphi")
-                for start in range(0, x.cols, width):
-                    first, second = x[r, start + f], x[r, start + f + half]
-                    out[r, start + f] = add(mul(first, cos), neg(mul(second, sin)))
-                    out[r, start + f + half] = add(mul(second, cos), mul(first, sin))
-        return out
+        return turned_pairs(ev, x, theta, positions, sp.Matrix(x), int(ev.number(self.head_width)))
 
     def cost(self, ev):
         """RoPE's cost on the rotated features only: 2 len(θ) of every head."""

@@ -160,6 +160,22 @@ class Llama3Frequencies(MatrixOp):
         ]
 
 
+def turned_pairs(ev, x, theta, positions, out, head_width: int):
+    """``out`` with each head's pairs (x_j, x_{j+len θ}) turned by φ = p_i θ_j (RoPE's expansion; the
+    angle, its cos and sin are named once per position and frequency, shared by every head)."""
+    half = theta.cols
+    for r in range(x.rows):
+        for f in range(half):
+            angle = ev.name("phi", mul(positions[r, 0], theta[0, f]), r, f, latex=r"\varphi")
+            cos = ev.name("cos", sp.cos(angle, evaluate=False), r, f, latex=r"\cos\varphi")
+            sin = ev.name("sin", sp.sin(angle, evaluate=False), r, f, latex=r"\sin\varphi")
+            for start in range(0, x.cols, head_width):
+                first, second = x[r, start + f], x[r, start + f + half]
+                out[r, start + f] = add(mul(first, cos), neg(mul(second, sin)))
+                out[r, start + f + half] = add(mul(second, cos), mul(first, sin))
+    return out
+
+
 class RoPE(MatrixOp):
     """Rotary position embedding: in each head, features j and j + d_head/2 at position p_i turned by p_i theta_j.
 
@@ -191,18 +207,7 @@ class RoPE(MatrixOp):
         """Per position i and frequency j the angle φ = p_i θ_j, its cos and sin (named once, shared by
         every head); then each head's pair (x_j, x_{j+d_head/2}) is turned by φ."""
         x, theta, positions = ev.shared(self.arg), ev.shared(self.frequencies), ev.value(self.positions)
-        half = theta.cols
-        out = sp.zeros(x.rows, x.cols)
-        for r in range(x.rows):
-            for f in range(half):
-                angle = ev.name("phi", mul(positions[r, 0], theta[0, f]), r, f, latex=r"\varphi")
-                cos = ev.name("cos", sp.cos(angle, evaluate=False), r, f, latex=r"\cos\varphi")
-                sin = ev.name("sin", sp.sin(angle, evaluate=False), r, f, latex=r"\sin\varphi")
-                for start in range(0, x.cols, 2 * half):
-                    first, second = x[r, start + f], x[r, start + f + half]
-                    out[r, start + f] = add(mul(first, cos), neg(mul(second, sin)))
-                    out[r, start + f + half] = add(mul(second, cos), mul(first, sin))
-        return out
+        return turned_pairs(ev, x, theta, positions, sp.zeros(x.rows, x.cols), 2 * theta.cols)
 
     def cost(self, ev):
         """An angle, its cos and sin per position and frequency; two products and a sum per entry."""
