@@ -230,7 +230,7 @@ def op_blocks(program: Program) -> list[OpBlock]:
     printer = EquationPrinter({"symbol_names": dict(program.dim_latex)})
     blocks = []
     for op in ops_used_by(program):
-        lines = [EquationLine(*line.split(" = ", 1)) for line in op.definition_latex(printer)]
+        lines = [EquationLine(lhs, rhs) for lhs, rhs in op.definition_latex(printer)]
         description = (op.__doc__ or op.__name__).strip().splitlines()[0]
         blocks.append(OpBlock(op.__name__, description, lines, op.summary_latex or tex_escape(description)))
     return blocks

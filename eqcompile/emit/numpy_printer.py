@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sympy as sp
+
 from sympy import S
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.precedence import PRECEDENCE
@@ -25,8 +27,10 @@ class ModulePrinter(NumPyPrinter):
         self.names = {symbol: str(name) for symbol, name in names.items()}
         self.scalars = PythonCodePrinter({"order": "none"})
         self.scalars._print_Symbol = self._print_Symbol
+        self.printed: set[sp.Symbol] = set()  # the dimensions the printed code names (n: the function reads it)
 
     def _print_Symbol(self, expr):
+        self.printed.add(expr)
         return self.names.get(expr, expr.name)
 
     def _print_MatMul(self, expr):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import sympy as sp
@@ -71,24 +70,19 @@ def _stage_function(program: Program, stage: Stage, printer: ModulePrinter) -> s
     args = [stage.input.name, *(p.name for p in stage.params), *(s.name for s in stage.extra_inputs),
             *(str(s) for s in stage.layer_symbols), *(["cache"] if stage.cached else [])]
     body = []
+    printer.printed.clear()
     for eq in stage.equations:
         shape = _shape(program, eq.lhs, eq.rhs, bool(stage.cached))
         body.append(f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {shape}")
         if eq.lhs in stage.cached:  # earlier positions' rows, then these: [m, d]
             body.append(f"{eq.lhs.name} = cache.extend({eq.lhs.name!r}, {eq.lhs.name})  # with earlier positions")
-    if program.seq is not None and any(
-            _uses(line.split("  #")[0].split(" = ", 1)[1], program.dim_python[program.seq]) for line in body
-            if " = " in line):
+    if program.seq is not None and program.seq in printer.printed:  # the code names n: read it off the input
         body.insert(0, f"{program.dim_python[program.seq]} = {stage.input.name}.shape[0]")
     doc = (f'"""{stage.title} {stage.letter}: {_shape(program, stage.input, stage.input)} -> '
            f'{_shape(program, stage.output, stage.output)}."""')
     lines = ["", f"def {stage.name}({', '.join(args)}):", f"    {doc}", *(f"    {line}" for line in body),
              f"    return {stage.output.name}"]
     return "\n".join(lines)
-
-
-def _uses(code: str, name: str) -> bool:
-    return re.search(rf"\b{re.escape(name)}\b", code) is not None
 
 
 def _forward_calls(program: Program) -> list[str]:

@@ -69,7 +69,7 @@ class Activation(MatrixOp):
 
         # the name as the block's equations print it, not the Python function's ("gelu_tanh")
         name = operator(printer, cls.latex_name, sp.Symbol("x"))
-        return [f"{name} = {latexify.get_latex(cls.scalar, use_math_symbols=True, use_signature=False)}"]
+        return [(name, latexify.get_latex(cls.scalar, use_math_symbols=True, use_signature=False))]
 
     @classmethod
     def scalar_form(cls, x: sp.Symbol) -> sp.Expr:

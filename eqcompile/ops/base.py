@@ -54,9 +54,9 @@ class MatrixOp(MatrixExpr):
         raise NotImplementedError(cls.__name__)
 
     @classmethod
-    def definition_latex(cls, printer) -> list[str]:
-        """The definition as LaTeX lines ``lhs = rhs``."""
-        return [f"{printer._print(lhs)} = {printer._print(rhs)}" for lhs, rhs in cls.definition()]
+    def definition_latex(cls, printer) -> list[tuple[str, str]]:
+        """The definition as LaTeX (lhs, rhs) pairs, one per equation."""
+        return [(printer._print(lhs), printer._print(rhs)) for lhs, rhs in cls.definition()]
 
     def _call(self, printer, name: str, *args) -> str:
         return f"{name}({', '.join(printer._print(a) for a in args)})"
