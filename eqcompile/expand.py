@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .load import Checkpoint
 from .ops import MatrixOp, is_per_head, n_head
 from .ops.base import Cost, add, count_operations, matmul, mul
-from .program import Binding, Program, Stage
+from .program import Binding, Interface, Program, Stage
 
 DIGITS = 17  # 17 significant digits reproduce a float64 weight exactly
 
@@ -192,7 +192,7 @@ def _numbers(array: np.ndarray) -> sp.Matrix:
 
 
 def _inputs(program: Program, seq: int):
-    if program.interface == "vector":
+    if program.interface == Interface.VECTOR:
         width = int(sp.sympify(program.input_symbol.shape[0]).xreplace(program.dims))
         symbols = [sp.Symbol(f"x_{i}") for i in range(width)]
         return symbols, {s: f"x_{{{i + 1}}}" for i, s in enumerate(symbols)}, sp.Matrix(symbols)

@@ -8,6 +8,7 @@ layer's tensors by formatting ``{layer}`` in its parameter's tensor names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from string import Template
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,14 @@ from .composition import Arrow, Compose, Iterated, Space, StageMap
 if TYPE_CHECKING:
     from .load import Checkpoint
 
+
+
+class Interface(StrEnum):
+    """What the emitted ``forward`` takes and returns (templates/forward_<interface>.py.j2)."""
+
+    CAUSAL_LM = "causal_lm"  # token ids [n] -> next-token logits [n, n_vocab]
+    ENCODER = "encoder"  # token ids (and a padding mask, token types) -> hidden states [n, d]
+    VECTOR = "vector"  # a real vector x -> a real vector y (an MLP)
 
 @dataclass(frozen=True)
 class TensorRef:
@@ -154,7 +163,7 @@ class Program:
     # extra inputs the literal expansion (--expand) holds at one value in every entry, the value
     # forward() takes when they are not given (e.g. bert's attention mask 1: no padding)
     input_defaults: dict[MatrixSymbol, int] = field(default_factory=dict)
-    interface: str = "causal_lm"  # the emitted forward(): templates/forward_<interface>.py.j2
+    interface: Interface = Interface.CAUSAL_LM  # the emitted forward(): templates/forward_<interface>.py.j2
     source: str = ""
     notes: list[str] = field(default_factory=list)  # stated assumptions (e.g. inferred config)
     config: dict = field(default_factory=dict)  # the family's parsed config, for the model card
@@ -187,7 +196,7 @@ class Program:
     @property
     def takes_tokens(self) -> bool:
         """Whether forward() takes token ids (the other interface takes a real vector)."""
-        return self.interface != "vector"
+        return self.interface != Interface.VECTOR
 
     @property
     def params(self) -> list[tuple[Stage, Param]]:

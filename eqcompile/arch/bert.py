@@ -20,7 +20,7 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 from ..errors import ConfigError
 from ..load import Checkpoint
 from ..ops import Embed, FirstRows, LayerNorm, Linear, MeanPool, PaddingMask, d_head, epsilon, n_head
-from ..program import Equation, Program, Stage, TensorRef
+from ..program import Equation, Interface, Program, Stage, TensorRef
 from . import Family
 from .common import (ACTIVATIONS, DIM_LATEX, DIM_PYTHON, ConfigReader, d_ff, d_model, expect_layers, expect_shapes,
                      guess_heads, load_reference, n_ctx, n_vocab, param, residual, self_attention, seq)
@@ -130,7 +130,7 @@ def lower(checkpoint: Checkpoint) -> Program:
               d_head: d // config.num_attention_heads, epsilon: config.layer_norm_eps},
         dim_latex={**DIM_LATEX, n_types: r"n_{\mathrm{types}}"}, dim_python={**DIM_PYTHON, n_types: "n_types"},
         input_symbol=stages[0].input, seq=seq, max_seq=config.max_position_embeddings, vocab=vocab,
-        interface="encoder", source=checkpoint.source, notes=notes, config=asdict(config),
+        interface=Interface.ENCODER, source=checkpoint.source, notes=notes, config=asdict(config),
         input_defaults=LITERAL_INPUTS,
     )
 

@@ -24,7 +24,7 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 from ..errors import CheckpointError, ConfigError
 from ..load import Checkpoint
 from ..ops import GELU, ReLU, Sigmoid, SiLU, Tanh
-from ..program import Equation, Program, Stage, TensorRef
+from ..program import Equation, Interface, Program, Stage, TensorRef
 from . import Family
 from .common import ConfigReader, load_reference, param
 
@@ -122,7 +122,7 @@ def lower(checkpoint: Checkpoint) -> Program:
     return Program(
         family="mlp", stages=stages, dims=dict(zip(widths, config.widths)),
         dim_latex={d: f"d_{{{k}}}" for k, d in enumerate(widths)}, dim_python={d: d.name for d in widths},
-        input_symbol=stages[0].input, seq=None, max_seq=1, vocab=0, interface="vector",
+        input_symbol=stages[0].input, seq=None, max_seq=1, vocab=0, interface=Interface.VECTOR,
         source=checkpoint.source, notes=notes, config=asdict(config),
     )
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -35,7 +36,19 @@ ENERGY = 0.99  # rank_99: components holding this share of ‖ΔW‖_F²
 NOISE_EDGE = 1.15  # noise: σ_1 ≤ this × the Marchenko–Pastur edge (measured ≤ 1.05 for Gaussian)
 NOISE_MIN_ELEMENTS = 64  # fewer elements cannot tell noise from a small update
 EPS32 = float(np.finfo(np.float32).eps)
-IDENTICAL = "identical"
+class Form(StrEnum):
+    """What a change looks like; each report words it its own way (text, LaTeX), JSON by value."""
+
+    IDENTICAL = "identical"
+    CAST = "cast"  # stored in another dtype, values rounded to it
+    ROUNDING = "rounding"  # same dtype, changes within the rounding of the narrower one
+    SCALE = "scale"  # W' = c W
+    LOW_RANK = "low-rank"  # ΔW = B A of small rank
+    NOISE = "noise"  # ΔW like independent Gaussian entries
+    DENSE = "dense"  # anything else
+
+
+IDENTICAL = Form.IDENTICAL
 
 # safetensors storage dtype -> (unit roundoff of round-to-nearest, smallest positive subnormal)
 ROUNDING = {"F64": (2.0**-53, 2.0**-1074), "F32": (2.0**-24, 2.0**-149),
@@ -62,7 +75,7 @@ class Spectrum:
 class Delta:
     """The change of one tensor (or one parameter's slice of it)."""
 
-    form: str  # identical, cast, rounding, scale, low-rank, noise, dense
+    form: Form
     count: int  # number of elements
     norm: float  # ‖ΔW‖_F
     base_norm: float | None  # ‖W‖_F; None when identical by hash (not read)
@@ -120,19 +133,19 @@ def measure(before: np.ndarray, after: np.ndarray, dtypes: tuple[str, str] = ("F
     common = dict(count=count, norm=norm, base_norm=base_norm, max_abs=sums.max_abs, cosine=cosine,
                   rounding_units=sums.rounding_units, kurtosis=sums.kurtosis(count))
     if sums.same_bits:
-        form = IDENTICAL if dtypes[0] == dtypes[1] else "cast"
+        form = IDENTICAL if dtypes[0] == dtypes[1] else Form.CAST
         return Delta(form, **common, scale=None, spectrum=None)
     finite = all(map(math.isfinite, (sums.aa, sums.bb, sums.dd)))
     if finite and sums.rounding_units is not None and sums.rounding_units <= 2:  # within one ulp
-        return Delta("cast" if dtypes[0] != dtypes[1] else "rounding", **common, scale=None, spectrum=None)
+        return Delta(Form.CAST if dtypes[0] != dtypes[1] else Form.ROUNDING, **common, scale=None, spectrum=None)
     unit = _roundoff(dtypes)[0] or ROUNDING["F32"][0]
     if finite and cosine is not None and 1 - cosine <= max(4 * unit**2, 1e-9):  # cheap test, then exact
         scale = sums.ab / sums.aa
         if abs(scale - 1) > 4 * unit and _residual_norm(before, after, scale) <= 2 * unit * math.sqrt(sums.bb):
-            return Delta("scale", **common, scale=scale, spectrum=None)
+            return Delta(Form.SCALE, **common, scale=scale, spectrum=None)
     rows, cols = before.shape
     if not finite or min(rows, cols) < 2:
-        return Delta("dense", **common, scale=None, spectrum=None)
+        return Delta(Form.DENSE, **common, scale=None, spectrum=None)
     spectrum = _spectrum(before, after, sums, unit, seed)
     return Delta(_shape_of_change(spectrum, sums, before.shape), **common, scale=None, spectrum=spectrum)
 
@@ -140,14 +153,14 @@ def measure(before: np.ndarray, after: np.ndarray, dtypes: tuple[str, str] = ("F
 def _shape_of_change(spectrum: Spectrum, sums: _Moments, shape: tuple[int, int]) -> str:
     rows, cols = shape
     if not spectrum.rank_is_bound and spectrum.numerical_rank < min(rows, cols) / 2:
-        return "low-rank"
+        return Form.LOW_RANK
     count = rows * cols
     edge = math.sqrt(sums.dd / count) * (math.sqrt(rows) + math.sqrt(cols))
     kurtosis = sums.kurtosis(count)
     if (count >= NOISE_MIN_ELEMENTS and kurtosis is not None and spectrum.top <= NOISE_EDGE * edge
             and abs(kurtosis - 3) <= max(0.3, 3 * math.sqrt(24 / count))):  # 3 standard errors
-        return "noise"
-    return "dense"
+        return Form.NOISE
+    return Form.DENSE
 
 
 def narrower(dtypes: tuple[str, str]) -> str | None:

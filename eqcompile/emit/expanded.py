@@ -5,6 +5,7 @@ from __future__ import annotations
 from sympy.printing.pycode import PythonCodePrinter
 
 from ..expand import Expansion
+from ..program import Interface
 from .latex import EquationPrinter
 from .templates import render_template
 from .text import tex_escape
@@ -17,7 +18,7 @@ def expansion_latex(expansion: Expansion) -> str:
     names = {term.symbol: term.latex for term in expansion.terms} | expansion.input_latex
     printer = EquationPrinter({"symbol_names": names})
     program = expansion.program
-    if program.interface == "vector":
+    if program.interface == Interface.VECTOR:
         inputs = r"the input vector $x$"
     else:
         inputs = (rf"the tokens $t_1, \dots, t_{{{expansion.seq}}}$ as one-hot indicators "

@@ -20,7 +20,7 @@ from ..errors import EqcompileError
 from ..load import Checkpoint
 from ..ops import OPS, CausalMask, GroupedHeads, Linear, MergeHeads, SlidingWindowMask, SplitHeads
 from ..ops.base import numpy_source
-from ..program import Program
+from ..program import Interface, Program
 from ..tokenizer import Tokenizer
 from .files import staging_folder, write_text
 from .numpy_printer import ModulePrinter
@@ -66,7 +66,7 @@ def as_jax(code: str) -> str:
 
 def module_source(program: Program) -> str:
     """The text of ``model_jax.py``."""
-    if program.interface != "causal_lm":
+    if program.interface != Interface.CAUSAL_LM:
         raise UnsupportedForJax(f"--jax writes causal language models so far; this {program.family} model's "
                                 f"interface is {program.interface!r}: use --python")
     functions = []

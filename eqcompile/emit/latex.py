@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Callable
 
 from sympy.matrices.expressions.matexpr import MatrixSymbol
@@ -22,7 +23,15 @@ from .numbers import latex_number
 from .templates import render_template
 from .text import tex_escape
 
-LEVELS = ("model", "layer", "index")
+class Level(StrEnum):
+    """How much ``--latex`` writes out."""
+
+    MODEL = "model"  # the composition of the stages
+    LAYER = "layer"  # every stage's equations, the block once for layer (l)
+    INDEX = "index"  # and each op's definition in index notation
+
+
+LEVELS = tuple(level.value for level in Level)  # the command line's choices
 PACKAGES = ("amsmath", "amssymb")  # what a fragment needs from the including document
 
 
@@ -85,7 +94,7 @@ def printer_for(program: Program, stage: Stage | None = None, layer: str = "l",
     return EquationPrinter({"symbol_names": names})
 
 
-def render(program: Program, level: str = "layer", unroll: bool = False, tokenizer: str = "") -> str:
+def render(program: Program, level: Level | str = Level.LAYER, unroll: bool = False, tokenizer: str = "") -> str:
     """A LaTeX fragment (needs amsmath and amssymb) stating the program at ``level``.
 
     ``tokenizer``: the tokenizer's definition (``eqcompile.emit.tokenizer_latex``), stated
@@ -93,11 +102,12 @@ def render(program: Program, level: str = "layer", unroll: bool = False, tokeniz
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}")
+    level = Level(level)
     parts = [f"% eqcompile: {program.family} model, level {level}\n% needs: "
              + ", ".join(PACKAGES) + "\n" + _notes(program)]
-    if level == "model":
+    if level == Level.MODEL:
         parts.append(composition(program))
-    elif level == "layer":
+    elif level == Level.LAYER:
         parts.append(composition(program))
         if tokenizer:
             parts.append(tokenizer)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..load import Checkpoint
-from ..program import Program
+from ..program import Interface, Program
 from .latex import EquationLine, printer_for
 from .model_card import optional_json
 
@@ -20,7 +20,7 @@ def _config_number(config: dict, key: str, default: float, low: float, high: flo
 def sampling(checkpoint: Checkpoint, program: Program) -> tuple[list[EquationLine], list[str]]:
     """The equations of the next token and notes on its parameters; nothing for a model that does
     not generate or has no generation_config.json. A hostile file raises ``CheckpointError``."""
-    if program.interface != "causal_lm" or checkpoint.folder is None:
+    if program.interface != Interface.CAUSAL_LM or checkpoint.folder is None:
         return [], []
     config = optional_json(checkpoint.folder / "generation_config.json")
     if not isinstance(config, dict):

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 from .. import ModelDiff, WeightDiff
-from ..delta import IDENTICAL
+from ..delta import IDENTICAL, Form
 from ..structure import Slot
 
 
@@ -26,13 +26,13 @@ def verdict(diff: ModelDiff) -> str:
 
 def form_text(weight: WeightDiff) -> str:
     delta = weight.delta
-    if delta.form == "cast":
+    if delta.form == Form.CAST:
         return f"cast {weight.dtypes[0]}→{weight.dtypes[1]}" + (" (exact)" if delta.norm == 0 else "")
-    if delta.form == "scale":
+    if delta.form == Form.SCALE:
         return f"scale ×{delta.scale:.6g}"
-    if delta.form == "low-rank":
+    if delta.form == Form.LOW_RANK:
         return f"low-rank r={delta.spectrum.numerical_rank}"
-    if delta.form == "noise":
+    if delta.form == Form.NOISE:
         return f"noise σ={delta.rms:.2g}"
     return delta.form
 

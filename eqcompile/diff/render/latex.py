@@ -9,7 +9,7 @@ from ...emit.numbers import latex_number
 from ...emit.templates import render_template
 from ...emit.text import tex_code, tex_escape
 from .. import ModelDiff, WeightDiff
-from ..delta import IDENTICAL, matrix_shape, narrower
+from ..delta import IDENTICAL, Form, matrix_shape, narrower
 from ..structure import Slot, StageDiff
 from .common import config_value, layers_text, unchanged, verdict
 
@@ -124,18 +124,18 @@ def _weight_latex(weight: WeightDiff) -> dict:
     name = weight.slot.latex if weight.slot else "W"
     new, delta = primed(name), rf"\Delta {name}"
     narrow = tex_escape(narrower(weight.dtypes) or "")
-    if d.form in ("cast", "rounding"):  # rounded to the narrower dtype
+    if d.form in (Form.CAST, Form.ROUNDING):  # rounded to the narrower dtype
         lines = [rf"{new} &= \operatorname{{fl}}_{{\text{{{narrow}}}}}\left({name}\right)"]
-    elif d.form == "scale":
+    elif d.form == Form.SCALE:
         lines = [rf"{new} &= c\, {name}, \quad c = {tex_number(d.scale, 7)}"]
     else:
         lines = [rf"{new} &= {name} + {delta}"]
-    if d.form == "low-rank":
+    if d.form == Form.LOW_RANK:
         rows, cols = matrix_shape(weight.shape)
         rank = d.spectrum.numerical_rank
         lines.append(rf"{delta} &= B A, \quad B \in \mathbb{{R}}^{{{rows} \times {rank}}},\ "
                      rf"A \in \mathbb{{R}}^{{{rank} \times {cols}}}")
-    elif d.form == "noise":
+    elif d.form == Form.NOISE:
         lines.append(rf"\left({delta}\right)_{{ij}} &\sim \mathcal{{N}}\left(0, \sigma^2\right), \quad "
                      rf"\sigma = {tex_number(d.rms)}")
     stats = [rf"$\lVert {delta} \rVert_F = {tex_number(d.norm)}$",
@@ -143,7 +143,7 @@ def _weight_latex(weight: WeightDiff) -> dict:
              rf"$\max_{{ij}} \lvert ({delta})_{{ij}} \rvert = {tex_number(d.max_abs)}$"]
     if d.cosine is not None:
         stats.append(rf"$\cos({name}, {new}) = {d.cosine:.6f}$")
-    if d.form in ("cast", "rounding") and d.rounding_units is not None:
+    if d.form in (Form.CAST, Form.ROUNDING) and d.rounding_units is not None:
         stats.append(rf"$\lvert ({delta})_{{ij}} \rvert \le {d.rounding_units:.3g}\, u \max(\lvert ({name})_{{ij}} "
                      rf"\rvert, \lvert ({new})_{{ij}} \rvert)$ with $u$ the unit roundoff of {narrow}")
     if d.spectrum is not None:
@@ -161,15 +161,15 @@ def _weight_latex(weight: WeightDiff) -> dict:
 
 def _form_latex(weight: WeightDiff) -> str:
     d = weight.delta
-    if d.form == "cast":
+    if d.form == Form.CAST:
         return rf"cast {tex_escape(weight.dtypes[0])} $\to$ {tex_escape(weight.dtypes[1])}"
-    if d.form == "scale":
+    if d.form == Form.SCALE:
         return f"uniform scale, $c = {tex_number(d.scale, 7)}$"
-    if d.form == "low-rank":
+    if d.form == Form.LOW_RANK:
         return f"low-rank update, $r = {d.spectrum.numerical_rank}$"
-    if d.form == "noise":
+    if d.form == Form.NOISE:
         return rf"noise, $\sigma = {tex_number(d.rms)}$"
-    return {"dense": "dense update", "rounding": "rounding"}[d.form]
+    return {Form.DENSE: "dense update", Form.ROUNDING: "rounding"}[d.form]
 
 
 def _sources_latex(sources: tuple[str, str]) -> str:
