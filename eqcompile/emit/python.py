@@ -9,7 +9,8 @@ import numpy as np
 import sympy as sp
 
 from ..load import Checkpoint
-from ..ops import is_per_head, ops_used_by
+from ..ops import OPS, MatrixOp, is_per_head
+from ..ops.attention import CausalAttention, fuse_causal_attention
 from ..ops.base import numpy_source
 from ..program import Param, Program, Stage
 from ..tokenizer import Tokenizer, write_tokenizer
@@ -22,11 +23,7 @@ def module_source(program: Program, tokenizer: str = "") -> str:
     """The text of ``model.py``: dims, op definitions, one function per stage, ``forward``, and
     ``tokenizer`` (the source :func:`eqcompile.tokenizer.write_tokenizer` returns), if any."""
     printer = ModulePrinter(program.dim_python)
-    functions = []
-    for op in ops_used_by(program):
-        for function in op.numpy_functions:
-            if function not in functions:
-                functions.append(function)
+    functions = _numpy_functions([eq for stage in program.stages for eq in fuse_causal_attention(stage.equations)])
     stages = [_stage_function(program, stage, printer) for stage in program.stages]
     parameters = {stage.name: {p.name: p.key for p in stage.params} for stage in program.stages}
     return render_template(
@@ -46,6 +43,15 @@ def module_source(program: Program, tokenizer: str = "") -> str:
     )
 
 
+def _numpy_functions(equations) -> list:
+    """The numpy functions of the ops the printed equations use, in ``OPS`` order, each once."""
+    used = {type(op) for eq in equations for op in eq.rhs.atoms(MatrixOp)}
+    functions = []
+    for op in (*OPS, CausalAttention):
+        functions += [f for f in op.numpy_functions if op in used and f not in functions]
+    return functions
+
+
 def _shape(program: Program, symbol, expr, cached: bool = False) -> str:
     """The shape comment; ``cached``: per-head [.., n, n] arrays of a stage with a KV cache are
     [.., n, m], m the positions seen so far (n without a cache)."""
@@ -63,7 +69,7 @@ def _stage_function(program: Program, stage: Stage, printer: ModulePrinter) -> s
     args = [stage.input.name, *(p.name for p in stage.params), *(s.name for s in stage.extra_inputs),
             *(str(s) for s in stage.layer_symbols), *(["cache"] if stage.cached else [])]
     body = []
-    for eq in stage.equations:
+    for eq in fuse_causal_attention(stage.equations):  # causal attention's two equations as one call
         shape = _shape(program, eq.lhs, eq.rhs, bool(stage.cached))
         body.append(f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {shape}")
         if eq.lhs in stage.cached:  # earlier positions' rows, then these: [m, d]
