@@ -68,7 +68,7 @@ def export_onnx(hf_folder: Path, path: Path, max_length: int) -> Path:
 
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32).eval()
     example = torch.zeros((1, 8), dtype=torch.long)  # torch.export needs an example of 2 tokens or more
-    torch.onnx.export(Logits(model), (example,), path, dynamo=True, verbose=False,
+    torch.onnx.export(Logits(model).eval(), (example,), path, dynamo=True, verbose=False,
                       dynamic_shapes={"ids": {1: torch.export.Dim("n", max=max_length)}})
     return path
 
