@@ -47,17 +47,20 @@ def smollm2_gguf() -> Path | None:
     return path if path and path.exists() else None
 
 
-def gguf_to_safetensors(source: Path, folder: Path) -> Path:
-    """transformers' reading of the GGUF file, saved as a Hugging Face bfloat16 checkpoint."""
+def gguf_to_safetensors(source: Path, folder: Path, dtype=None) -> Path:
+    """transformers' reading of the GGUF file, saved as a Hugging Face checkpoint in ``dtype`` (bfloat16)."""
     import torch
     import transformers
+
     from safetensors.torch import save_file
+
+    dtype = dtype or torch.bfloat16
 
     transformers.logging.set_verbosity_error()
     model = transformers.AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({name: value.to(torch.bfloat16).contiguous() for name, value in model.state_dict().items()
+    save_file({name: value.to(dtype).contiguous() for name, value in model.state_dict().items()
                if name not in tied}, folder / "model.safetensors", metadata={"format": "pt"})
     model.config.save_pretrained(folder)
     return folder

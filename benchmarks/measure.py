@@ -19,15 +19,21 @@ import numpy as np
 
 
 
-def best_time(function, repeats: int, clock=time.perf_counter) -> float:
-    """The fastest of ``repeats`` calls, after one warm-up: the least disturbed by other load."""
-    function()
+def timings(function, repeats: int, clock=time.perf_counter, warm: bool = True) -> list[float]:
+    """The times of ``repeats`` calls, after one warm-up call unless ``warm`` is false."""
+    if warm:
+        function()
     times = []
     for _ in range(repeats):
         start = clock()
         function()
         times.append(clock() - start)
-    return min(times)
+    return times
+
+
+def best_time(function, repeats: int, clock=time.perf_counter) -> float:
+    """The fastest of ``repeats`` calls, after one warm-up: the least disturbed by other load."""
+    return min(timings(function, repeats, clock))
 
 
 # Runs a command and reports its resources. A child's peak RSS counts the memory of the process it
@@ -103,7 +109,6 @@ def memory_gb() -> float:
 def describe(threads: int) -> dict:
     """CPU, cores, memory, library versions and the BLAS kernels that run (threadpoolctl)."""
     import sympy
-    from threadpoolctl import threadpool_info
 
     try:
         import torch  # first, so that its OpenMP and MKL pools are listed too
@@ -114,7 +119,13 @@ def describe(threads: int) -> dict:
         "python": platform.python_version(), "numpy": np.__version__, "sympy": sympy.__version__,
         "torch": torch.__version__ if torch else None, "threads": threads,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "blas": [{key: pool.get(key) for key in ("user_api", "internal_api", "version", "architecture",
-                                                   "threading_layer", "num_threads", "prefix")}
-                 for pool in threadpool_info()],
+        "blas": describe_blas(),
     }
+
+
+def describe_blas() -> list[dict]:
+    """The thread pools loaded in this process and the kernels they run (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    return [{key: pool.get(key) for key in ("user_api", "internal_api", "version", "architecture", "threading_layer",
+                                            "num_threads", "prefix")} for pool in threadpool_info()]

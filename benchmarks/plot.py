@@ -44,15 +44,22 @@ def plot(results: dict, path: Path) -> Path:
     documents_ax.set_xticks(depths, [str(d) for d in depths])
     documents_ax.legend(fontsize=8)
 
-    for (name, mode), color in zip(results["numeric"]["modes"].items(), ("C0", "C1")):
-        lengths = [int(n) for n in mode["forward"]]
-        rows = list(mode["forward"].values())
-        forward_ax.plot(lengths, [row["ratio"] for row in rows], "o-", color=color, label=f"numpy / PyTorch, {name}")
-        forward_ax.plot(lengths, [row["numpy_peak_fraction"] for row in rows], "s--", color=color,
-                        label=f"numpy, fraction of sgemm peak, {name}")
-    forward_ax.axhline(0.5, color="grey", ls=":", label="target ratio 0.5")
-    shape = "tiny GPT-2 (--quick)" if results["quick"] else "GPT-2-124M"
-    forward_ax.set(xlabel="sequence length", xscale="log", ylim=(0, None), title=f"Emitted {shape} forward")
+    for (name, model), color in zip(results["numeric"]["models"].items(), ("C0", "C1")):
+        spec, peers = model["spec"], model["peers"]
+        lengths = spec["lengths"]
+        emitted = [peers["numpy"]["forward"][str(n)]["best"] for n in lengths]
+        short = name.split(",")[0]
+        for peer, style in (("torch", "o-"), ("onnxruntime", "^-")):
+            if peer in peers:
+                forward_ax.plot(lengths, [e / peers[peer]["forward"][str(n)]["best"] for e, n in zip(emitted, lengths)],
+                                style, color=color, label=f"{short}: numpy / {peer}")
+        forward_ax.plot(lengths, [spec["flops"][str(n)] / e / peers["numpy"]["peak_flops"]
+                                  for e, n in zip(emitted, lengths)], "s--", color=color,
+                        label=f"{short}: numpy, fraction of sgemm peak")
+    forward_ax.axhline(0.5, color="grey", ls=":", label="target vs PyTorch: 0.5")
+    forward_ax.axhline(1.0, color="grey", ls="--", label="target vs onnxruntime: 1.0")
+    forward_ax.set(xlabel="sequence length", xscale="log", ylim=(0, None),
+                   title="Emitted forward, each implementation in its own process")
     forward_ax.set_xticks(lengths, [str(n) for n in lengths])
     forward_ax.legend(fontsize=7)
     for ax in (layers_ax, emission_ax, documents_ax, forward_ax):

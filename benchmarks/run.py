@@ -5,8 +5,9 @@
     python benchmarks/run.py --quick    # tiny shapes, to check that the suite runs (under a minute)
 
 Each figure is a ratio or a scaling measured inside this one run, because the machines are noisy:
-numpy against PyTorch on the same weights, their calls alternated; the emitted forward against
-the sgemm peak and decoding against the copy bandwidth, both measured in the same process.
+the emitted numpy module, PyTorch eager and onnxruntime on the same weights and inputs, each alone
+in its own fresh process, one after another (numeric.py); each process measures the sgemm peak
+and the copy bandwidth that bound its figures.
 
 The benchmark process runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (some images set
 them for old OpenBLAS builds; they can slow a current numpy) and 2 threads for numpy and torch;
@@ -63,13 +64,14 @@ def main() -> None:
         folder = Path(scratch)
         progress(1, "symbolic compile at scale", started)
         results["symbolic"] = symbolic.run(folder / "symbolic", env, args.quick)
-        progress(2, "emitted forward and decoding vs PyTorch", started)
-        results["numeric"] = numeric.run(folder / "numeric", THREADS, args.quick)
+        progress(2, "emitted forward and decoding vs PyTorch and onnxruntime, a process each", started)
+        results["numeric"] = numeric.run(folder / "numeric", env, args.quick)
         progress(3, "load to first logits", started)
         results["loading"] = loading.run(Path(results["numeric"]["checkpoint"]), folder / "loading", env, args.quick)
         progress(4, "documents and diff", started)
         results["documents"] = documents.run(folder / "documents", env, args.quick)
-    results["notes"] = results["loading"].pop("notes") + results["documents"].pop("notes")
+    results["notes"] = [*results["numeric"].pop("notes"), *results["loading"].pop("notes"),
+                        *results["documents"].pop("notes")]
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds"] = round(time.perf_counter() - started, 1)
 
@@ -100,8 +102,8 @@ def report(results: dict) -> str:
              f"{machine['load_average_at_end'][0]} at end.", "",
              "## Symbolic compile at scale (fresh process per command, best of 2-3 runs)", ""]
     lines += symbolic.table(results["symbolic"])
-    shape = "a tiny GPT-2 (--quick)" if results["quick"] else "GPT-2-124M shape"
-    lines += ["", f"## Emitted numpy forward vs PyTorch eager, {shape}, random weights, float32", ""]
+    lines += ["", "## Emitted numpy module vs PyTorch eager and onnxruntime, each in its own process, float32, "
+              f"{THREADS} threads" + (" (a tiny GPT-2: --quick)" if results["quick"] else ""), ""]
     lines += numeric.table(results["numeric"])
     lines += ["", "## Load to first logits", ""] + loading.table(results["loading"])
     lines += ["", "## Documents and diff", ""] + documents.table(results["documents"])

@@ -56,6 +56,23 @@ def test_random_configs_match_transformers(tmp_path, name):
     assert_faithful(module, folder, n_ctx=16, vocab=50)
 
 
+def test_long_inputs_attend_block_by_block_and_match_transformers(tmp_path):
+    """Past 64 tokens attention runs key block by key block (online softmax): still transformers' logits,
+    in one forward and with 64+ new tokens after a cached prompt (keys before the queries)."""
+    folder = make_gpt2(tmp_path / "ckpt", n_positions=200)
+    module = emitted(folder, tmp_path / "out")
+    blocked_calls = []
+    blocked = module.blocked_causal_attention
+    module.blocked_causal_attention = lambda *args: blocked_calls.append(args[0].shape) or blocked(*args)
+    assert_faithful(module, folder, n_ctx=200, vocab=50)
+    tokens = np.random.default_rng(1).integers(0, 50, size=200)
+    state, first = module.advance(module.init_state(), tokens[:70])
+    _, rest = module.advance(state, tokens[70:])
+    max_abs, max_rel, ok = compare(np.concatenate([first, rest]), reference_logits(folder, tokens))
+    assert ok and max_abs <= 1e-4 and max_rel <= 1e-5, (max_abs, max_rel)
+    assert len(blocked_calls) == 3 * 2  # forward of 200 tokens, then advances of 70 and 130: 2 layers each
+
+
 def test_sample_matches_transformers(tmp_path):
     module = emitted(SAMPLE, tmp_path / "out")
     assert_faithful(module, SAMPLE, n_ctx=64, vocab=58)

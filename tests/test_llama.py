@@ -108,12 +108,15 @@ def _rope_adjacent_pairs(x, theta, positions):  # GPT-J's convention: features (
     return np.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1).reshape(x.shape)
 
 
-def _kv_heads_tiled(x, n_kv_head, n_head):  # query head h reads kv head h mod n_kv_head
-    heads = x.reshape(x.shape[0], n_kv_head, -1).swapaxes(0, 1)
-    return np.tile(heads, (n_head // n_kv_head, 1, 1))
+def _kv_heads_tiled(q, k, v, block=64):  # query head h reads kv head h mod n_kv_head
+    from eqcompile.ops.attention import causal_mask, softmax
+
+    group = q.shape[0] // k.shape[0]
+    k, v = np.tile(k, (group, 1, 1)), np.tile(v, (group, 1, 1))
+    return softmax(causal_mask(q @ k.mT)) @ v
 
 
-@pytest.mark.parametrize("name, replacement", [("rope", _rope_adjacent_pairs), ("grouped_heads", _kv_heads_tiled)])
+@pytest.mark.parametrize("name, replacement", [("rope", _rope_adjacent_pairs), ("causal_attention", _kv_heads_tiled)])
 def test_a_wrong_convention_fails_the_comparison(tmp_path, name, replacement):
     """The numeric tests tell transformers' conventions apart from the other common ones."""
     folder = make_llama(tmp_path / "ckpt", num_attention_heads=4, num_key_value_heads=2, head_dim=6)
@@ -128,7 +131,8 @@ def test_emitted_block_reads_like_the_equations(tmp_path):
     source = eqcompile.compile(folder).to_python(tmp_path / "out").read_text()
     for line in ["theta = rope_frequencies(rope_theta, d_head)",
                  "q = rope(h @ W_Q, theta, p)", "k = cache.extend('k', k)",
-                 "split_heads(q, n_head) / math.sqrt(d_head) @ grouped_heads(k, n_kv_head, n_head).mT",
+                 "z = merge_heads(causal_attention(split_heads(q, n_head) / math.sqrt(d_head), "
+                 "split_heads(k, n_kv_head), split_heads(v, n_kv_head)))",
                  "m = silu(h_mid @ W_gate + b_gate) * (h_mid @ W_up + b_up)  # [n, d_ff]",
                  "x_next = x_mid + (m @ W_down + b_down)  # [n, d]"]:
         assert line in source, line
@@ -313,6 +317,20 @@ def test_grouped_heads_is_transformers_repeat_kv():
     k = np.random.default_rng(2).standard_normal((7, 2 * 5)).astype(np.float32)  # 2 kv heads of width 5
     expected = repeat_kv(torch.from_numpy(split_heads(k, 2))[None], 3)[0].numpy()  # 6 query heads
     assert np.array_equal(grouped_heads(k, 2, 6), expected)
+
+
+def test_long_grouped_query_inputs_match_transformers(tmp_path):
+    """Past 64 tokens, grouped-query attention key block by key block (2 key/value heads, 3 query heads each),
+    in one forward and with 80 new tokens after a cached prompt."""
+    folder = make_llama(tmp_path / "ckpt", num_attention_heads=6, num_key_value_heads=2, head_dim=4,
+                        max_position_embeddings=150)
+    module = emitted(folder, tmp_path / "out")
+    assert_matches(module, lambda tokens: reference_logits(folder, tokens), 50, (65, 150))
+    tokens = np.random.default_rng(1).integers(0, 50, size=150)
+    state, first = module.advance(module.init_state(), tokens[:70])
+    _, rest = module.advance(state, tokens[70:])
+    max_abs, max_rel, ok = compare(np.concatenate([first, rest]), reference_logits(folder, tokens))
+    assert ok and max_abs <= 1e-4 and max_rel <= 1e-5, (max_abs, max_rel)
 
 
 def test_sliding_window_mask_is_transformers_mask():

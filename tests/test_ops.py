@@ -113,3 +113,39 @@ def test_attention_ops_run_all_heads_at_once():
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-6)
     assert np.all(probs[:, 0, 1:] == 0) and np.all(np.triu(probs[2], 1) == 0)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2), (3, 1)])
+@pytest.mark.parametrize("n, m", [(1, 1), (5, 5), (64, 64), (65, 65), (130, 130), (1, 140), (70, 140), (100, 103)])
+def test_causal_attention_is_its_definition(heads, kv_heads, n, m):
+    """causal_attention = softmax(causal_mask(Q Kᵀ)) V with key/value head h // group (transformers'
+    repeat_kv) for query head h, as written up to 64 tokens and block by block beyond (also with
+    blocks of 7 and 200 keys); n queries are the last n of m positions (a KV cache holds the rest)."""
+    from eqcompile.ops.attention import causal_attention, causal_mask, softmax
+    from eqcompile.ops.gqa import grouped_heads
+
+    rng = np.random.default_rng(n + m)
+    q = (3 * rng.standard_normal((heads, n, 8))).astype(np.float32)
+    k, v = (rng.standard_normal((m, kv_heads * 8)).astype(np.float32) for _ in range(2))
+    k_h, v_h = (x.reshape(m, kv_heads, 8).swapaxes(0, 1) for x in (k, v))  # what split_heads gives
+    expected = softmax(causal_mask(q @ grouped_heads(k, kv_heads, heads).mT)) @ grouped_heads(v, kv_heads, heads)
+    for block in (7, 64, 200):
+        got = causal_attention(q, k_h, v_h, block)
+        assert got.dtype == np.float32 and got.shape == (heads, n, 8)
+        np.testing.assert_allclose(got, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_fused_causal_attention_prints_one_call_and_leaves_other_masks():
+    from eqcompile.arch.common import causal_self_attention, self_attention
+    from eqcompile.ops import PaddingMask, n_kv_head
+    from eqcompile.ops.attention import fuse_causal_attention
+
+    q, k, v = (MatrixSymbol(name, n, 12) for name in "qkv")
+    fused = fuse_causal_attention(causal_self_attention(q, k, v, 1 / sp.sqrt(4)))
+    assert len(fused) == 1 and fused[0].lhs.name == "z"
+    assert ModulePrinter({}).doprint(fused[0].rhs) == (
+        "merge_heads(causal_attention(split_heads(q, n_head) / 2, split_heads(k, n_head), split_heads(v, n_head)))")
+    grouped = fuse_causal_attention(self_attention(q, k, v, 1, CausalMask, kv_heads=n_kv_head))
+    assert "split_heads(k, n_kv_head), split_heads(v, n_kv_head)" in ModulePrinter({}).doprint(grouped[0].rhs)
+    padded = self_attention(q, k, v, 1, lambda s: PaddingMask(s, MatrixSymbol("mask", 1, n)))
+    assert fuse_causal_attention(padded) == padded

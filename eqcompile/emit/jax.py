@@ -72,8 +72,8 @@ def module_source(program: Program) -> str:
     functions = []
     for op in _ops_computed(program):
         functions += [f for f in op.numpy_functions if f not in functions]
-    stages = [_stage_function(program, stage, JaxModulePrinter(program.dim_python, bool(stage.cached)))
-              for stage in program.stages]
+    stages = [_stage_function(program, stage, JaxModulePrinter(program.dim_python, bool(stage.cached)),
+                              fused=False) for stage in program.stages]
     parameters = {stage.name: {p.name: p.key for p in stage.params} for stage in program.stages}
     cached = {}
     for stage in program.stages:

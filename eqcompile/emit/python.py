@@ -7,7 +7,8 @@ from pathlib import Path
 import sympy as sp
 
 from ..load import Checkpoint
-from ..ops import is_per_head, ops_used_by
+from ..ops import OPS, MatrixOp, is_per_head
+from ..ops.attention import CausalAttention, fuse_causal_attention
 from ..ops.base import numpy_source
 from ..progress import progress_bar
 from ..program import Program, Stage
@@ -24,11 +25,7 @@ def module_source(program: Program, tokenizer: bool = False) -> str:
     """The text of ``model.py``: dims, op definitions, one function per stage, ``forward``, and
     with ``tokenizer`` the import of ``encode``/``decode`` from ``tokenizer.py`` beside it."""
     printer = ModulePrinter(program.dim_python)
-    functions = []
-    for op in ops_used_by(program):
-        for function in op.numpy_functions:
-            if function not in functions:
-                functions.append(function)
+    functions = _numpy_functions([eq for stage in program.stages for eq in fuse_causal_attention(stage.equations)])
     stages = [_stage_function(program, stage, printer) for stage in program.stages]
     parameters = {stage.name: {p.name: p.key for p in stage.params} for stage in program.stages}
     return render_template("model.py.j2", **module_context(program), ops=numpy_source(functions), stages=stages,
@@ -53,6 +50,15 @@ def _parameters_source(parameters: dict[str, dict[str, str]]) -> str:
     return "\n".join([*lines, "}"])
 
 
+def _numpy_functions(equations) -> list:
+    """The numpy functions of the ops the printed equations use, in ``OPS`` order, each once."""
+    used = {type(op) for eq in equations for op in eq.rhs.atoms(MatrixOp)}
+    functions = []
+    for op in (*OPS, CausalAttention):
+        functions += [f for f in op.numpy_functions if op in used and f not in functions]
+    return functions
+
+
 def _shape(program: Program, symbol, expr, cached: bool = False) -> str:
     """The shape comment; ``cached``: per-head [.., n, n] arrays of a stage with a KV cache are
     [.., n, m], m the positions seen so far (n without a cache)."""
@@ -66,12 +72,15 @@ def _shape(program: Program, symbol, expr, cached: bool = False) -> str:
     return f"[{', '.join(dims)}]"
 
 
-def _stage_function(program: Program, stage: Stage, printer: ModulePrinter) -> str:
+def _stage_function(program: Program, stage: Stage, printer: ModulePrinter, fused: bool = True) -> str:
+    """A stage as a Python function; ``fused``: causal attention as one ``causal_attention`` call (numpy,
+    blocked past 64 tokens; the JAX module keeps the two equations, its cache masks by position)."""
     args = [stage.input.name, *(p.name for p in stage.params), *(s.name for s in stage.extra_inputs),
             *(str(s) for s in stage.layer_symbols), *(["cache"] if stage.cached else [])]
     body = []
     printer.printed.clear()
-    for eq in stage.equations:
+    equations = fuse_causal_attention(stage.equations) if fused else stage.equations
+    for eq in equations:  # causal attention's two equations as one call, where fused
         shape = _shape(program, eq.lhs, eq.rhs, bool(stage.cached))
         body.append(f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # {shape}")
         if eq.lhs in stage.cached:  # earlier positions' rows, then these: [m, d]

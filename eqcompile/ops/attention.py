@@ -3,9 +3,13 @@
 A block states attention for one generic head h, ``softmax(mask(Q_h K_h^T / sqrt(d_head))) V_h``,
 and concatenates the heads. The numpy meaning of ``SplitHeads`` is a reshape to
 ``[n_head, n, d_head]``, so the same printed expression runs all heads at once with no loop.
+The emitted module runs causal attention's two equations as one call, ``causal_attention``
+(:func:`fuse_causal_attention`), which for long inputs never holds the n × m scores.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import sympy as sp
@@ -27,6 +31,51 @@ def causal_mask(s):  # [..., n, m]: query i (the last n of m positions) attends 
     n, m = s.shape[-2:]
     future = np.arange(m) > np.arange(m - n, m)[:, None]  # [n, m]: key j comes after query i
     return np.where(future, -np.inf, s)
+
+
+def causal_attention(q, k, v, block=64):  # q [n_head, n, d_head], k, v [n_kv_head, m, d_head] -> [n_head, n, d_head]
+    """softmax(causal_mask(q kᵀ)) v per head; query heads share key/value heads in groups of consecutive heads.
+
+    Each group's queries are batched against its one key/value head (never repeated). Inputs of
+    more than ``block`` tokens go ``block`` keys at a time (the same values to float32 rounding).
+    """
+    kv_heads, n = k.shape[0], q.shape[1]
+    q = q.reshape(kv_heads, -1, n, q.shape[-1])  # [n_kv_head, group, n, d_head]
+    k, v = k[:, None], v[:, None]  # [n_kv_head, 1, m, d_head]: the same for every head of the group
+    out = softmax(causal_mask(q @ k.mT)) @ v if n <= block else blocked_causal_attention(q, k, v, block)
+    return out.reshape(-1, n, v.shape[-1])
+
+
+def blocked_causal_attention(q, k, v, block):  # [..., n, d_head], [..., m, d_head] x 2 -> [..., n, d_head]
+    """causal_attention ``block`` keys at a time, with the online softmax: the n × m scores are never held.
+
+    Each query row keeps its running maximum score ``top``, the sum of exp(score - top) (``total``)
+    and of exp(score - top) v (``out``), rescaled when ``top`` grows. The queries before a block see
+    none of it and are skipped (the masked half is never computed); only blocks on the diagonal
+    are masked.
+    """
+    n, m = q.shape[-2], k.shape[-2]
+    positions, keys = np.arange(m - n, m)[:, None], np.arange(m)  # the queries are the last n positions
+    out = np.zeros(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)  # [..., n, d_head]
+    top = np.full(q.shape[:-1] + (1,), -np.inf, dtype=q.dtype)  # [..., n, 1]
+    total = np.zeros(q.shape[:-1] + (1,), dtype=q.dtype)  # [..., n, 1]
+    for start in range(0, m, block):
+        first = max(0, start - (m - n))  # the first query that sees key `start`; earlier ones see none of the block
+        keys_here, rows = slice(start, start + block), (..., slice(first, None), slice(None))
+        s = q[rows] @ k[..., keys_here, :].mT  # [..., n - first, block]
+        if start + block > m - n + first + 1:  # some key comes after the first query: mask the future
+            s = np.where(keys[keys_here] > positions[first:], -np.inf, s)
+        row_max = np.maximum(top[rows], s.max(axis=-1, keepdims=True))
+        rescale = np.exp(top[rows] - row_max)
+        s -= row_max
+        np.exp(s, out=s)
+        total[rows] *= rescale
+        total[rows] += s.sum(axis=-1, keepdims=True)
+        out[rows] *= rescale
+        out[rows] += s @ v[..., keys_here, :]
+        top[rows] = row_max
+    out /= total
+    return out
 
 
 def split_heads(x, n_head):  # [n, n_head * d_head] -> [n_head, n, d_head]
@@ -219,3 +268,51 @@ class PaddingMask(MatrixOp):
     def definition(cls):
         S, mask = MatrixSymbol("S", n, n), MatrixSymbol("m", 1, n)
         return [(cls(S, mask)[i, j], sp.Piecewise((S[i, j], sp.Eq(sp.IndexedBase("m")[j], 1)), (-sp.oo, True)))]
+
+
+class CausalAttention(MatrixOp):
+    """``softmax(mask(Q_h K_hᵀ)) V_h`` as one call: how the emitted module runs a causal block's
+    ``A`` and ``Z`` equations (:func:`fuse_causal_attention`); never part of a Program, so it has
+    no LaTeX or definition of its own (those of ``Softmax``, ``CausalMask`` and ``MatMul`` hold).
+
+    Arguments: the scaled queries ``SplitHeads(q, n_head)``, and the keys and values split into
+    their own heads (n_kv_head of them with grouped-query attention, shared by ``causal_attention``).
+    """
+
+    numpy_functions = (softmax, causal_mask, causal_attention, blocked_causal_attention)
+
+    def _numpycode(self, printer):
+        return self._call(printer, "causal_attention", *self.args)
+
+
+def fuse_causal_attention(equations: list) -> list:
+    """``A = softmax(mask(S Kᵀ))`` then ``Z = concat(A V)`` as one ``Z = concat(CausalAttention(S, K, V))``.
+
+    For the emitted module only: ``A`` is dropped where no later equation reads it. Grouped
+    keys/values ``GroupedHeads(x, n_kv_head, n_head)`` are passed as ``SplitHeads(x, n_kv_head)``.
+    """
+    fused, merged = [], None
+    for index, eq in enumerate(equations):
+        following = equations[index + 1:index + 2]
+        if (following and _attention_weights(eq) and _weights_times_values(following[0], eq.lhs)
+                and not any(later.rhs.has(eq.lhs) for later in equations[index + 2:])):
+            merged = following[0]
+            *queries, keys = eq.rhs.arg.arg.args
+            own_heads = [SplitHeads(x.args[0], x.args[1]) for x in (keys.arg, merged.rhs.arg.args[1])]
+            attention = CausalAttention(sp.MatMul(*queries), *own_heads)
+            fused.append(dataclasses.replace(merged, rhs=MergeHeads(attention, merged.rhs.heads)))
+        elif eq is not merged:
+            fused.append(eq)
+    return fused
+
+
+def _attention_weights(eq) -> bool:  # A = softmax(causal_mask(scale Q_h K_hᵀ))
+    rhs = eq.rhs
+    return (isinstance(rhs, Softmax) and isinstance(rhs.arg, CausalMask) and isinstance(rhs.arg.arg, sp.MatMul)
+            and isinstance(rhs.arg.arg.args[-1], sp.Transpose))
+
+
+def _weights_times_values(eq, weights) -> bool:  # Z = concat_h(A V_h)
+    rhs = eq.rhs
+    return (isinstance(rhs, MergeHeads) and isinstance(rhs.arg, sp.MatMul) and len(rhs.arg.args) == 2
+            and rhs.arg.args[0] == weights)
