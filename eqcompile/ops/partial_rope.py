@@ -12,8 +12,8 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .attention import d_head
-from .base import MatrixOp, i, j, n, ops
-from .rope import rope, turned_pairs
+from .base import i, j, n, ops
+from .rope import RotaryOp, rope, turned_pairs
 
 d_rot = sp.Symbol("d_rot", integer=True, positive=True)  # features of a head that are rotated
 
@@ -25,7 +25,7 @@ def partial_rope(x, theta, positions, d_head):  # [n, heads * d_head]: each head
     return np.concatenate([turned.reshape(x.shape[0], -1, rotary), heads[..., rotary:]], axis=-1).reshape(x.shape)
 
 
-class PartialRoPE(MatrixOp):
+class PartialRoPE(RotaryOp):
     """RoPE on the first d_rot features of each head (pairs j, j + d_rot/2); the others pass unchanged."""
 
     summary_latex = (r"Partial rotary position embedding: in each head, features $j$ and $j + d_{\mathrm{rot}}/2$ "
@@ -33,20 +33,8 @@ class PartialRoPE(MatrixOp):
     numpy_functions = (rope, partial_rope)
 
     @property
-    def frequencies(self):
-        return self.args[1]
-
-    @property
-    def positions(self):
-        return self.args[2]
-
-    @property
     def head_width(self):
         return self.args[3]
-
-    def _latex(self, printer):
-        frequencies, x, p = printer._print(self.frequencies), printer._print(self.arg), printer._print(self.positions)
-        return rf"\operatorname{{RoPE}}_{{{frequencies}}}\left({x};\, {p}\right)"
 
     def _numpycode(self, printer):
         return self._call(printer, "partial_rope", self.arg, self.frequencies, self.positions, self.head_width)

@@ -176,17 +176,8 @@ def turned_pairs(ev, x, theta, positions, out, head_width: int):
     return out
 
 
-class RoPE(MatrixOp):
-    """Rotary position embedding: in each head, features j and j + d_head/2 at position p_i turned by p_i theta_j.
-
-    It acts on all heads side by side (``[n, heads d_head]``), so keys are rotated once, before
-    they are cached, and the positions p are an input: generation continues at p = (i, ...).
-    """
-
-    summary_latex = (r"Rotary position embedding: in each head, features $j$ and $j + d_{\mathrm{head}}/2$ at "
-                     r"position $p_i$ turned by $p_i \theta_j$.")
-
-    numpy_functions = (rope,)
+class RotaryOp(MatrixOp):
+    """What RoPE and PartialRoPE share: arguments (x, θ, p, ...) and the LaTeX RoPE_θ(x; p)."""
 
     @property
     def frequencies(self):
@@ -199,6 +190,20 @@ class RoPE(MatrixOp):
     def _latex(self, printer):
         frequencies, x, p = printer._print(self.frequencies), printer._print(self.arg), printer._print(self.positions)
         return rf"\operatorname{{RoPE}}_{{{frequencies}}}\left({x};\, {p}\right)"
+
+
+
+class RoPE(RotaryOp):
+    """Rotary position embedding: in each head, features j and j + d_head/2 at position p_i turned by p_i theta_j.
+
+    It acts on all heads side by side (``[n, heads d_head]``), so keys are rotated once, before
+    they are cached, and the positions p are an input: generation continues at p = (i, ...).
+    """
+
+    summary_latex = (r"Rotary position embedding: in each head, features $j$ and $j + d_{\mathrm{head}}/2$ at "
+                     r"position $p_i$ turned by $p_i \theta_j$.")
+
+    numpy_functions = (rope,)
 
     def _numpycode(self, printer):
         return self._call(printer, "rope", self.arg, self.frequencies, self.positions)
