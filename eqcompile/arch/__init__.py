@@ -1,7 +1,7 @@
 """Model families. Each module here defines ``FAMILY``; adding a family means adding one module.
 
-``lower(checkpoint)`` picks the family from ``config.json``'s ``model_type`` or, for a bare
-safetensors file, from its tensor names, and returns the family's :class:`~eqcompile.program.Program`.
+``family_of(checkpoint)`` picks the family from ``config.json``'s ``model_type`` or, for a bare
+safetensors file, from its tensor names (``eqcompile.frontend`` falls back to the tracer above it).
 ``open_checkpoint(source)`` loads a checkpoint and, for a GGUF file, has the family its
 ``general.architecture`` names convert it to Hugging Face names and a config.
 """
@@ -129,14 +129,12 @@ def supported_types() -> str:
 def family_of(checkpoint: Checkpoint) -> Family:
     if checkpoint.config is not None and "model_type" in checkpoint.config:
         return family_named(checkpoint.config["model_type"])
-    known = families()
-    supported = ", ".join(t for f in known for t in f.model_types)
-    for family in known:
+    for family in families():
         if family.recognises(checkpoint):
             return family
     raise UnsupportedArchitecture(
         "cannot tell the architecture: no config.json with a model_type, and the tensor names "
-        f"match no supported family (supported: {supported})")
+        f"match no supported family (supported: {supported_types()})")
 
 
 def open_checkpoint(source: str | Path) -> Checkpoint:
@@ -180,6 +178,3 @@ def with_settings(checkpoint: Checkpoint, settings: dict) -> Checkpoint:
             raise ConfigError(f"{family.name} models take no {key!r} setting (it applies to: {takers})")
     return replace(checkpoint, config={**(checkpoint.config or {}), **settings})
 
-
-def lower(checkpoint: Checkpoint) -> Program:
-    return family_of(checkpoint).lower(checkpoint)
