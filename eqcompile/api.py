@@ -19,7 +19,7 @@ from .emit.files import write_bytes, write_text
 from .emit.pdf import build_pdf
 from .emit.python import write_module
 from .emit.tokenizer_latex import tokenizer_latex
-from .errors import ConfigError, TooLarge
+from .errors import ConfigError, EqcompileError, TooLarge
 from .load import Checkpoint
 from .program import Program
 from .stats import Stats, stats
@@ -100,11 +100,14 @@ class CompiledModel:
         return Path(path)
 
     def to_python(self, folder: str | Path, expand: bool = False, seq: int | None = None,
-                  force: bool = False, dtype: str = "float32") -> Path:
+                  force: bool = False, dtype: str = "float32", train: bool = False) -> Path:
         """Write a numpy-only ``model.py`` and its ``weights.safetensors`` into ``folder``.
 
-        ``expand=True`` writes the literal equation as a pure-Python ``model.py`` (math only).
+        ``expand=True`` writes the literal equation as a pure-Python ``model.py`` (math only);
+        ``train=True`` adds the loss, its gradient and the SGD and AdamW steps (``eqcompile.train``).
         """
+        if expand and train:
+            raise EqcompileError("--train writes the numpy module's training functions: drop --expand")
         if expand:
             path = Path(folder) / "model.py"
             write_text(path, expansion_python(self.expand(seq, force)))
@@ -112,7 +115,7 @@ class CompiledModel:
         tokenizer, unsupported = self._tokenizer
         if unsupported:
             warnings.warn(f"model.py gets no encode/decode: {unsupported}", stacklevel=2)
-        return write_module(self.program, self.checkpoint, Path(folder), dtype, tokenizer)
+        return write_module(self.program, self.checkpoint, Path(folder), dtype, tokenizer, train)
 
     def to_jax(self, folder: str | Path) -> Path:
         """Write ``model_jax.py`` (jitted, shardable; needs the ``jax`` extra) beside ``to_python``'s files."""

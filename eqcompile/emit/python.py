@@ -115,13 +115,14 @@ def _forward_calls(program: Program) -> list[str]:
 
 
 def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: str = "float32",
-                 tokenizer: Tokenizer | None = None) -> Path:
+                 tokenizer: Tokenizer | None = None, train: bool = False) -> Path:
     """Write ``folder/model.py`` and ``folder/weights.safetensors`` (and, given a tokenizer,
     ``tokenizer.py`` with the ``tokenizer_data.json`` it reads); return the module's path. The files
     of :data:`OUTPUTS` this run does not write (an earlier run's tokenizer) are removed.
 
     ``dtype="float64"`` stores the weights (float32 values, widened exactly) as float64, so the
-    module computes in float64: a second implementation to measure rounding against.
+    module computes in float64: a second implementation to measure rounding against. ``train`` appends
+    the training functions (:mod:`eqcompile.train.module`).
     """
     folder = Path(folder)
     with staging_folder(folder, OUTPUTS) as staging:  # nothing reaches ``folder`` unless every file is written
@@ -131,7 +132,12 @@ def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: 
         shapes = [(key, program.numeric_shape(binding.param.symbol)) for key, binding in plan.items()]
         write_safetensors(staging / "weights.safetensors", shapes, lambda key: plan[key].read(checkpoint, program),
                           progress_bar(shapes, "weights"), dtype)
-        write_text(staging / "model.py", module_source(program, tokenizer is not None))
+        source = module_source(program, tokenizer is not None)
+        if train:
+            from ..train.module import training_source
+
+            source += training_source(program, checkpoint)
+        write_text(staging / "model.py", source)
     return folder / "model.py"
 
 

@@ -63,6 +63,12 @@ class Activation(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, self.numpy_functions[-1].__name__, self.arg)
 
+    def vjp(self, grad, output):
+        """X̄ = G ⊙ σ'(X), σ' the ``sympy.diff`` of the scalar definition."""
+        from .backward import ActivationDerivative
+
+        return [(self.arg, sp.HadamardProduct(grad, ActivationDerivative(self.arg, sp.Symbol(type(self).__name__))))]
+
     @classmethod
     def definition_latex(cls, printer):
         import latexify  # only --level index needs it: the command line does not pay its import

@@ -97,6 +97,12 @@ class Softmax(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "softmax", self.arg)
 
+    def vjp(self, grad, output):
+        """S̄ = A ⊙ (G − (G ⊙ A) 1 1ᵀ), from the output A."""
+        from .backward import SoftmaxGrad
+
+        return [(self.arg, SoftmaxGrad(output, grad))]
+
     def explicit(self, ev):  # masked (-oo) entries have probability 0 and cost nothing
         scores = ev.value(self.arg)
         out = sp.zeros(scores.rows, scores.cols)
@@ -131,6 +137,11 @@ class CausalMask(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "causal_mask", self.arg)
+
+    def vjp(self, grad, output):
+        """S̄ = G: a masked score is the constant −∞, and the softmax after the mask already gives it a
+        zero gradient (its probability is 0), so G is zero there."""
+        return [(self.arg, grad)]
 
     @staticmethod
     def visible(rows: int, cols: int) -> int:
@@ -175,6 +186,10 @@ class SplitHeads(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "split_heads", self.arg, self.heads)
 
+    def vjp(self, grad, output):
+        """X̄ = concat_h(G_h): each head's gradient back in its columns."""
+        return [(self.arg, MergeHeads(grad, self.heads))]
+
     def explicit(self, ev):
         width = ev.size(self)[1]
         return ev.value(self.arg)[:, ev.head * width:(ev.head + 1) * width]
@@ -209,6 +224,10 @@ class MergeHeads(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "merge_heads", self.arg)
+
+    def vjp(self, grad, output):
+        """Ȳ_h = G_h: head h's columns of G."""
+        return [(self.arg, SplitHeads(grad, self.heads))]
 
     def explicit(self, ev):
         return sp.Matrix.hstack(*ev.each_head(self.arg))

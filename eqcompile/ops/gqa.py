@@ -47,6 +47,12 @@ class GroupedHeads(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "grouped_heads", *self.args)
 
+    def vjp(self, grad, output):
+        """X̄ = the gradients of the query heads that share each key/value head, summed."""
+        from .backward import GroupSum
+
+        return [(self.arg, GroupSum(grad, self.kv_heads))]
+
     def explicit(self, ev):  # the columns of key/value head g(h) (0-based: h // group size)
         width = ev.size(self)[1]
         kv = ev.head // (int(ev.number(self.heads)) // int(ev.number(self.kv_heads)))

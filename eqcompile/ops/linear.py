@@ -32,6 +32,12 @@ class Embed(MatrixOp):
     def _numpycode(self, printer):
         return f"{printer._print(self.table)}[{printer._print(self.tokens)}]"
 
+    def vjp(self, grad, output):
+        """W̄ = onehot(t)ᵀ G: each row of G added to the table row it looked up (the ids get none)."""
+        from .backward import ScatterAdd
+
+        return [(self.table, ScatterAdd(grad, self.tokens, self.table.shape[0]))]
+
     def explicit(self, ev):
         """Known ids (positions) select rows; unknown tokens are one-hot rows [n, n_vocab] times W."""
         index, table = ev.value(self.tokens), ev.value(self.table)
@@ -118,6 +124,13 @@ class Linear(MatrixOp):
     def _numpycode(self, printer):
         product = f"{printer._print(self.arg)} @ {printer._print(self.weight)}"
         return product if self.bias is None else f"{product} + {printer._print(self.bias)}"
+
+    def vjp(self, grad, output):
+        """X̄ = G Wᵀ, W̄ = Xᵀ G, b̄ = 1ᵀ G."""
+        from .backward import ColumnSum
+
+        pairs = [(self.arg, sp.MatMul(grad, self.weight.T)), (self.weight, sp.MatMul(self.arg.T, grad))]
+        return pairs + ([] if self.bias is None else [(self.bias, ColumnSum(grad))])
 
     def explicit(self, ev):
         bias = None if self.bias is None else ev.value(self.bias)

@@ -36,6 +36,14 @@ class LayerNorm(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "layer_norm", *self.args)
 
+    def vjp(self, grad, output):
+        """X̄, γ̄ by LayerNorm's Jacobian (``backward.py``); β̄ = 1ᵀ G."""
+        from .backward import ColumnSum, LayerNormGainGrad, LayerNormGrad
+
+        x, gamma, beta, eps = self.args
+        return [(x, LayerNormGrad(x, gamma, eps, grad)), (gamma, LayerNormGainGrad(x, eps, grad)),
+                (beta, ColumnSum(grad))]
+
     def explicit(self, ev):
         x, gamma, beta = ev.shared(self.arg), ev.value(self.args[1]), ev.value(self.args[2])
         eps, width = ev.number(self.args[3]), x.cols
@@ -81,6 +89,13 @@ class RMSNorm(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "rms_norm", *self.args)
+
+    def vjp(self, grad, output):
+        """X̄, γ̄ by RMSNorm's Jacobian (``backward.py``)."""
+        from .backward import RMSNormGainGrad, RMSNormGrad
+
+        x, gamma, eps = self.args
+        return [(x, RMSNormGrad(x, gamma, eps, grad)), (gamma, RMSNormGainGrad(x, eps, grad))]
 
     def explicit(self, ev):
         x, gamma, eps = ev.shared(self.arg), ev.value(self.args[1]), ev.number(self.args[2])

@@ -208,6 +208,10 @@ class RoPE(RotaryOp):
     def _numpycode(self, printer):
         return self._call(printer, "rope", self.arg, self.frequencies, self.positions)
 
+    def vjp(self, grad, output):
+        """X̄ = RoPE_{−θ}(G; p): a rotation's transpose turns by the opposite angle."""
+        return [(self.arg, RoPE(grad, -self.frequencies, self.positions))]
+
     def explicit(self, ev):
         """Per position i and frequency j the angle φ = p_i θ_j, its cos and sin (named once, shared by
         every head); then each head's pair (x_j, x_{j+d_head/2}) is turned by φ."""

@@ -38,6 +38,10 @@ class SlidingWindowMask(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "sliding_window_mask", self.arg, self.window)
 
+    def vjp(self, grad, output):
+        """S̄ = G, as for the causal mask: the softmax after it gives masked scores a zero gradient."""
+        return [(self.arg, grad)]
+
     def explicit(self, ev):  # scores outside the window are never computed: they are minus infinity
         scores, width = ev.value(self.arg), int(ev.number(self.window))
         offset = scores.cols - scores.rows  # the queries are the last rows of the keys

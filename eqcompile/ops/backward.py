@@ -1,0 +1,231 @@
+"""The ops that only the backward pass uses: each forward op's ``vjp`` states its vector-Jacobian
+product with these (and with sympy's own products, sums and transposes).
+
+They follow the recipe of ``base.py``: LaTeX, numpy and a one-line statement of what they mean
+(``summary_latex``) on one class. An activation's derivative is not written here at all: it is
+``sympy.diff`` of the scalar definition the LaTeX prints, printed by the NumPy printer.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import sympy as sp
+from sympy.printing.numpy import NumPyPrinter
+
+from .attention import merge_heads
+from .base import MatrixOp, operator
+
+
+def softmax_grad(a, g):  # [..., n, m]: the VJP of a = softmax(s) over the last axis
+    return a * (g - (g * a).sum(axis=-1, keepdims=True))
+
+
+def column_sum(g):  # [n, d] -> [1, d]: 1ᵀ G
+    return g.sum(axis=0, keepdims=True)
+
+
+def scatter_add(g, ids, rows):  # [n, d] -> [rows, d]: row i of g added to row ids_i
+    out = np.zeros((rows, g.shape[-1]), dtype=g.dtype)
+    np.add.at(out, np.asarray(ids).reshape(-1), g)
+    return out
+
+
+def group_sum(g, n_kv_head):  # [n_head, n, d_head] -> [n, n_kv_head * d_head]: each group's heads summed
+    return merge_heads(g.reshape(n_kv_head, -1, *g.shape[1:]).sum(axis=1))
+
+
+def layer_norm_grad(x, gamma, eps, g):  # [n, d]: the VJP of layer_norm for x
+    centred = x - x.mean(axis=-1, keepdims=True)
+    r = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)
+    normed, g_normed = centred * r, g * gamma
+    return r * (g_normed - g_normed.mean(axis=-1, keepdims=True)
+                - normed * (g_normed * normed).mean(axis=-1, keepdims=True))
+
+
+def layer_norm_gain_grad(x, eps, g):  # [1, d]: the VJP of layer_norm for gamma
+    centred = x - x.mean(axis=-1, keepdims=True)
+    return (g * centred / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)).sum(axis=0, keepdims=True)
+
+
+def rms_norm_grad(x, gamma, eps, g):  # [n, d]: the VJP of rms_norm for x
+    r = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    g_normed = g * gamma
+    return r * g_normed - x * (r * r * r) * (g_normed * x).mean(axis=-1, keepdims=True)
+
+
+def rms_norm_gain_grad(x, eps, g):  # [1, d]: the VJP of rms_norm for gamma
+    return (g * x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)).sum(axis=0, keepdims=True)
+
+
+class SoftmaxGrad(MatrixOp):
+    """Softmax's VJP from its output A: each row's G minus its A-weighted mean, times A."""
+
+    summary_latex = (r"Softmax's VJP from its output $A$: $\bar S = A \odot (G - (G \odot A)\mathbf{1}"
+                     r"\mathbf{1}^{\top})$, row by row.")
+    numpy_functions = (softmax_grad,)
+
+    def _latex(self, printer):
+        a, g = (printer._print(x) for x in self.args)
+        return rf"{a} \odot \left({g} - \left({g} \odot {a}\right) \mathbf{{1}} \mathbf{{1}}^{{\top}}\right)"
+
+    def _numpycode(self, printer):
+        return self._call(printer, "softmax_grad", *self.args)
+
+
+class ColumnSum(MatrixOp):
+    """The sum of the rows, 1ᵀ G: the VJP of a row vector added to every row."""
+
+    summary_latex = r"The sum of the rows, $\mathbf{1}^{\top} G$: the VJP of a row vector added to every row."
+    numpy_functions = (column_sum,)
+
+    @property
+    def shape(self):
+        return (sp.Integer(1), self.arg.shape[1])
+
+    def _latex(self, printer):
+        return rf"\mathbf{{1}}^{{\top}} {printer.parenthesize(self.arg, 50)}"
+
+    def _numpycode(self, printer):
+        return self._call(printer, "column_sum", self.arg)
+
+
+class ScatterAdd(MatrixOp):
+    """Row lookup's VJP: row i of G added to row t_i of a table of zeros (one-hot(t)ᵀ G)."""
+
+    summary_latex = (r"Row lookup's VJP: row $i$ of $G$ added to row $t_i$ of a table of zeros, "
+                     r"$\operatorname{onehot}(t)^{\top} G$.")
+    numpy_functions = (scatter_add,)
+
+    @property
+    def shape(self):
+        return (self.args[2], self.arg.shape[1])
+
+    def _latex(self, printer):
+        g, ids = printer._print(self.args[0]), printer._print(self.args[1])
+        return rf"\operatorname{{onehot}}\left({ids}\right)^{{\top}} {g}"
+
+    def _numpycode(self, printer):
+        return self._call(printer, "scatter_add", *self.args)
+
+
+class GroupSum(MatrixOp):
+    """Grouped heads' VJP: the query heads that share key/value head g summed, the groups side by side."""
+
+    summary_latex = (r"Grouped heads' VJP: $\bar X_{g} = \sum_{h : g(h) = g} G_h$ for each key/value head $g$, "
+                     r"side by side.")
+    numpy_functions = (merge_heads, group_sum)
+
+    @property
+    def shape(self):
+        return (self.arg.shape[0], self.arg.shape[1] * self.args[1])
+
+    def _latex(self, printer):
+        kv = printer._print(self.args[1])
+        return (rf"\operatorname{{concat}}_{{g=1}}^{{{kv}}}\left(\sum_{{h : g(h) = g}} "
+                rf"{printer._print(self.arg)}\right)")
+
+    def _numpycode(self, printer):
+        return self._call(printer, "group_sum", *self.args)
+
+
+class NormGrad(MatrixOp):
+    """A normalisation's VJP for its input or gain (arguments: X, [γ,] ε, G)."""
+
+    latex_name: str = ""
+    function: str = ""
+
+    @property
+    def shape(self):
+        return self.args[-1].shape if len(self.args) == 4 else (sp.Integer(1), self.args[-1].shape[1])
+
+    def _latex(self, printer):
+        *inputs, g = self.args
+        applied = operator(printer, self.latex_name, *inputs, sep=r";\, ")
+        return rf"{applied}^{{\top}} \left[{printer._print(g)}\right]"
+
+    def _numpycode(self, printer):
+        return self._call(printer, self.function, *self.args)
+
+
+class LayerNormGrad(NormGrad):
+    """LayerNorm's VJP for X, row by row: (G ⊙ γ minus its mean, minus X̂ times the mean of G ⊙ γ ⊙ X̂) / σ."""
+
+    summary_latex = (r"LayerNorm's VJP for $X$, row by row, with $\hat X = (X - \mu)/\sqrt{\sigma^2 + \varepsilon}$ "
+                     r"and $\hat G = G \odot \gamma$: $\bar X = (\hat G - \overline{\hat G} - \hat X\, "
+                     r"\overline{\hat G \odot \hat X}) / \sqrt{\sigma^2 + \varepsilon}$ (bars: means over the row).")
+    latex_name, function, numpy_functions = r"\partial_X LN", "layer_norm_grad", (layer_norm_grad,)
+
+
+class LayerNormGainGrad(NormGrad):
+    """LayerNorm's VJP for its gain γ: 1ᵀ (G ⊙ X̂)."""
+
+    summary_latex = r"LayerNorm's VJP for its gain: $\bar\gamma = \mathbf{1}^{\top} (G \odot \hat X)$."
+    latex_name, function, numpy_functions = r"\partial_\gamma LN", "layer_norm_gain_grad", (layer_norm_gain_grad,)
+
+
+class RMSNormGrad(NormGrad):
+    """RMSNorm's VJP for X, row by row: G ⊙ γ / r minus X times the mean of G ⊙ γ ⊙ X over r³."""
+
+    summary_latex = (r"RMSNorm's VJP for $X$, row by row, with $r = \sqrt{\overline{X^2} + \varepsilon}$ and "
+                     r"$\hat G = G \odot \gamma$: $\bar X = \hat G / r - X\, \overline{\hat G \odot X} / r^3$.")
+    latex_name, function, numpy_functions = r"\partial_X RMSNorm", "rms_norm_grad", (rms_norm_grad,)
+
+
+class RMSNormGainGrad(NormGrad):
+    """RMSNorm's VJP for its gain γ: 1ᵀ (G ⊙ X / r)."""
+
+    summary_latex = r"RMSNorm's VJP for its gain: $\bar\gamma = \mathbf{1}^{\top} (G \odot X / r)$."
+    latex_name, function, numpy_functions = r"\partial_\gamma RMSNorm", "rms_norm_gain_grad", (rms_norm_gain_grad,)
+
+
+class DerivativePrinter(NumPyPrinter):
+    """sympy's NumPy printer as the emitted module spells it: ``np.``, and the module's own ``erf``."""
+
+    def _module_format(self, fqn, register=True):
+        return "np." + fqn[len("numpy."):] if fqn.startswith("numpy.") else super()._module_format(fqn, register)
+
+    def _print_erf(self, expr):
+        return f"erf({self._print(expr.args[0])})"
+
+    def _print_Heaviside(self, expr):  # the derivative of max(x, 0): 0 at x = 0, as torch takes it
+        return f"np.heaviside({self._print(expr.args[0])}, 0.0)"
+
+
+class ActivationDerivative(MatrixOp):
+    """σ'(X) elementwise, for the activation class ``args[1]`` names; its scalar form is ``sympy.diff``
+    of the activation's definition, and its numpy code that form printed."""
+
+    @property
+    def activation(self):
+        from . import ACTIVATIONS
+
+        return next(op for op in ACTIVATIONS if op.__name__ == str(self.args[1]))
+
+    def _latex(self, printer):
+        return operator(printer, self.activation.latex_name + "'", self.arg)
+
+    def _numpycode(self, printer):
+        return self._call(printer, self.function_name(self.activation), self.arg)
+
+    @staticmethod
+    def function_name(activation) -> str:
+        return activation.numpy_functions[-1].__name__ + "_derivative"
+
+    @staticmethod
+    @cache
+    def scalar_derivative(activation) -> sp.Expr:
+        """d σ(x) / dx of the definition the LaTeX prints, constants to 17 digits."""
+        x = sp.Symbol("x")
+        return sp.diff(activation.scalar_form(x), x).replace(sp.Heaviside, lambda arg, *_: sp.Heaviside(arg, 0))
+
+    @classmethod
+    def source(cls, activation) -> str:
+        """The derivative as a numpy function's source, for the emitted module."""
+        body = DerivativePrinter().doprint(cls.scalar_derivative(activation))
+        return f"def {cls.function_name(activation)}(x):  # d/dx of {activation.numpy_functions[-1].__name__}, by sympy.diff\n    return {body}\n"
+
+
+BACKWARD_OPS = (SoftmaxGrad, ColumnSum, ScatterAdd, GroupSum, LayerNormGrad, LayerNormGainGrad, RMSNormGrad,
+                RMSNormGainGrad, ActivationDerivative)
