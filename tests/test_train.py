@@ -1,0 +1,204 @@
+"""Training as equations: the emitted loss_and_grad against torch.autograd, AdamW against torch.optim.AdamW.
+
+Tolerances: every parameter's gradient to 1e-5 (float32) and 1e-10 (float64) of the largest entry of
+torch's gradient for that tensor; ten AdamW steps to 1e-5 in the weights (absolute; they are O(0.1 - 1))
+and in the losses (relative).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from eqcompile import api  # noqa: E402
+from eqcompile.emit.python import import_module  # noqa: E402
+
+from conftest import make_gpt2  # noqa: E402
+from llama_models import make_llama  # noqa: E402
+from test_mlp import save_mlp  # noqa: E402
+
+TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
+MODELS = {
+    "gpt2-tied": lambda folder: make_gpt2(folder),
+    "gpt2-untied": lambda folder: make_gpt2(folder, tie_word_embeddings=False),
+    "llama-gqa": lambda folder: make_llama(folder, "llama", num_attention_heads=4, num_key_value_heads=2,
+                                           hidden_size=16),
+}
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    cache = {}
+
+    def get(name: str, dtype: str = "float32"):
+        if name not in cache:
+            cache[name] = MODELS[name](tmp_path_factory.mktemp(name) / "ckpt")
+        folder = cache[name]
+        out = tmp_path_factory.mktemp(f"{name}-{dtype}")
+        module = import_module(api.compile(folder).to_python(out, train=True, dtype=dtype), f"train_{name}_{dtype}")
+        return folder, module
+    return get
+
+
+def float64_exact(module, model):
+    """In float64, transformers still computes RoPE's angles and Llama's RMSNorm in float32 (by design);
+    both sides are switched to float64 so that the comparison measures the gradient, not that rounding."""
+    import transformers.models.llama.modeling_llama as llama
+
+    def rotary(self, x, position_ids):
+        angles = position_ids[..., None].double() * self.inv_freq.double()
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+
+    def rms_norm(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    for name, replacement in (("LlamaRotaryEmbedding", rotary), ("LlamaRMSNorm", rms_norm)):
+        for sub in model.modules():
+            if type(sub).__name__ == name:
+                sub.forward = replacement.__get__(sub)
+
+    def rope(x, theta, positions):
+        angles = (positions.astype(np.float64)[:, None] * theta.astype(np.float64))[:, None, :]
+        cos, sin = np.cos(angles), np.sin(angles)
+        heads = x.reshape(x.shape[0], -1, 2 * theta.shape[-1])
+        first, second = np.split(heads, 2, axis=-1)
+        return np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1).reshape(x.shape)
+
+    if hasattr(module, "rope"):
+        module.rope = rope
+
+
+def torch_loss_and_grads(folder, tokens, dtype):
+    """transformers' model in ``dtype``; the loss is cross-entropy of logits[:-1] against tokens[1:], the
+    loss ``labels=input_ids`` gives (which upcasts the logits to float32, so it is written out here)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).to(getattr(torch, dtype)).eval()
+    t = torch.as_tensor(tokens)
+    logits = model(t[None]).logits[0]
+    loss = torch.nn.functional.cross_entropy(logits[:-1], t[1:])
+    loss.backward()
+    return model, loss.item(), {name: p.grad.numpy() for name, p in model.named_parameters()}
+
+
+def assert_gradients_match(ours: dict, theirs: dict, tolerance: float):
+    assert set(ours) == set(theirs)
+    for name, expected in theirs.items():
+        scale = np.abs(expected).max()
+        assert scale > 0, name
+        error = np.abs(ours[name] - expected).max() / scale
+        assert ours[name].shape == expected.shape and error <= tolerance, (name, error)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gradients_equal_autograd(made, name, dtype):
+    folder, module = made(name, dtype)
+    tokens = np.random.default_rng(1).integers(0, 50, 12)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).to(getattr(torch, dtype)).eval()
+    if dtype == "float64":
+        float64_exact(module, model)
+    t = torch.as_tensor(tokens)
+    logits = model(t[None]).logits[0]
+    loss = torch.nn.functional.cross_entropy(logits[:-1], t[1:])
+    loss.backward()
+    L, grads = module.loss_and_grad(tokens)
+    assert abs(L - loss.item()) <= TOLERANCE[dtype] * abs(loss.item())
+    assert_gradients_match(grads, {n: p.grad.numpy() for n, p in model.named_parameters()}, TOLERANCE[dtype])
+
+
+def test_loss_is_what_transformers_computes_with_labels(made):
+    folder, module = made("gpt2-tied")
+    tokens = np.random.default_rng(2).integers(0, 50, 9)
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = model(torch.as_tensor(tokens)[None], labels=torch.as_tensor(tokens)[None]).loss.item()
+    assert abs(module.loss(tokens) - expected) <= 1e-6 * expected
+
+
+def test_tied_embedding_gets_both_paths(made):
+    """W_E is read by the embedding and (transposed) by the unembedding: its gradient is the sum."""
+    _, module = made("gpt2-tied")
+    tokens = np.random.default_rng(3).integers(0, 50, 10)
+    _, stage_grads = module._loss_and_grads(tokens, module.WEIGHTS, True)
+    lookup, unembed = stage_grads["embedding"]["W_E"], stage_grads["unembedding"]["W_E"]
+    assert np.abs(lookup).max() > 0 and np.abs(unembed).max() > 0
+    _, grads = module.loss_and_grad(tokens)
+    np.testing.assert_array_equal(grads["transformer.wte.weight"], lookup + unembed)
+
+
+@pytest.mark.parametrize("activation, dtype", [("tanh", "float64"), ("silu", "float64"), ("relu", "float32"),
+                                               ("gelu", "float32"), ("sigmoid", "float64")])
+def test_mlp_gradients_equal_autograd(tmp_path, activation, dtype):
+    """Mean squared error, as torch.nn.MSELoss; GELU's erf is a float32-level fit, so float32 only."""
+    model, folder = save_mlp(tmp_path / "mlp", (5, 16, 8, 3), activation)
+    module = import_module(api.compile(folder).to_python(tmp_path / "out", train=True, dtype=dtype),
+                           f"train_mlp_{activation}_{dtype}")
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal(5).astype(dtype), rng.standard_normal(3).astype(dtype)
+    model = model.to(getattr(torch, dtype))
+    loss = torch.nn.functional.mse_loss(model(torch.as_tensor(x)), torch.as_tensor(y))
+    loss.backward()
+    L, grads = module.loss_and_grad((x, y))
+    assert abs(L - loss.item()) <= TOLERANCE[dtype] * loss.item()
+    assert_gradients_match(grads, {n: p.grad.numpy() for n, p in model.named_parameters()}, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("name", ["gpt2-untied", "llama-gqa"])
+def test_ten_adamw_steps_equal_torch(made, name):
+    folder, module = made(name)
+    rng = np.random.default_rng(5)
+    batches = [rng.integers(0, 50, 10) for _ in range(10)]
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    state = module.adamw_init()
+    for tokens in batches:
+        t = torch.as_tensor(tokens)
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(t[None]).logits[0][:-1], t[1:])
+        loss.backward()
+        optimizer.step()
+        state, L = module.adamw_step(state, tokens, lr=3e-3, weight_decay=0.05)
+        assert abs(L - loss.item()) <= 1e-5 * loss.item()
+    for param_name, p in model.named_parameters():
+        ours, theirs = state["tensors"][param_name], p.detach().numpy()
+        assert np.abs(ours - theirs).max() <= 1e-5, param_name  # absolute: the weights are O(0.1 - 1)
+    assert state["step"] == 10
+
+
+def test_sgd_step_moves_against_the_gradient(made):
+    _, module = made("gpt2-tied")
+    tokens = np.random.default_rng(6).integers(0, 50, 12)
+    tensors = module.initial_tensors()
+    _, grads = module.loss_and_grad(tokens, tensors)
+    stepped, before = module.sgd_step(tensors, tokens, lr=0.1)
+    for name in tensors:
+        np.testing.assert_array_equal(stepped[name], tensors[name] - 0.1 * grads[name])
+    assert module.loss(tokens, stepped) < before
+    assert module.initial_tensors().keys() == tensors.keys()  # pure: the input is unchanged
+    np.testing.assert_array_equal(module.initial_tensors()["transformer.h.0.attn.c_attn.weight"],
+                                  tensors["transformer.h.0.attn.c_attn.weight"])
+
+
+ACTIVATIONS = {"GELUTanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"), "SiLU": torch.nn.functional.silu,
+               "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "ReLU": torch.relu, "GELU": torch.nn.functional.gelu,
+               "QuickGELU": lambda x: x * torch.sigmoid(1.702 * x)}
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_derivatives_are_sympys(name):
+    """σ' is sympy.diff of the printed definition, printed by the NumPy printer: it equals torch's autograd."""
+    from eqcompile.ops import ACTIVATIONS as OPS
+    from eqcompile.ops.activation import erf
+    from eqcompile.ops.backward import ActivationDerivative
+
+    op = next(o for o in OPS if o.__name__ == name)
+    namespace = {"np": np, "erf": erf}
+    exec(ActivationDerivative.source(op), namespace)
+    x = np.linspace(-6, 6, 241)
+    ours = namespace[ActivationDerivative.function_name(op)](x)
+    xt = torch.as_tensor(x, dtype=torch.float64).requires_grad_()
+    ACTIVATIONS[name](xt).sum().backward()
+    assert np.abs(ours - xt.grad.numpy()).max() <= (1e-6 if name == "GELU" else 1e-12)
