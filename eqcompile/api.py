@@ -37,16 +37,23 @@ class CompiledModel:
     trust_tokenizer_pattern: bool = False  # run a pre-tokenizer regex of no known family
 
     def latex(self, level: str = "layer", unroll: bool = False, standalone: bool = False,
-              expand: bool = False, seq: int | None = None, force: bool = False) -> str:
+              expand: bool = False, seq: int | None = None, force: bool = False, train: bool = False) -> str:
         """The model as LaTeX: a fragment (amsmath, amssymb), or a full document.
 
-        ``expand=True`` writes the literal equation instead: every weight substituted (numeric).
+        ``expand=True`` writes the literal equation instead: every weight substituted (numeric);
+        ``train=True`` adds the loss, the backward equations and the update rules (``eqcompile.train``).
         """
+        if expand and train:
+            raise EqcompileError("--train states the backward pass of the equations: drop --expand")
         if expand:
             fragment, packages = expansion_latex(self.expand(seq, force)), EXPANSION_PACKAGES
         else:
             tokenizer = tokenizer_latex(self.tokenizer) if self.tokenizer is not None else ""
             fragment = latex_emitter.render(self.program, level, unroll, tokenizer)
+            if train:
+                from .train.latex import training_latex
+
+                fragment += "\n" + training_latex(self.program)
             packages = latex_emitter.PACKAGES
         return latex_emitter.document(self.program, fragment, packages) if standalone else fragment
 

@@ -135,6 +135,8 @@ pooling_option = click.option(
 @click.option("--force", is_flag=True, help="Expand even beyond the size limit.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Weights (and so arithmetic) of the emitted numpy module.")
+@click.option("--train", is_flag=True, help="Add training: with --latex the loss, the backward equations and the "
+              "SGD/AdamW updates; with --python loss, loss_and_grad, sgd_step and adamw_step in model.py.")
 @click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the appendix (model card, equations, symbols with statistics) as a PDF.")
 @click.option("--tex", "tex_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -151,8 +153,8 @@ pooling_option = click.option(
 @activation_option
 @pooling_option
 def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, jax_dir, expand, seq, force,
-                    dtype, pdf_path, tex_path, fragment, html_path, title, author, numbers, trust_tokenizer_pattern,
-                    activation, pooling):
+                    dtype, train, pdf_path, tex_path, fragment, html_path, title, author, numbers,
+                    trust_tokenizer_pattern, activation, pooling):
     """Compile MODEL to LaTeX, a numpy module, and/or an appendix (PDF, TeX, HTML)."""
     appendix_paths = [p for p in (pdf_path, tex_path, html_path) if p is not None]
     if fragment and tex_path is None:
@@ -162,6 +164,8 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
               "--html FILE", 2)
     if (title is not None or author or numbers) and not appendix_paths:
         _fail("error: --title, --author and --numbers apply to --pdf, --tex and --html", 2)
+    if train and not want_latex and python_dir is None:
+        _fail("error: --train applies to --latex and --python", 2)
     options = dict(title=title, author=author, numbers=numbers)
 
     def work():
@@ -170,7 +174,7 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
         if seq is not None and seq > compiled.program.max_seq:
             raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
         latex_options = dict(level=level, unroll=unroll, standalone=standalone, expand=expand, seq=seq,
-                             force=force)
+                             force=force, train=train)
         if want_latex:
             if output is None:
                 click.echo(compiled.latex(**latex_options), nl=False)
@@ -178,7 +182,7 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
                 compiled.write_latex(output, **latex_options)
                 click.echo(f"wrote {output}", err=True)
         if python_dir is not None:
-            path = compiled.to_python(python_dir, expand=expand, seq=seq, force=force, dtype=dtype)
+            path = compiled.to_python(python_dir, expand=expand, seq=seq, force=force, dtype=dtype, train=train)
             click.echo(f"wrote {path}" + ("" if expand else f" and {path.with_name('weights.safetensors')}"),
                        err=True)
         if jax_dir is not None:

@@ -202,3 +202,48 @@ def test_activation_derivatives_are_sympys(name):
     xt = torch.as_tensor(x, dtype=torch.float64).requires_grad_()
     ACTIVATIONS[name](xt).sum().backward()
     assert np.abs(ours - xt.grad.numpy()).max() <= (1e-6 if name == "GELU" else 1e-12)
+
+
+def test_latex_train_compiles_with_pdflatex(tmp_path):
+    """--latex --train of the sample: loss, every stage's backward (the block once, for l), the updates."""
+    from click.testing import CliRunner
+
+    from conftest import SAMPLE, compile_tex, pdflatex_available
+    from eqcompile.cli import main
+
+    result = CliRunner().invoke(main, [str(SAMPLE), "--latex", "--train", "--standalone", "-o", str(tmp_path / "t.tex")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "t.tex").read_text()
+    for expected in (r"\paragraph{Loss.}", r"\log \operatorname{softmax}\left(Z_{i}\right)_{t_{i+1}}",
+                     r"\paragraph{Transformer block, backward $B^{(l)}$, for $l = L, \dots, 1$.}",
+                     r"\bar{W}_Q^{(l)} &= {H^{(l)}}^{\top} \bar{Q}^{(l)}", r"\hat m_t &= m_t / (1 - \beta_1^{t})",
+                     r"\bar{W}_E &= \operatorname{onehot}\left(t\right)^{\top} \bar{X}^{(0)}"):
+        assert expected in text, expected
+    assert text.count(r"\paragraph{Transformer block, backward") == 1  # the generic layer, stated once
+    if not pdflatex_available():
+        pytest.skip("pdflatex is not installed")
+    assert compile_tex(tmp_path / "t.tex").returncode == 0
+
+
+def test_python_train_through_the_cli(tmp_path, made):
+    from click.testing import CliRunner
+
+    from eqcompile.cli import main
+
+    folder, _ = made("gpt2-tied")
+    result = CliRunner().invoke(main, [str(folder), "--python", str(tmp_path / "out"), "--train"])
+    assert result.exit_code == 0, result.output
+    module = import_module(tmp_path / "out" / "model.py", "train_cli_gpt2")
+    L, grads = module.loss_and_grad([1, 2, 3, 4])
+    assert L > 0 and grads["transformer.wte.weight"].shape == (50, 12)
+
+
+def test_bert_is_refused_for_training(tmp_path, family):
+    from click.testing import CliRunner
+
+    from eqcompile.cli import main
+
+    folder, _ = family("bert")
+    result = CliRunner().invoke(main, [str(folder), "--python", str(tmp_path / "out"), "--train"])
+    assert result.exit_code == 2 and "encoder" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # nothing half-written

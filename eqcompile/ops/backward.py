@@ -197,6 +197,9 @@ class ActivationDerivative(MatrixOp):
     """σ'(X) elementwise, for the activation class ``args[1]`` names; its scalar form is ``sympy.diff``
     of the activation's definition, and its numpy code that form printed."""
 
+    summary_latex = (r"$\sigma'(X)$: the derivative of the activation's scalar definition, by "
+                     r"\texttt{sympy.diff}, entry by entry.")
+
     @property
     def activation(self):
         from . import ACTIVATIONS

@@ -161,12 +161,12 @@ def derive(stage: Stage, output_grad: MatrixSymbol | None, input_differentiable:
             work.send(eq.rhs, grad, eq.lhs)
     params = {}
     for p in stage.params:
-        symbol = work.total(p.symbol, bar(p.latex))
+        symbol = work.total(p.symbol, p.latex)
         if symbol is not None:
             params[p.name] = symbol
     input_grad = None
     if input_differentiable:
-        input_grad = work.total(stage.input, bar(stage.locals_latex.get(stage.input.name, stage.input.name)))
+        input_grad = work.total(stage.input, stage.locals_latex.get(stage.input.name, stage.input.name))
     latex = dict(work.latex)
     if output_grad is not None:
         latex[output_grad.name] = bar(names[last.name])
