@@ -98,6 +98,8 @@ def main():
     eqcompile MODEL --pdf FILE | --tex FILE [--fragment] | --html FILE
     eqcompile verify MODEL [--seq N]
     eqcompile diff A B [--json | --latex] [-o FILE] [--pdf FILE]
+    eqcompile MODEL --latex --train | --python DIR --train   (loss, backward, SGD/AdamW)
+    eqcompile train MODEL DATA.txt [--steps N] [--lr X] -o OUT/
     (compile and verify take --activation NAME for an mlp model, --pooling mean for a bert one)
 
     MODEL is a .safetensors or .gguf file, a model folder, a model.safetensors.index.json of
@@ -238,6 +240,37 @@ def stats_command(model, seq, as_json):
         ]
         for label, value in rows:
             click.echo(f"{label:<27} {value}")
+
+    _guarded(work)
+
+
+@main.command("train")
+@click.argument("model")
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="AdamW steps.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Learning rate.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="AdamW's decoupled weight decay.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the trained checkpoint (model.safetensors, config.json, tokenizer files).")
+def train_command(model, data, steps, lr, weight_decay, output):
+    """Fine-tune MODEL on the text file DATA with the emitted adamw_step; write the result to OUTPUT.
+
+    The text is tokenized by the model's own tokenizer and cut into windows of the context length;
+    step k trains on window k. Prints the loss of each step and, at the end, the loss over the whole text.
+    """
+    from .train.finetune import fine_tune, progress_printer
+
+    def work():
+        compiled = api.compile(model)
+        try:
+            text = data.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise EqcompileError(f"{data} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        result = fine_tune(compiled, text, steps, lr, output, weight_decay, progress_printer(steps))
+        click.echo(f"loss over the whole text: {result.before:.4f} before, {result.after:.4f} after")
+        click.echo(f"wrote {output}", err=True)
 
     _guarded(work)
 

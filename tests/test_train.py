@@ -247,3 +247,51 @@ def test_bert_is_refused_for_training(tmp_path, family):
     result = CliRunner().invoke(main, [str(folder), "--python", str(tmp_path / "out"), "--train"])
     assert result.exit_code == 2 and "encoder" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_fine_tuning_the_sample_lowers_its_loss_and_loads_everywhere(tmp_path):
+    """eqcompile train: 50 AdamW steps on a paragraph of the corpus; the result loads in transformers (whose
+    loss on the paragraph agrees with the one reported) and in eqcompile (whose module computes the same)."""
+    from click.testing import CliRunner
+
+    from conftest import ROOT, SAMPLE
+    from eqcompile.cli import main
+
+    paragraph = (ROOT / "samples" / "corpus.txt").read_text()[600:1200]
+    (tmp_path / "para.txt").write_text(paragraph)
+    out = tmp_path / "tuned"
+    result = CliRunner().invoke(main, ["train", str(SAMPLE), str(tmp_path / "para.txt"), "--steps", "50",
+                                       "--lr", "1e-3", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert sum(line.startswith("step ") and " loss " in line for line in lines) == 50  # a line per step
+    summary = next(line for line in lines if line.startswith("loss over the whole text:"))
+    before, after = (float(x) for x in summary.split(":")[1].replace("before", "").replace("after", "").split(","))
+    assert after < 0.5 * before
+
+    compiled = api.compile(out)
+    ids = compiled.tokenizer.encode(paragraph)[:64]
+    model = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    original = transformers.GPT2LMHeadModel.from_pretrained(SAMPLE).eval()
+    t = torch.as_tensor(ids)[None]
+    with torch.no_grad():
+        tuned_loss = model(t, labels=t).loss.item()
+        original_loss = original(t, labels=t).loss.item()
+        logits = model(t).logits[0].numpy()
+    assert tuned_loss < original_loss
+    module = import_module(compiled.to_python(tmp_path / "module"), "tuned_sample")
+    assert np.abs(module.forward(ids) - logits).max() <= 1e-4
+
+
+def test_train_refuses_what_it_cannot_read(tmp_path):
+    from click.testing import CliRunner
+
+    from conftest import SAMPLE
+    from eqcompile.cli import main
+
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not text")
+    (tmp_path / "alien.txt").write_text("Zebras \u00e9 quack")  # characters the char-level vocabulary lacks
+    for data in ("bad.txt", "alien.txt", "missing.txt"):
+        result = CliRunner().invoke(main, ["train", str(SAMPLE), str(tmp_path / data), "-o", str(tmp_path / "o")])
+        assert result.exit_code == 2 and result.output.startswith("eqcompile: error:"), (data, result.output)
+    assert not (tmp_path / "o").exists()
