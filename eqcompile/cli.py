@@ -207,7 +207,9 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
 @click.argument("model")
 @click.option("--seq", type=click.IntRange(min=1), help="Context length n (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def stats_command(model, seq, as_json):
+@click.option("--train", is_flag=True, help="Also count the backward pass (the loss's gradient and every stage's "
+              "backward) and its ratio to the forward.")
+def stats_command(model, seq, as_json, train):
     """How big is MODEL's equation? Counted from the shapes alone, in well under a second.
 
     \b
@@ -216,6 +218,7 @@ def stats_command(model, seq, as_json):
     per token: operations to add the n-th token given the earlier ones (a KV cache)
     weights read: bytes of weights one generated token reads (lookup tables: one row)
     literal size: estimated characters of LaTeX and A4 pages if written out
+    backward (--train): operations of the backward equations for n tokens, and backward / forward
     """
     import dataclasses
     import json
@@ -225,8 +228,14 @@ def stats_command(model, seq, as_json):
         if seq is not None and seq > compiled.program.max_seq:
             raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
         result = compiled.stats(seq)
+        backward = None
+        if train:
+            from .train.stats import backward_stats
+
+            backward = backward_stats(compiled.program, seq)
         if as_json:
-            click.echo(json.dumps(dataclasses.asdict(result), indent=2))
+            extra = {} if backward is None else {"backward": {**dataclasses.asdict(backward), "ratio": backward.ratio}}
+            click.echo(json.dumps({**dataclasses.asdict(result), **extra}, indent=2))
             return
         kinds = ", ".join(f"{kind} {count:,}" for kind, count in result.operations.items())
         rows = [
@@ -238,6 +247,10 @@ def stats_command(model, seq, as_json):
             ("weights read per token", f"{result.weight_bytes_per_token:,} bytes"),
             ("literal equation (est.)", f"{result.latex_chars:,} LaTeX characters, {result.pages:,.1f} A4 pages"),
         ]
+        if backward is not None:
+            kinds = ", ".join(f"{kind} {count:,}" for kind, count in backward.operations.items())
+            rows += [("backward for n tokens", f"{backward.backward:,}  ({kinds})"),
+                     ("backward / forward", f"{backward.backward:,} / {backward.forward:,} = {backward.ratio:.4f}")]
         for label, value in rows:
             click.echo(f"{label:<27} {value}")
 

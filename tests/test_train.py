@@ -295,3 +295,32 @@ def test_train_refuses_what_it_cannot_read(tmp_path):
         result = CliRunner().invoke(main, ["train", str(SAMPLE), str(tmp_path / data), "-o", str(tmp_path / "o")])
         assert result.exit_code == 2 and result.output.startswith("eqcompile: error:"), (data, result.output)
     assert not (tmp_path / "o").exists()
+
+
+def test_backward_operations_counted_by_hand(tmp_path):
+    """y = W_2 ReLU(W_1 x + b_1) + b_2, widths 5 -> 16 -> 3, MSE: every operation of the backward counted."""
+    from eqcompile.train.stats import backward_counts, backward_stats
+
+    _, folder = save_mlp(tmp_path / "mlp", (5, 16, 3), "relu")
+    program = api.compile(folder).program
+    loss = dict(add=3, mul=3 + 3)  # 2/3 (y + (-1) y*): the sum, the -1 and the 2/3
+    layer_2 = dict(mul=3 * 16 + 16 * 3, add=16 * 2)  # W̄_2 = ȳ h_1ᵀ, h̄_1 = W_2ᵀ ȳ
+    gate = dict(mul=16 * 5 + 16, add=16 * 4 + 16, Heaviside=16)  # ḡ = h̄_1 ⊙ H(W_1 x + b_1), recomputed
+    layer_1 = dict(mul=16 * 5)  # W̄_1 = ḡ xᵀ (b̄_1 = ḡ, x needs none)
+    expected = {kind: sum(part.get(kind, 0) for part in (loss, layer_2, gate, layer_1))
+                for kind in ("add", "mul", "Heaviside")}
+    assert dict(backward_counts(program, 1)) == expected
+    assert backward_stats(program).backward == sum(expected.values())
+
+
+def test_stats_train_reports_the_ratio():
+    from click.testing import CliRunner
+
+    from conftest import SAMPLE
+    from eqcompile.cli import main
+
+    result = CliRunner().invoke(main, ["stats", str(SAMPLE), "--train"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("backward / forward"))
+    backward, forward = (int(x.replace(",", "")) for x in line.split()[3:6:2])
+    assert forward == 9_004_544 and 2 < backward / forward < 3 and f"{backward / forward:.4f}" in line

@@ -14,8 +14,8 @@ import numpy as np
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from .attention import merge_heads
-from .base import MatrixOp, operator
+from .attention import merge_heads, n_head
+from .base import MatrixOp, count_operations, operator, ops
 
 
 def softmax_grad(a, g):  # [..., n, m]: the VJP of a = softmax(s) over the last axis
@@ -73,6 +73,11 @@ class SoftmaxGrad(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "softmax_grad", *self.args)
 
+    def cost(self, ev):  # per row of m: G ⊙ A, its sum, G minus the sum, times A
+        rows, cols = ev.size(self)
+        return ev.cost(self.args[1]) + ops(mul=2 * rows * cols, add=rows * cols + rows * (cols - 1),
+                                           neg=rows * cols)
+
 
 class ColumnSum(MatrixOp):
     """The sum of the rows, 1ᵀ G: the VJP of a row vector added to every row."""
@@ -89,6 +94,10 @@ class ColumnSum(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "column_sum", self.arg)
+
+    def cost(self, ev):
+        rows, cols = ev.size(self.arg)
+        return ev.cost(self.arg) + ops(add=(rows - 1) * cols)
 
 
 class ScatterAdd(MatrixOp):
@@ -108,6 +117,14 @@ class ScatterAdd(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "scatter_add", *self.args)
+
+    def cost(self, ev):
+        """As the lookup is counted: rows at known ids are placed (no arithmetic), at tokens it is
+        onehot(t)ᵀ G, a product [rows, n] x [n, d]."""
+        if ev.is_known(self.args[1]):
+            return ev.cost(self.arg)
+        (count, width), rows = ev.size(self.arg), int(ev.number(self.args[2]))
+        return ev.cost(self.arg) + ops(mul=count, add=count - 1) * (rows * width)
 
 
 class GroupSum(MatrixOp):
@@ -129,6 +146,11 @@ class GroupSum(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "group_sum", *self.args)
 
+    def cost(self, ev):  # the argument is per query head; the heads beyond one per group are added
+        heads, kv_heads = int(ev.number(n_head)), int(ev.number(self.args[1]))
+        rows, cols = ev.size(self.arg)
+        return ev.cost(self.arg) * heads + ops(add=(heads - kv_heads) * rows * cols)
+
 
 class NormGrad(MatrixOp):
     """A normalisation's VJP for its input or gain (arguments: X, [γ,] ε, G)."""
@@ -148,6 +170,13 @@ class NormGrad(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, self.function, *self.args)
 
+    def cost(self, ev):
+        """Per row of width d, as the numpy function computes it (the row's statistics again); a gain's
+        gradient then sums the rows."""
+        rows, width = ev.size(self.args[-1])
+        total = ev.cost(self.args[-1]) + self.per_row(width) * rows
+        return total + (ops(add=(rows - 1) * width) if len(self.args) == 3 else ops())
+
 
 class LayerNormGrad(NormGrad):
     """LayerNorm's VJP for X, row by row: (G ⊙ γ minus its mean, minus X̂ times the mean of G ⊙ γ ⊙ X̂) / σ."""
@@ -157,12 +186,20 @@ class LayerNormGrad(NormGrad):
                      r"\overline{\hat G \odot \hat X}) / \sqrt{\sigma^2 + \varepsilon}$ (bars: means over the row).")
     latex_name, function, numpy_functions = r"\partial_X LN", "layer_norm_grad", (layer_norm_grad,)
 
+    @staticmethod
+    def per_row(d):
+        return ops(add=7 * d - 3, neg=3 * d, mul=6 * d + 4, sqrt=1, div=1)
+
 
 class LayerNormGainGrad(NormGrad):
     """LayerNorm's VJP for its gain γ: 1ᵀ (G ⊙ X̂)."""
 
     summary_latex = r"LayerNorm's VJP for its gain: $\bar\gamma = \mathbf{1}^{\top} (G \odot \hat X)$."
     latex_name, function, numpy_functions = r"\partial_\gamma LN", "layer_norm_gain_grad", (layer_norm_gain_grad,)
+
+    @staticmethod
+    def per_row(d):
+        return ops(add=3 * d - 1, neg=d, mul=3 * d + 2, sqrt=1, div=1)
 
 
 class RMSNormGrad(NormGrad):
@@ -172,12 +209,20 @@ class RMSNormGrad(NormGrad):
                      r"$\hat G = G \odot \gamma$: $\bar X = \hat G / r - X\, \overline{\hat G \odot X} / r^3$.")
     latex_name, function, numpy_functions = r"\partial_X RMSNorm", "rms_norm_grad", (rms_norm_grad,)
 
+    @staticmethod
+    def per_row(d):
+        return ops(add=3 * d - 1, neg=d, mul=6 * d + 4, sqrt=1, div=1)
+
 
 class RMSNormGainGrad(NormGrad):
     """RMSNorm's VJP for its gain γ: 1ᵀ (G ⊙ X / r)."""
 
     summary_latex = r"RMSNorm's VJP for its gain: $\bar\gamma = \mathbf{1}^{\top} (G \odot X / r)$."
     latex_name, function, numpy_functions = r"\partial_\gamma RMSNorm", "rms_norm_gain_grad", (rms_norm_gain_grad,)
+
+    @staticmethod
+    def per_row(d):
+        return ops(add=d, mul=3 * d + 1, sqrt=1, div=1)
 
 
 class DerivativePrinter(NumPyPrinter):
@@ -211,6 +256,10 @@ class ActivationDerivative(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, self.function_name(self.activation), self.arg)
+
+    def cost(self, ev):
+        rows, cols = ev.size(self)
+        return ev.cost(self.arg) + count_operations(self.scalar_derivative(self.activation)) * (rows * cols)
 
     @staticmethod
     def function_name(activation) -> str:

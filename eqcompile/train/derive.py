@@ -17,7 +17,8 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr, MatrixSymbol
 
 from ..errors import EqcompileError
-from ..ops import GroupedHeads, SplitHeads
+from ..ops import GroupedHeads, MergeHeads, SplitHeads, is_per_head
+from ..ops.backward import GroupSum
 from ..program import Equation, Stage
 
 
@@ -171,3 +172,13 @@ def derive(stage: Stage, output_grad: MatrixSymbol | None, input_differentiable:
     if output_grad is not None:
         latex[output_grad.name] = bar(names[last.name])
     return BackwardStage(stage, output_grad, input_grad, work.equations, params, latex)
+
+
+def per_head(equations) -> set:
+    """The left-hand sides that hold one matrix per head: stated per head, or read from such, and not merged."""
+    found: set = set()
+    for eq in equations:
+        merged = isinstance(eq.rhs, (MergeHeads, GroupSum))
+        if not merged and (is_per_head(eq.rhs) or eq.rhs.atoms(MatrixSymbol) & found):
+            found.add(eq.lhs)
+    return found

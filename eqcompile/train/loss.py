@@ -7,7 +7,7 @@ import numpy as np
 import sympy as sp
 
 from ..ops.attention import softmax
-from ..ops.base import MatrixOp
+from ..ops.base import MatrixOp, ops
 
 
 def cross_entropy(z, t):  # logits [n, n_vocab], tokens [n] -> the mean of -log softmax(z_i)[t_{i+1}], i < n
@@ -41,6 +41,12 @@ class CrossEntropyGrad(MatrixOp):
 
     def _numpycode(self, printer):
         return self._call(printer, "cross_entropy_grad", *self.args)
+
+    def cost(self, ev):  # softmax of n - 1 rows, one subtraction per row, the division by n - 1
+        rows, vocab = ev.size(self)
+        predicted = (rows - 1) * vocab
+        return ops(exp=predicted, add=predicted - (rows - 1) + (rows - 1), div=predicted, neg=rows - 1,
+                   mul=predicted)
 
 
 class NextTokenCrossEntropy(MatrixOp):

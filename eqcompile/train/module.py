@@ -8,12 +8,12 @@ import sympy as sp
 from ..emit.numpy_printer import ModulePrinter
 from ..emit.templates import render_template
 from ..load import Checkpoint
-from ..ops import MatrixOp, MergeHeads, is_per_head
+from ..ops import MatrixOp
 from ..ops.attention import fuse_causal_attention
-from ..ops.backward import ActivationDerivative, GroupSum
+from ..ops.backward import ActivationDerivative
 from ..ops.base import numpy_source
 from ..program import Program, Stage
-from .derive import BackwardStage, TrainingUnsupported
+from .derive import BackwardStage, TrainingUnsupported, per_head
 from .program import TrainingProgram, training_program
 
 
@@ -71,14 +71,12 @@ def _backward_function(program: Program, backward: BackwardStage, printer: Modul
     args = [stage.input.name, backward.output_grad.name, *(p.name for p in stage.params),
             *(s.name for s in stage.extra_inputs), *(str(s) for s in stage.layer_symbols)]
     printer.printed.clear()
-    per_head: set = set()
+    equations = [*_needed_forward(stage, backward), *backward.equations]
+    heads = per_head(equations)
     body = []
-    for eq in [*_needed_forward(stage, backward), *backward.equations]:
-        merged = isinstance(eq.rhs, (MergeHeads, GroupSum))
-        if not merged and (is_per_head(eq.rhs) or eq.rhs.atoms(sp.MatrixSymbol) & per_head):
-            per_head.add(eq.lhs)
+    for eq in equations:
         dims = [program.dim_python.get(s, str(s)) for s in eq.lhs.shape]
-        shape = ", ".join((["n_head"] if eq.lhs in per_head else []) + dims)
+        shape = ", ".join((["n_head"] if eq.lhs in heads else []) + dims)
         body.append(f"{eq.lhs.name} = {printer.doprint(eq.rhs)}  # [{shape}]")
     if program.seq is not None and program.seq in printer.printed:
         body.insert(0, f"{program.dim_python[program.seq]} = {stage.input.name}.shape[0]")
