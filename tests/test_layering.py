@@ -20,9 +20,10 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [  # lowest first; each group: module
     # front ends: what a checkpoint holds -> the intermediate forms (Program, Tokenizer)
     {"front ends": ("eqcompile.arch", "eqcompile.trace", "eqcompile.tokenizer")},
     {"front end choice": ("eqcompile.frontend",)},  # a hand-written family, else the tracer
-    {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff"),
-     "emitters": ("eqcompile.emit", "eqcompile.diff.render")},
-    {"runs": ("eqcompile.verify", "eqcompile.exact", "eqcompile.api")},  # run what an emitter wrote
+    {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff", "eqcompile.train"),
+     "emitters": ("eqcompile.emit", "eqcompile.diff.render", "eqcompile.train.module", "eqcompile.train.latex")},
+    {"runs": ("eqcompile.verify", "eqcompile.exact", "eqcompile.api",
+              "eqcompile.train.finetune")},  # run what an emitter wrote
     {"command line": ("eqcompile.cli", "eqcompile.__main__")},
 ]
 TOP = "eqcompile"  # the package's __init__: the public API, above everything
@@ -30,6 +31,8 @@ TOP = "eqcompile"  # the package's __init__: the public API, above everything
 RENDERS = {  # by design: a renderer imports the result type of the analysis it prints, never the reverse
     ("eqcompile.emit.expanded", "eqcompile.expand"),
     ("eqcompile.diff.render", "eqcompile.diff"),  # ModelDiff, and the delta and structure types it holds
+    ("eqcompile.train.module", "eqcompile.train"),  # the training Program: backward stages, loss ops
+    ("eqcompile.train.latex", "eqcompile.train"),
 }
 DEBT: set[tuple[str, str]] = set()  # imports that break the layering today; none left (issue 14)
 

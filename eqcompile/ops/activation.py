@@ -8,6 +8,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 import sympy as sp
+from sympy.printing.numpy import NumPyPrinter
 
 from . import scalar
 from .base import Cost, MatrixOp, count_operations, operator
@@ -65,8 +66,6 @@ class Activation(MatrixOp):
 
     def vjp(self, grad, output):
         """X̄ = G ⊙ σ'(X), σ' the ``sympy.diff`` of the scalar definition."""
-        from .backward import ActivationDerivative
-
         return [(self.arg, sp.HadamardProduct(grad, ActivationDerivative(self.arg, sp.Symbol(type(self).__name__))))]
 
     @classmethod
@@ -146,3 +145,59 @@ class Tanh(Activation):
     """Hyperbolic tangent."""
 
     latex_name, scalar, numpy_functions = r"\tanh", scalar.tanh_activation, (tanh,)
+
+
+def _subclasses(cls) -> list:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
+class DerivativePrinter(NumPyPrinter):
+    """sympy's NumPy printer as the emitted module spells it: ``np.``, and the module's own ``erf``."""
+
+    def _module_format(self, fqn, register=True):
+        return "np." + fqn[len("numpy."):] if fqn.startswith("numpy.") else super()._module_format(fqn, register)
+
+    def _print_erf(self, expr):
+        return f"erf({self._print(expr.args[0])})"
+
+    def _print_Heaviside(self, expr):  # the derivative of max(x, 0): 0 at x = 0, as torch takes it
+        return f"np.heaviside({self._print(expr.args[0])}, 0.0)"
+
+
+class ActivationDerivative(MatrixOp):
+    """σ'(X) elementwise, for the activation class ``args[1]`` names; its scalar form is ``sympy.diff``
+    of the activation's definition, and its numpy code that form printed."""
+
+    summary_latex = (r"$\sigma'(X)$: the derivative of the activation's scalar definition, by "
+                     r"\texttt{sympy.diff}, entry by entry.")
+
+    @property
+    def activation(self):
+        return next(op for op in _subclasses(Activation) if op.__name__ == str(self.args[1]))
+
+    def _latex(self, printer):
+        return operator(printer, self.activation.latex_name + "'", self.arg)
+
+    def _numpycode(self, printer):
+        return self._call(printer, self.function_name(self.activation), self.arg)
+
+    def cost(self, ev):
+        rows, cols = ev.size(self)
+        return ev.cost(self.arg) + count_operations(self.scalar_derivative(self.activation)) * (rows * cols)
+
+    @staticmethod
+    def function_name(activation) -> str:
+        return activation.numpy_functions[-1].__name__ + "_derivative"
+
+    @staticmethod
+    @cache
+    def scalar_derivative(activation) -> sp.Expr:
+        """d σ(x) / dx of the definition the LaTeX prints, constants to 17 digits."""
+        x = sp.Symbol("x")
+        return sp.diff(activation.scalar_form(x), x).replace(sp.Heaviside, lambda arg, *_: sp.Heaviside(arg, 0))
+
+    @classmethod
+    def source(cls, activation) -> str:
+        """The derivative as a numpy function's source, for the emitted module."""
+        body = DerivativePrinter().doprint(cls.scalar_derivative(activation))
+        return f"def {cls.function_name(activation)}(x):  # d/dx of {activation.numpy_functions[-1].__name__}, by sympy.diff\n    return {body}\n"

@@ -8,14 +8,11 @@ They follow the recipe of ``base.py``: LaTeX, numpy and a one-line statement of 
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 import sympy as sp
-from sympy.printing.numpy import NumPyPrinter
 
-from .attention import merge_heads, n_head
-from .base import MatrixOp, count_operations, operator, ops
+from .activation import ActivationDerivative
+from .base import MatrixOp, operator, ops
 
 
 def softmax_grad(a, g):  # [..., n, m]: the VJP of a = softmax(s) over the last axis
@@ -33,7 +30,8 @@ def scatter_add(g, ids, rows):  # [n, d] -> [rows, d]: row i of g added to row i
 
 
 def group_sum(g, n_kv_head):  # [n_head, n, d_head] -> [n, n_kv_head * d_head]: each group's heads summed
-    return merge_heads(g.reshape(n_kv_head, -1, *g.shape[1:]).sum(axis=1))
+    summed = g.reshape(n_kv_head, -1, *g.shape[1:]).sum(axis=1)  # [n_kv_head, n, d_head]
+    return summed.swapaxes(0, 1).reshape(summed.shape[1], -1)
 
 
 def layer_norm_grad(x, gamma, eps, g):  # [n, d]: the VJP of layer_norm for x
@@ -128,11 +126,12 @@ class ScatterAdd(MatrixOp):
 
 
 class GroupSum(MatrixOp):
-    """Grouped heads' VJP: the query heads that share key/value head g summed, the groups side by side."""
+    """Grouped heads' VJP: the query heads that share key/value head g summed, the groups side by side
+    (arguments: G, n_kv_head, n_head)."""
 
     summary_latex = (r"Grouped heads' VJP: $\bar X_{g} = \sum_{h : g(h) = g} G_h$ for each key/value head $g$, "
                      r"side by side.")
-    numpy_functions = (merge_heads, group_sum)
+    numpy_functions = (group_sum,)
 
     @property
     def shape(self):
@@ -144,10 +143,10 @@ class GroupSum(MatrixOp):
                 rf"{printer._print(self.arg)}\right)")
 
     def _numpycode(self, printer):
-        return self._call(printer, "group_sum", *self.args)
+        return self._call(printer, "group_sum", self.arg, self.args[1])
 
     def cost(self, ev):  # the argument is per query head; the heads beyond one per group are added
-        heads, kv_heads = int(ev.number(n_head)), int(ev.number(self.args[1]))
+        kv_heads, heads = int(ev.number(self.args[1])), int(ev.number(self.args[2]))
         rows, cols = ev.size(self.arg)
         return ev.cost(self.arg) * heads + ops(add=(heads - kv_heads) * rows * cols)
 
@@ -223,60 +222,6 @@ class RMSNormGainGrad(NormGrad):
     @staticmethod
     def per_row(d):
         return ops(add=d, mul=3 * d + 1, sqrt=1, div=1)
-
-
-class DerivativePrinter(NumPyPrinter):
-    """sympy's NumPy printer as the emitted module spells it: ``np.``, and the module's own ``erf``."""
-
-    def _module_format(self, fqn, register=True):
-        return "np." + fqn[len("numpy."):] if fqn.startswith("numpy.") else super()._module_format(fqn, register)
-
-    def _print_erf(self, expr):
-        return f"erf({self._print(expr.args[0])})"
-
-    def _print_Heaviside(self, expr):  # the derivative of max(x, 0): 0 at x = 0, as torch takes it
-        return f"np.heaviside({self._print(expr.args[0])}, 0.0)"
-
-
-class ActivationDerivative(MatrixOp):
-    """σ'(X) elementwise, for the activation class ``args[1]`` names; its scalar form is ``sympy.diff``
-    of the activation's definition, and its numpy code that form printed."""
-
-    summary_latex = (r"$\sigma'(X)$: the derivative of the activation's scalar definition, by "
-                     r"\texttt{sympy.diff}, entry by entry.")
-
-    @property
-    def activation(self):
-        from . import ACTIVATIONS
-
-        return next(op for op in ACTIVATIONS if op.__name__ == str(self.args[1]))
-
-    def _latex(self, printer):
-        return operator(printer, self.activation.latex_name + "'", self.arg)
-
-    def _numpycode(self, printer):
-        return self._call(printer, self.function_name(self.activation), self.arg)
-
-    def cost(self, ev):
-        rows, cols = ev.size(self)
-        return ev.cost(self.arg) + count_operations(self.scalar_derivative(self.activation)) * (rows * cols)
-
-    @staticmethod
-    def function_name(activation) -> str:
-        return activation.numpy_functions[-1].__name__ + "_derivative"
-
-    @staticmethod
-    @cache
-    def scalar_derivative(activation) -> sp.Expr:
-        """d σ(x) / dx of the definition the LaTeX prints, constants to 17 digits."""
-        x = sp.Symbol("x")
-        return sp.diff(activation.scalar_form(x), x).replace(sp.Heaviside, lambda arg, *_: sp.Heaviside(arg, 0))
-
-    @classmethod
-    def source(cls, activation) -> str:
-        """The derivative as a numpy function's source, for the emitted module."""
-        body = DerivativePrinter().doprint(cls.scalar_derivative(activation))
-        return f"def {cls.function_name(activation)}(x):  # d/dx of {activation.numpy_functions[-1].__name__}, by sympy.diff\n    return {body}\n"
 
 
 BACKWARD_OPS = (SoftmaxGrad, ColumnSum, ScatterAdd, GroupSum, LayerNormGrad, LayerNormGainGrad, RMSNormGrad,

@@ -51,7 +51,7 @@ class GroupedHeads(MatrixOp):
         """X̄ = the gradients of the query heads that share each key/value head, summed."""
         from .backward import GroupSum
 
-        return [(self.arg, GroupSum(grad, self.kv_heads))]
+        return [(self.arg, GroupSum(grad, self.kv_heads, self.heads))]
 
     def explicit(self, ev):  # the columns of key/value head g(h) (0-based: h // group size)
         width = ev.size(self)[1]
