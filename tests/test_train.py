@@ -324,3 +324,50 @@ def test_stats_train_reports_the_ratio():
     line = next(line for line in result.output.splitlines() if line.startswith("backward / forward"))
     backward, forward = (int(x.replace(",", "")) for x in line.split()[3:6:2])
     assert forward == 9_004_544 and 2 < backward / forward < 3 and f"{backward / forward:.4f}" in line
+
+
+def test_every_backward_op_prints_in_both_printers():
+    """Golden strings: a missing LaTeX handler would fail silently (\\operatorname{SoftmaxGrad}), so each is pinned."""
+    import sympy as sp
+    from sympy.matrices.expressions.matexpr import MatrixSymbol
+
+    from eqcompile.emit.latex import EquationPrinter
+    from eqcompile.emit.numpy_printer import ModulePrinter
+    from eqcompile.ops import SiLU, n_head, n_kv_head
+    from eqcompile.ops.backward import (ActivationDerivative, ColumnSum, GroupSum, LayerNormGainGrad, LayerNormGrad,
+                                        RMSNormGainGrad, RMSNormGrad, ScatterAdd, SoftmaxGrad)
+    from eqcompile.train.loss import CrossEntropyGrad, MeanSquaredError, NextTokenCrossEntropy
+
+    n, d, v = sp.symbols("n d v", integer=True, positive=True)
+    A, G, X = MatrixSymbol("A", n, n), MatrixSymbol("G", n, d), MatrixSymbol("X", n, d)
+    gamma, eps, t = MatrixSymbol("gamma", 1, d), sp.Symbol("epsilon"), MatrixSymbol("t", n, 1)
+    Z, y, target = MatrixSymbol("Z", n, v), MatrixSymbol("y", d, 1), MatrixSymbol("y_target", d, 1)
+    cases = [
+        (SoftmaxGrad(A, A), r"A \odot \left(A - \left(A \odot A\right) \mathbf{1} \mathbf{1}^{\top}\right)",
+         "softmax_grad(A, A)"),
+        (ColumnSum(G), r"\mathbf{1}^{\top} G", "column_sum(G)"),
+        (ScatterAdd(G, t, v), r"\operatorname{onehot}\left(t\right)^{\top} G", "scatter_add(G, t, v)"),
+        (GroupSum(G, n_kv_head, n_head), r"\operatorname{concat}_{g=1}^{n_{kv head}}\left(\sum_{h : g(h) = g} G\right)",
+         "group_sum(G, n_kv_head)"),
+        (LayerNormGrad(X, gamma, eps, G),
+         r"\operatorname{\partial_X LN}\left(X;\, \gamma;\, \epsilon\right)^{\top} \left[G\right]",
+         "layer_norm_grad(X, gamma, epsilon, G)"),
+        (LayerNormGainGrad(X, eps, G), r"\operatorname{\partial_\gamma LN}\left(X;\, \epsilon\right)^{\top} \left[G\right]",
+         "layer_norm_gain_grad(X, epsilon, G)"),
+        (RMSNormGrad(X, gamma, eps, G),
+         r"\operatorname{\partial_X RMSNorm}\left(X;\, \gamma;\, \epsilon\right)^{\top} \left[G\right]",
+         "rms_norm_grad(X, gamma, epsilon, G)"),
+        (RMSNormGainGrad(X, eps, G),
+         r"\operatorname{\partial_\gamma RMSNorm}\left(X;\, \epsilon\right)^{\top} \left[G\right]",
+         "rms_norm_gain_grad(X, epsilon, G)"),
+        (ActivationDerivative(X, sp.Symbol(SiLU.__name__)), r"\operatorname{SiLU'}\left(X\right)", "silu_derivative(X)"),
+        (CrossEntropyGrad(Z, t), r"\frac{1}{n - 1} \begin{bmatrix} \operatorname{softmax}\left(Z_{1:n-1}\right) - "
+         r"\operatorname{onehot}\left(t_{2:n}\right) \\ \mathbf{0} \end{bmatrix}", "cross_entropy_grad(Z, t)"),
+        (NextTokenCrossEntropy(Z, t), r"-\frac{1}{n - 1} \sum_{i=1}^{n-1} \log \operatorname{softmax}\left(Z_{i}\right)"
+         r"_{t_{i+1}}", "cross_entropy(Z, t)"),
+        (MeanSquaredError(y, target), r"\frac{1}{d} \left\lVert y - y_{target} \right\rVert^{2}",
+         "mean_squared_error(y, y_target)"),
+    ]
+    for op, latex, code in cases:
+        assert EquationPrinter()._print(op) == latex, type(op).__name__
+        assert ModulePrinter({}).doprint(op) == code, type(op).__name__
