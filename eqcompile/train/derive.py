@@ -67,8 +67,9 @@ def transpose(expr):
 
 
 def product(coefficient, *matrices):
-    return sp.MatMul(*([] if coefficient == 1 else [coefficient]), *matrices) if len(matrices) > 1 or coefficient != 1 \
-        else matrices[0]
+    """c M_1 ⋯ M_k as one flat MatMul (c = 1 left out; a lone matrix as itself)."""
+    factors = ([] if coefficient == 1 else [coefficient]) + list(matrices)
+    return factors[0] if len(factors) == 1 else sp.MatMul(*factors)
 
 
 def _matmul_vjp(expr, grad, output):
@@ -130,17 +131,15 @@ class _Derivation:
             return
         if not self.depends(expr):
             return
-        rule = getattr(expr, "vjp", None) or (lambda g, out: SYMPY_VJPS[type(expr)](expr, g, out)
-                                              if type(expr) in SYMPY_VJPS else None)
+        if not hasattr(expr, "vjp") and type(expr) not in SYMPY_VJPS:
+            raise TrainingUnsupported(f"no backward for {type(expr).__name__} (training covers the ops of the "
+                                      "gpt2, llama and mlp families)")
         if sum(self.depends(arg) for arg in expr.args) > 1 and not _is_atomic(grad):
             self.temporaries += 1  # sent to several arguments: computed once
             layer = "^{($l)}" if self.stage.layers else ""
             grad = self.bind(MatrixSymbol(f"g_{self.temporaries}", *expr.shape),
                              rf"\bar{{G}}_{{{self.temporaries}}}{layer}", grad)
-        pairs = rule(grad, output)
-        if pairs is None:
-            raise TrainingUnsupported(f"no backward for {type(expr).__name__} (training covers the ops of the "
-                                      "gpt2, llama and mlp families)")
+        pairs = expr.vjp(grad, output) if hasattr(expr, "vjp") else SYMPY_VJPS[type(expr)](expr, grad, output)
         for arg, arg_grad in pairs:
             if self.depends(arg):
                 self.send(arg, arg_grad, self.outputs.get(arg, arg))
