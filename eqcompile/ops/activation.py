@@ -183,7 +183,9 @@ class ActivationDerivative(MatrixOp):
 
     def cost(self, ev):
         rows, cols = ev.size(self)
-        return ev.cost(self.arg) + count_operations(self.scalar_derivative(self.activation)) * (rows * cols)
+        form, logistic = self.numpy_form(self.activation)
+        per_entry = count_operations(form) + (count_operations(logistic) if logistic is not None else Cost())
+        return ev.cost(self.arg) + per_entry * (rows * cols)
 
     @staticmethod
     def function_name(activation) -> str:
@@ -192,12 +194,33 @@ class ActivationDerivative(MatrixOp):
     @staticmethod
     @cache
     def scalar_derivative(activation) -> sp.Expr:
-        """d σ(x) / dx of the definition the LaTeX prints, constants to 17 digits."""
+        """d σ(x) / dx of the definition the LaTeX prints, exact."""
         x = sp.Symbol("x")
-        return sp.diff(activation.scalar_form(x), x).replace(sp.Heaviside, lambda arg, *_: sp.Heaviside(arg, 0))
+        return sp.diff(activation.scalar(x), x).replace(sp.Heaviside, lambda arg, *_: sp.Heaviside(arg, 0))
+
+    @classmethod
+    @cache
+    def numpy_form(cls, activation) -> tuple[sp.Expr, sp.Expr | None]:
+        """σ' as the module computes it, constants to 17 digits: where σ' has one exp(u), it is written in
+        s = 1 / (1 + exp(u)), which never overflows (exp(u)/(1 + exp(u))² would be inf/inf = nan for
+        large u), and sympy checks that putting s back gives σ' exactly; returns (form, s's definition)."""
+        x, s = sp.Symbol("x"), sp.Symbol("s")
+        derivative = sp.nsimplify(cls.scalar_derivative(activation))
+        powers = derivative.atoms(sp.exp)
+        if len(powers) == 1 and not derivative.has(sp.tanh, sp.erf):
+            (power,) = powers
+            form = sp.factor(sp.cancel(derivative.subs(power, (1 - s) / s)))
+            logistic = 1 / (1 + power)
+            if not form.has(power) and sp.simplify(form.subs(s, logistic) - derivative) == 0:
+                return sp.nfloat(form, 17), sp.nfloat(logistic, 17)
+        return sp.nfloat(cls.scalar_derivative(activation), 17), None
 
     @classmethod
     def source(cls, activation) -> str:
         """The derivative as a numpy function's source, for the emitted module."""
-        body = DerivativePrinter().doprint(cls.scalar_derivative(activation))
-        return f"def {cls.function_name(activation)}(x):  # d/dx of {activation.numpy_functions[-1].__name__}, by sympy.diff\n    return {body}\n"
+        printer, (form, logistic) = DerivativePrinter(), cls.numpy_form(activation)
+        name = activation.numpy_functions[-1].__name__
+        if logistic is None:
+            return f"def {cls.function_name(activation)}(x):  # d/dx of {name}, by sympy.diff\n    return {printer.doprint(form)}\n"
+        return (f"def {cls.function_name(activation)}(x):  # d/dx of {name}, by sympy.diff, in s = {sp.sstr(logistic)}\n"
+                f"    s = {printer.doprint(logistic)}\n    return {printer.doprint(form)}\n")
