@@ -283,6 +283,8 @@ def test_fine_tuning_the_sample_lowers_its_loss_and_loads_everywhere(tmp_path):
     assert tuned_loss < original_loss
     module = import_module(compiled.to_python(tmp_path / "module"), "tuned_sample")
     assert np.abs(module.forward(ids) - logits).max() <= 1e-4
+    moved = CliRunner().invoke(main, ["diff", str(SAMPLE), str(out)])  # which weights moved: all of them
+    assert moved.exit_code == 1 and "36 of 36 parameters changed" in moved.output
 
 
 def test_train_refuses_what_it_cannot_read(tmp_path):
