@@ -18,7 +18,7 @@ from sympy.printing.precedence import PRECEDENCE
 
 from ..composition import Space
 from ..ops import SplitHeads, is_per_head, n_head, ops_used_by
-from ..program import Param, Program, Stage, TensorRef
+from ..program import Fold, FoldedRef, Param, Program, Stage, TensorRef
 from .numbers import latex_number
 from .templates import render_template
 from .text import tex_escape
@@ -216,10 +216,15 @@ def symbol_table(program: Program) -> str:
             + r"\paragraph{Dimensions.} " + ", ".join(dims) + ".\n")
 
 
-def source_latex(ref: TensorRef, escape: Callable[[str], str], stored_name: str | None = None) -> str:
+def source_latex(ref: TensorRef | FoldedRef, escape: Callable[[str], str], stored_name: str | None = None) -> str:
     """A weight's source tensor as text (``escape`` typesets the name; ``stored_name`` is the file's
     own, where it differs): a generic layer's index as math ($l - 1$), the transpose as math
     ($^\\top$), since text fonts have no ``ᵀ``."""
+    if isinstance(ref, FoldedRef):  # the circuit form's weights: the fold, over the tensors' own names
+        weight, *rest = (source_latex(part, escape) for part in ref.inputs)
+        if ref.fold == Fold.CENTRE:
+            return f"centre({weight})"
+        return f"diag({rest[0]}) {weight}" if ref.fold == Fold.GAIN else " + ".join([f"{rest[0]} {weight}", *rest[1:]])
     name = replace(ref, transpose=False).describe(stored_name)
     return "$l{-}1$".join(escape(part) for part in name.split("{layer}")) + (r"$^{\top}$" if ref.transpose else "")
 
