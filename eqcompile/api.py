@@ -37,7 +37,6 @@ class CompiledModel:
     checkpoint: Checkpoint
     program: Program
     trust_tokenizer_pattern: bool = False  # run a pre-tokenizer regex of no known family
-    form: str = "standard"  # "circuits": the program's norms are folded into its weights (eqcompile.fold)
 
     def latex(self, level: str = "layer", unroll: bool = False, standalone: bool = False,
               expand: bool = False, seq: int | None = None, force: bool = False) -> str:
@@ -171,4 +170,4 @@ def compile(source: str | Path, activation: str | None = None, pooling: str | No
     program = frontend.lower(checkpoint)
     if form not in FORMS:
         raise ConfigError(f"unknown form {form!r} (choose {', '.join(FORMS)})")
-    return CompiledModel(checkpoint, fold(program) if form == "circuits" else program, trust_tokenizer_pattern, form)
+    return CompiledModel(checkpoint, fold(program) if form == "circuits" else program, trust_tokenizer_pattern)

@@ -99,8 +99,8 @@ def deviations(model: CompiledModel, seq: int, digits: int = DEFAULT_DIGITS, see
             "numpy float32": import_module(single, "eqcompile_exact_f32").forward,
             "numpy float64": import_module(double, "eqcompile_exact_f64").forward,
         }
-        if model.form == "circuits":  # the exact value is the original equation's; the folded one is measured
-            original = replace(model, program=frontend.lower(model.checkpoint), form="standard")
+        if model.program.form == "circuits":  # the exact value is the original equation's; the folded one is measured
+            original = replace(model, program=frontend.lower(model.checkpoint))
             single = original.to_python(Path(folder) / "original")
             folded = _run_exact(exact_module(double, digits), inputs)  # weights folded in float64
             implementations = {"circuits exact": lambda _: folded, **implementations}

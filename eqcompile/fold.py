@@ -44,7 +44,7 @@ def fold(program: Program) -> Program:
             + ("; weights writing to the residual stream are centred (the next LayerNorm removes row means)."
                if centre else "."))
     return replace(program, stages=[_fold_stage(stage, centre) for stage in program.stages],
-                   notes=[*program.notes, note])
+                   notes=[*program.notes, note], form="circuits")
 
 
 def _fold_stage(stage: Stage, centre: bool) -> Stage:

@@ -222,6 +222,7 @@ class Program:
     source: str = ""
     notes: list[str] = field(default_factory=list)  # stated assumptions (e.g. inferred config)
     config: dict = field(default_factory=dict)  # the family's parsed config, for the model card
+    form: str = "standard"  # "circuits": norms folded into the weights (eqcompile.fold)
 
     def composition(self) -> Compose:
         """f_θ as its stages composed, the last applied first: U ∘ B^(L) ∘ … ∘ B^(1) ∘ E."""

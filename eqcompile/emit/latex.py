@@ -113,6 +113,10 @@ def render(program: Program, level: Level | str = Level.LAYER, unroll: bool = Fa
             parts.append(tokenizer)
         for stage in program.stages:
             parts.append(_stage_equations(program, stage, unroll))
+            if stage.layers and program.form == "circuits":
+                from .circuit_form import attention_circuits  # it builds on this module's printer
+
+                parts.append(attention_circuits(program))
         if program.interface == "causal_lm":
             parts.append(GENERATION)
         parts.append(symbol_table(program))

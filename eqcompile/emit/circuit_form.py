@@ -1,0 +1,103 @@
+"""The circuit form's attention (``--form circuits``): each head as a QK and an OV circuit.
+
+Read off a folded Program (``eqcompile.fold``): its block normalises only, so a head's scores and
+output are bilinear in the normalised stream X̂, and the attention update is
+
+    X^(l+½) = X^(l) + Σ_h A^(l,h) X̂^(l) W_OV^(l,h) + 1 b'^(l),   W_OV = W_V^h W_O^h,
+
+with ``A^(l,h)`` the softmax of ``X̂ W_QK^(l,h) X̂ᵀ`` (``W_QK = W_Q^h W_K^hᵀ``) plus the terms the
+biases bring. Rows of A sum to one, so b_V reaches the stream as the constant ``b_V^h W_O^h``;
+score terms constant along a row (from b_K without RoPE) cancel in the softmax and are left out.
+With RoPE, ``W_QK`` depends on the distance between the positions: ``W_Q^h R_Θ(p_i − p_j) W_K^hᵀ``.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixSymbol
+
+from ..ops import GroupedHeads, RoPE, Softmax, d_head, n_head
+from ..program import Program, Stage
+from .latex import EquationLine, align, printer_for
+
+n, d = sp.Symbol("n", integer=True, positive=True), sp.Symbol("d", integer=True, positive=True)
+
+
+def _symbols(grouped: bool) -> dict[str, tuple[MatrixSymbol, str]]:
+    """Each per-head symbol with its LaTeX; a grouped-query head h reads key/value head g(h)."""
+    kv = "l,g(h)" if grouped else "l,h"
+    table = {"A": ((n, n), "A^{(l,h)}"), "W_QK": ((d, d), r"W_{QK}^{(l,h)}"), "W_OV": ((d, d), r"W_{OV}^{(l,h)}"),
+             "W_Q": ((d, d_head), "W_Q^{(l,h)}"), "W_K": ((d, d_head), f"W_K^{{({kv})}}"),
+             "W_V": ((d, d_head), f"W_V^{{({kv})}}"), "W_O": ((d_head, d), "W_O^{(l,h)}"),
+             "b_Q": ((1, d_head), "b_Q^{(l,h)}"), "b_K": ((1, d_head), f"b_K^{{({kv})}}"),
+             "b_V": ((1, d_head), f"b_V^{{({kv})}}"), "b_O": ((1, d), "b_O^{(l)}"), "b_prime": ((1, d), "b'^{(l)}"),
+             "S": ((n, n), "S^{(l,h)}"), "one": ((n, 1), r"\mathbf{1}")}
+    return {name: (MatrixSymbol(f"circuit_{name}", *shape), latex) for name, (shape, latex) in table.items()}
+
+
+def attention_circuits(program: Program) -> str:
+    """The attention update of the folded block, head by head, as LaTeX (a paragraph and an align*)."""
+    block = next(stage for stage in program.stages if stage.layers)
+    scores_eq = next(eq for eq in block.equations if isinstance(eq.rhs, Softmax))
+    mask = scores_eq.rhs.arg
+    scale, _ = mask.args[0].as_coeff_mmul()
+    grouped = any(eq.rhs.has(GroupedHeads) for eq in block.equations)
+    rotary = any(eq.rhs.has(RoPE) for eq in block.equations)
+    have = {p.name for p in block.params}
+    s = _symbols(grouped)
+    printer = printer_for(program, block)
+    printer._settings["symbol_names"].update({symbol: latex for symbol, latex in s.values()})
+    sym = {name: symbol for name, (symbol, _) in s.items()}
+    x, xh = block.input, _normed(block)
+    T = sp.Transpose
+
+    def tex(expr) -> str:
+        return printer._print(expr)
+
+    update = rf"{tex(x)} + \sum_{{h=1}}^{{{tex(n_head)}}} {tex(sym['A'] * xh * sym['W_OV'])}"
+    if have & {"b_V", "b_O"}:
+        update += rf" + \mathbf{{1}} {tex(sym['b_prime'])}"
+    mid = next(eq.lhs for eq in block.equations if eq.rhs.has(x) and eq.lhs != xh and eq.rhs != x
+               and not eq.rhs.has(xh))
+    lines = [EquationLine(tex(mid), update)]
+    if rotary:
+        lines.append(EquationLine(tex(sym["A"]), tex(Softmax(type(mask)(scale * sym["S"], *mask.args[1:])))))
+        query = tex(xh) + "_{i}" + " W_Q^{(l,h)}" + (r" + b_Q^{(l,h)}" if "b_Q" in have else "")
+        key = tex(xh) + "_{j}" + f" {s['W_K'][1]}" + (f" + {s['b_K'][1]}" if "b_K" in have else "")
+        rotation = r"R_{\Theta}\left(p_i - p_j\right)"
+        if have & {"b_Q", "b_K"}:
+            lines.append(EquationLine("S^{(l,h)}_{ij}", rf"\left({query}\right) {rotation} \left({key}\right)^{{\top}}"))
+        else:
+            lines.append(EquationLine("S^{(l,h)}_{ij}", rf"{tex(xh)}_{{i}} W_{{QK}}^{{(l,h)}}\left(p_i - p_j\right) "
+                                                         rf"{{{tex(xh)}_{{j}}}}^{{\top}}"))
+        lines.append(EquationLine(r"W_{QK}^{(l,h)}\left(\Delta\right)",
+                                  rf"W_Q^{{(l,h)}} R_{{\Theta}}\left(\Delta\right) {{{s['W_K'][1]}}}^{{\top}}"))
+    else:
+        scores = xh * sym["W_QK"] * T(xh)
+        if "b_Q" in have:
+            scores = sp.MatAdd(scores, sym["one"] * sym["b_Q"] * T(sym["W_K"]) * T(xh), evaluate=False)
+        lines.append(EquationLine(tex(sym["A"]), tex(Softmax(type(mask)(sp.MatMul(scale, scores), *mask.args[1:])))))
+        lines.append(EquationLine(tex(sym["W_QK"]), tex(sym["W_Q"] * T(sym["W_K"]))))
+    lines.append(EquationLine(tex(sym["W_OV"]), tex(sym["W_V"] * sym["W_O"])))
+    if have & {"b_V", "b_O"}:
+        terms = [rf"\sum_{{h=1}}^{{{tex(n_head)}}} {tex(sym['b_V'] * sym['W_O'])}"] if "b_V" in have else []
+        lines.append(EquationLine(tex(sym["b_prime"]), " + ".join(terms + [tex(sym["b_O"])] * ("b_O" in have))))
+    return _prose(grouped, rotary, "b_K" in have) + align(lines)
+
+
+def _normed(block: Stage) -> MatrixSymbol:
+    """X̂^(l): the first equation's output, the normalised stream the heads read."""
+    return next(eq.lhs for eq in block.equations if eq.rhs.has(block.input))
+
+
+def _prose(grouped: bool, rotary: bool, key_bias: bool) -> str:
+    text = (r"\paragraph{Attention as circuits.} Head $h$ reads columns $(h-1)\,d_{\mathrm{head}}+1$ to "
+            r"$h\,d_{\mathrm{head}}$ of $W_Q^{(l)}$ (and of $b_Q^{(l)}$), and $W_O^{(l,h)}$ is the same rows of "
+            r"$W_O^{(l)}$")
+    text += (r"; it reads key and value head $g(h) = \lceil h\, n_{\mathrm{kv}} / n_{\mathrm{head}} \rceil$"
+             if grouped else "")
+    text += (r". $R_{\Theta}(\Delta)$ is RoPE's rotation at position $\Delta$ (block-diagonal, the pairs RoPE turns), "
+             r"so $R_{\Theta}(p_i) R_{\Theta}(p_j)^{\top} = R_{\Theta}(p_i - p_j)$" if rotary else "")
+    text += (r". The softmax cancels the score terms that are constant along a row (those with $b_K$), "
+             "so they are left out" if key_bias and not rotary else "")
+    return text + ". Rows of $A^{(l,h)}$ sum to one, so a value bias reaches the stream as a constant.\n"
