@@ -70,7 +70,8 @@ def _fold_stage(stage: Stage, centre: bool) -> Stage:
     for symbol in normed:
         source = next(eq.rhs.arg for eq in equations if eq.lhs == symbol)
         written = names.get(source.name, source.name)
-        names[symbol.name] = r"\hat{X}" + written[1:] if written.startswith("X") else rf"\hat{{{written}}}"
+        # "\hat{X}{}^{(l)}": amsmath's accent makes {\hat{X}^{(l)}}^{\top} a double superscript
+        names[symbol.name] = r"\hat{X}{}" + written[1:] if written.startswith("X") else rf"\hat{{{written}}}"
     return replace(stage, equations=equations, params=list(dict.fromkeys(new_params)), locals_latex=names)
 
 

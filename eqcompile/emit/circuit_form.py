@@ -30,7 +30,7 @@ def _symbols(grouped: bool) -> dict[str, tuple[MatrixSymbol, str]]:
              "W_Q": ((d, d_head), "W_Q^{(l,h)}"), "W_K": ((d, d_head), f"W_K^{{({kv})}}"),
              "W_V": ((d, d_head), f"W_V^{{({kv})}}"), "W_O": ((d_head, d), "W_O^{(l,h)}"),
              "b_Q": ((1, d_head), "b_Q^{(l,h)}"), "b_K": ((1, d_head), f"b_K^{{({kv})}}"),
-             "b_V": ((1, d_head), f"b_V^{{({kv})}}"), "b_O": ((1, d), "b_O^{(l)}"), "b_prime": ((1, d), "b'^{(l)}"),
+             "b_V": ((1, d_head), f"b_V^{{({kv})}}"), "b_O": ((1, d), "b_O^{(l)}"), "b_prime": ((1, d), "{b'}^{(l)}"),
              "S": ((n, n), "S^{(l,h)}"), "one": ((n, 1), r"\mathbf{1}")}
     return {name: (MatrixSymbol(f"circuit_{name}", *shape), latex) for name, (shape, latex) in table.items()}
 
