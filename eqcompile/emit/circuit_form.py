@@ -13,12 +13,13 @@ With RoPE, ``W_QK`` depends on the distance between the positions: ``W_Q^h R_Θ(
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..ops import GroupedHeads, RoPE, Softmax, d_head, n_head
 from ..program import Program, Stage
-from .latex import EquationLine, align, printer_for
 
 n, d = sp.Symbol("n", integer=True, positive=True), sp.Symbol("d", integer=True, positive=True)
 
@@ -35,8 +36,21 @@ def _symbols(grouped: bool) -> dict[str, tuple[MatrixSymbol, str]]:
     return {name: (MatrixSymbol(f"circuit_{name}", *shape), latex) for name, (shape, latex) in table.items()}
 
 
-def attention_circuits(program: Program) -> str:
-    """The attention update of the folded block, head by head, as LaTeX (a paragraph and an align*)."""
+PLAIN = ("Each head h as a QK circuit (where it attends) and an OV circuit (what it moves), on the folded "
+         "weights; query head h reads columns of W_Q and rows of W_O of its own.")
+
+
+@dataclass(frozen=True)
+class Circuits:
+    """What the circuit form says of the attention: prose (LaTeX, and plain for a screen) and equations."""
+
+    prose_latex: str
+    prose: str
+    lines: list[tuple[str, str]]  # (lhs, rhs) LaTeX, aligned at "="
+
+
+def attention_circuits(program: Program, printer) -> Circuits:
+    """The attention update of the folded block, head by head; ``printer`` knows the block's symbols."""
     block = next(stage for stage in program.stages if stage.layers)
     scores_eq = next(eq for eq in block.equations if isinstance(eq.rhs, Softmax))
     mask = scores_eq.rhs.arg
@@ -45,7 +59,6 @@ def attention_circuits(program: Program) -> str:
     rotary = any(eq.rhs.has(RoPE) for eq in block.equations)
     have = {p.name for p in block.params}
     s = _symbols(grouped)
-    printer = printer_for(program, block)
     printer._settings["symbol_names"].update({symbol: latex for symbol, latex in s.values()})
     sym = {name: symbol for name, (symbol, _) in s.items()}
     x, xh = block.input, _normed(block)
@@ -59,30 +72,31 @@ def attention_circuits(program: Program) -> str:
         update += rf" + \mathbf{{1}} {tex(sym['b_prime'])}"
     mid = next(eq.lhs for eq in block.equations if eq.rhs.has(x) and eq.lhs != xh and eq.rhs != x
                and not eq.rhs.has(xh))
-    lines = [EquationLine(tex(mid), update)]
+    lines = [(tex(mid), update)]
     if rotary:
-        lines.append(EquationLine(tex(sym["A"]), tex(Softmax(type(mask)(scale * sym["S"], *mask.args[1:])))))
+        lines.append((tex(sym["A"]), tex(Softmax(type(mask)(scale * sym["S"], *mask.args[1:])))))
         query = tex(xh) + "_{i}" + " W_Q^{(l,h)}" + (r" + b_Q^{(l,h)}" if "b_Q" in have else "")
         key = tex(xh) + "_{j}" + f" {s['W_K'][1]}" + (f" + {s['b_K'][1]}" if "b_K" in have else "")
         rotation = r"R_{\Theta}\left(p_i - p_j\right)"
         if have & {"b_Q", "b_K"}:
-            lines.append(EquationLine("S^{(l,h)}_{ij}", rf"\left({query}\right) {rotation} \left({key}\right)^{{\top}}"))
+            lines.append(("S^{(l,h)}_{ij}", rf"\left({query}\right) {rotation} \left({key}\right)^{{\top}}"))
         else:
-            lines.append(EquationLine("S^{(l,h)}_{ij}", rf"{tex(xh)}_{{i}} W_{{QK}}^{{(l,h)}}\left(p_i - p_j\right) "
+            lines.append(("S^{(l,h)}_{ij}", rf"{tex(xh)}_{{i}} W_{{QK}}^{{(l,h)}}\left(p_i - p_j\right) "
                                                          rf"{{{tex(xh)}_{{j}}}}^{{\top}}"))
-        lines.append(EquationLine(r"W_{QK}^{(l,h)}\left(\Delta\right)",
+        lines.append((r"W_{QK}^{(l,h)}\left(\Delta\right)",
                                   rf"W_Q^{{(l,h)}} R_{{\Theta}}\left(\Delta\right) {{{s['W_K'][1]}}}^{{\top}}"))
     else:
         scores = xh * sym["W_QK"] * T(xh)
         if "b_Q" in have:
             scores = sp.MatAdd(scores, sym["one"] * sym["b_Q"] * T(sym["W_K"]) * T(xh), evaluate=False)
-        lines.append(EquationLine(tex(sym["A"]), tex(Softmax(type(mask)(sp.MatMul(scale, scores), *mask.args[1:])))))
-        lines.append(EquationLine(tex(sym["W_QK"]), tex(sym["W_Q"] * T(sym["W_K"]))))
-    lines.append(EquationLine(tex(sym["W_OV"]), tex(sym["W_V"] * sym["W_O"])))
+        lines.append((tex(sym["A"]), tex(Softmax(type(mask)(sp.MatMul(scale, scores), *mask.args[1:])))))
+        lines.append((tex(sym["W_QK"]), tex(sym["W_Q"] * T(sym["W_K"]))))
+    lines.append((tex(sym["W_OV"]), tex(sym["W_V"] * sym["W_O"])))
     if have & {"b_V", "b_O"}:
         terms = [rf"\sum_{{h=1}}^{{{tex(n_head)}}} {tex(sym['b_V'] * sym['W_O'])}"] if "b_V" in have else []
-        lines.append(EquationLine(tex(sym["b_prime"]), " + ".join(terms + [tex(sym["b_O"])] * ("b_O" in have))))
-    return _prose(grouped, rotary, "b_K" in have) + align(lines)
+        lines.append((tex(sym["b_prime"]), " + ".join(terms + [tex(sym["b_O"])] * ("b_O" in have))))
+    prose = _prose(grouped, rotary, "b_K" in have)
+    return Circuits(prose, PLAIN, lines)
 
 
 def _normed(block: Stage) -> MatrixSymbol:
@@ -91,7 +105,7 @@ def _normed(block: Stage) -> MatrixSymbol:
 
 
 def _prose(grouped: bool, rotary: bool, key_bias: bool) -> str:
-    text = (r"\paragraph{Attention as circuits.} Head $h$ reads columns $(h-1)\,d_{\mathrm{head}}+1$ to "
+    text = (r"Head $h$ reads columns $(h-1)\,d_{\mathrm{head}}+1$ to "
             r"$h\,d_{\mathrm{head}}$ of $W_Q^{(l)}$ (and of $b_Q^{(l)}$), and $W_O^{(l,h)}$ is the same rows of "
             r"$W_O^{(l)}$")
     text += (r"; it reads key and value head $g(h) = \lceil h\, n_{\mathrm{kv}} / n_{\mathrm{head}} \rceil$"
@@ -100,4 +114,4 @@ def _prose(grouped: bool, rotary: bool, key_bias: bool) -> str:
              r"so $R_{\Theta}(p_i) R_{\Theta}(p_j)^{\top} = R_{\Theta}(p_i - p_j)$" if rotary else "")
     text += (r". The softmax cancels the score terms that are constant along a row (those with $b_K$), "
              "so they are left out" if key_bias and not rotary else "")
-    return text + ". Rows of $A^{(l,h)}$ sum to one, so a value bias reaches the stream as a constant.\n"
+    return text + ". Rows of $A^{(l,h)}$ sum to one, so a value bias reaches the stream as a constant."

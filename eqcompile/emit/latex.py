@@ -19,6 +19,7 @@ from sympy.printing.precedence import PRECEDENCE
 from ..composition import Space
 from ..ops import SplitHeads, is_per_head, n_head, ops_used_by
 from ..program import Fold, FoldedRef, Param, Program, Stage, TensorRef
+from .circuit_form import attention_circuits
 from .numbers import latex_number
 from .templates import render_template
 from .text import tex_escape
@@ -114,9 +115,8 @@ def render(program: Program, level: Level | str = Level.LAYER, unroll: bool = Fa
         for stage in program.stages:
             parts.append(_stage_equations(program, stage, unroll))
             if stage.layers and program.form == "circuits":
-                from .circuit_form import attention_circuits  # it builds on this module's printer
-
-                parts.append(attention_circuits(program))
+                circuits = circuit_block(program)
+                parts.append(rf"\paragraph{{{circuits.title}.}} {circuits.prose_latex}" + "\n" + align(circuits.lines))
         if program.interface == "causal_lm":
             parts.append(GENERATION)
         parts.append(symbol_table(program))
@@ -190,6 +190,24 @@ def stage_blocks(program: Program, stage: Stage, unroll: bool,
                  for eq in stage.equations]
         blocks.append(StageBlock(stage.name, stage.title, symbol, scope, layer, lines))
     return blocks
+
+
+@dataclass(frozen=True)
+class CircuitBlock:
+    """The circuit form's attention, head by head (``--form circuits``)."""
+
+    title: str
+    prose_latex: str  # its math in $…$
+    prose: str  # plain text
+    lines: list[EquationLine]
+
+
+def circuit_block(program: Program, decorate: Decorate | None = None) -> CircuitBlock:
+    """The folded block's attention as a sum over heads of QK and OV circuits (:mod:`.circuit_form`)."""
+    block = next(stage for stage in program.stages if stage.layers)
+    circuits = attention_circuits(program, printer_for(program, block, "l", decorate))
+    return CircuitBlock("Attention as circuits", circuits.prose_latex, circuits.prose,
+                        [EquationLine(lhs, rhs) for lhs, rhs in circuits.lines])
 
 
 def _scope(program: Program, printer, eq, heads, stage_equations) -> str:
