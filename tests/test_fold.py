@@ -8,12 +8,14 @@ the LaTeX states must compute what the folded block computes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import compile_tex, make_gpt2, pdflatex_available
 from llama_models import make_llama, smollm2_path
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 import eqcompile
 from eqcompile.cli import main
@@ -30,6 +32,15 @@ MODELS = {
                                            intermediate_size=64),
     "qwen2-biases": lambda folder: make_llama(folder, "qwen2", num_key_value_heads=1),
 }
+
+
+def make_attention_only(folder: Path, layers: int) -> Path:
+    """A random GPT-2 saved without its MLPs (and ln_2): an attention-only model."""
+    make_gpt2(folder, n_layer=layers)
+    tensors = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if ".mlp." not in k and ".ln_2." not in k},
+              folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +157,46 @@ def test_cli_form_circuits_and_bert_refused(models, tmp_path):
 def test_smollm2_folded_matches_transformers():
     results = verify(eqcompile.compile(smollm2_path(), form="circuits"), [1, 7, 64])
     assert all(r.ok for r in results), results
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_attention_only_gpt2_verifies_and_its_logits_are_the_sum_of_paths(layers, tmp_path):
+    folder = make_attention_only(tmp_path / "attn", layers)
+    for form in ("standard", "circuits"):
+        assert all(r.ok for r in verify(eqcompile.compile(folder, form=form), [1, 7, 16]))
+    compiled = eqcompile.compile(folder, form="circuits")
+    text = compiled.latex()
+    assert (r"Z_{\mathrm{virtual}}" in text) == (layers == 2) and r"Z_{\mathrm{direct}} &= X^{(0)} W_U" in text
+    assert "logits as paths" not in eqcompile.compile(make_gpt2(tmp_path / "mlp"), form="circuits").latex()
+    module = import_module(compiled.to_python(tmp_path / "out", dtype="float64"), f"attention_only_{layers}")
+    tokens = np.random.default_rng(1).integers(0, 50, 9)
+    logits = module.forward(tokens)
+    np.testing.assert_allclose(sum_of_paths(module, tokens), logits, rtol=1e-10, atol=1e-10 * np.abs(logits).max())
+
+
+def sum_of_paths(module, tokens):
+    """Z = D^(L) (Z_direct + Z_1 [+ Z_2 + Z_virtual] + Z_bias) + 1 b_U, each term as the LaTeX writes it."""
+    w = module.WEIGHTS
+    x0 = w["embedding"]["W_E"][tokens] + w["embedding"]["W_P"][np.arange(len(tokens))]
+    mask = np.triu(np.full((len(tokens),) * 2, -np.inf), 1)
+    stream, weighted, ov, b_prime = x0, [], [], []  # per layer: Ã^(l,h), W_OV^(l,h), b'^(l)
+    for block in w["block"]:
+        scale = 1 / np.sqrt(stream.var(axis=1) + module.eps)  # D: the stream is centred
+        xh = scale[:, None] * stream
+        assert np.allclose(xh, module.standardise(stream, module.eps))
+        q, k = xh @ block["W_Q"] + block["b_Q"], xh @ block["W_K"] + block["b_K"]
+        heads = [slice(h * 4, h * 4 + 4) for h in range(3)]
+        patterns = [softmax(q[:, c] @ k[:, c].T / 2 + mask) for c in heads]
+        weighted.append([a * scale[None, :] for a in patterns])
+        ov.append([block["W_V"][:, c] @ block["W_O"][c] for c in heads])
+        b_prime.append(block["b_V"] @ block["W_O"] + block["b_O"])
+        stream = stream + sum(a @ xh @ m for a, m in zip(patterns, ov[-1])) + b_prime[-1]
+    W_U, one = w["unembedding"]["W_U"], np.ones((len(tokens), 1))
+    paths = x0 @ W_U + sum(a @ x0 @ m @ W_U for layer in range(len(ov)) for a, m in zip(weighted[layer], ov[layer]))
+    paths = paths + one @ sum(b_prime) @ W_U
+    if len(ov) == 2:
+        paths = paths + sum(a2 @ a1 @ x0 @ m1 @ m2 @ W_U for a1, m1 in zip(weighted[0], ov[0])
+                            for a2, m2 in zip(weighted[1], ov[1]))
+        paths = paths + sum(a2 @ one @ b_prime[0] @ m2 @ W_U for a2, m2 in zip(weighted[1], ov[1]))
+    final = 1 / np.sqrt(stream.var(axis=1) + module.eps)
+    return final[:, None] * paths + w["unembedding"]["b_U"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from ..ops import GroupedHeads, RoPE, Softmax, d_head, n_head
+from ..ops import GroupedHeads, RMSScale, RoPE, Softmax, Standardise, d_head, n_head
 from ..program import Program, Stage
 
 n, d = sp.Symbol("n", integer=True, positive=True), sp.Symbol("d", integer=True, positive=True)
@@ -115,3 +115,54 @@ def _prose(grouped: bool, rotary: bool, key_bias: bool) -> str:
     text += (r". The softmax cancels the score terms that are constant along a row (those with $b_K$), "
              "so they are left out" if key_bias and not rotary else "")
     return text + ". Rows of $A^{(l,h)}$ sum to one, so a value bias reaches the stream as a constant."
+
+
+PATHS_PROSE = (r"An attention-only model's logits are a sum over paths through the heads. $X^{{(0)}} = T W_E{words}$ "
+               r"is the embedding ($T${rows} one-hot rows), $X^{{(k)}}$ the stream after block $k$, and "
+               r"$D^{{(k)}}$ the diagonal matrix of the normalisation's row scales of $X^{{(k)}}$ "
+               r"($\hat{{X}} = D^{{(k)}} X^{{(k)}}$ exactly{centred}); block $l$ reads $X^{{(l-1)}}$, so its heads "
+               r"weigh the rows they read by $\tilde{{A}}^{{(l,h)}} = A^{{(l,h)}} D^{{(l-1)}}$. Each path's token "
+               r"matrix is named: the direct path $W_E W_U$, head $(l,h)$'s $W_E W_{{OV}}^{{(l,h)}} W_U$, and "
+               r"for two layers the virtual head $W_E W_{{OV}}^{{(1,h)}} W_{{OV}}^{{(2,h')}} W_U$ ($n_{{\mathrm{{vocab}}}} "
+               r"\times n_{{\mathrm{{vocab}}}}$ each).")
+
+
+def is_attention_only(program: Program) -> bool:
+    """A folded program whose block is its attention alone (one normalisation, no MLP)."""
+    block = next((stage for stage in program.stages if stage.layers), None)
+    return block is not None and program.form == "circuits" and \
+        sum(1 for eq in block.equations if isinstance(eq.rhs, (Standardise, RMSScale))) == 1  # no MLP's norm
+
+
+def logit_paths(program: Program) -> Circuits | None:
+    """Z as a sum over paths (direct, each head, each pair of heads), for attention-only models of 1 or 2 layers."""
+    if not is_attention_only(program) or program.layers > 2:
+        return None
+    positions = program.positions is not None
+    layer_norm = any(eq.rhs.has(Standardise) for stage in program.stages for eq in stage.equations)  # centred
+    heads = r"\sum_{h=1}^{n_{\mathrm{head}}}"
+    last = program.layers
+    biased = {p.name for stage in program.stages if stage.layers for p in stage.params} & {"b_V", "b_O"}
+    terms = [(r"\mathrm{direct}", "X^{(0)} W_U")]
+    terms += [(f"{l}", rf"{heads} \tilde{{A}}^{{({l},h)}} X^{{(0)}} W_{{OV}}^{{({l},h)}} W_U") for l in range(1, last + 1)]
+    if last == 2:
+        terms.append((r"\mathrm{virtual}", r"\sum_{h,h'} \tilde{A}^{(2,h')} \tilde{A}^{(1,h)} X^{(0)} W_{OV}^{(1,h)} "
+                                          r"W_{OV}^{(2,h')} W_U"))
+    if biased:
+        bias_terms = [r"\mathbf{1} \left(" + " + ".join(f"{{b'}}^{{({l})}}" for l in range(1, last + 1)) + r"\right) W_U"]
+        if last == 2:
+            bias_terms.append(r"\sum_{h'} \tilde{A}^{(2,h')} \mathbf{1} {b'}^{(1)} W_{OV}^{(2,h')} W_U")
+        terms.append((r"\mathrm{bias}", " + ".join(bias_terms)))
+    unembedding = program.stages[-1]
+    bias = r" + \mathbf{1} b_U" if any(p.name == "b_U" for p in unembedding.params) else ""
+    paths = " + ".join(f"Z_{{{name}}}" for name, _ in terms)
+    lines = [("Z", rf"D^{{({last})}} \left({paths}\right){bias}"), *((f"Z_{{{name}}}", term) for name, term in terms),
+             (r"\tilde{A}^{(l,h)}", r"A^{(l,h)} D^{(l-1)}"),
+             ("X^{(0)}", "T W_E + P W_P" if positions else "T W_E")]
+    stats = r"\left(\sigma_i^2 + \varepsilon\right)^{-1/2}" if layer_norm else \
+        r"\left(\tfrac{1}{d} \lVert x_i \rVert^2 + \varepsilon\right)^{-1/2}"
+    lines.append(("D^{(k)}", rf"\operatorname{{diag}}_i {stats}, \quad x_i \text{{ row }} i \text{{ of }} X^{{(k)}}"))
+    prose = PATHS_PROSE.format(words=" + P W_P" if positions else "", rows=", $P$" if positions else "",
+                               centred=": every weight writing to the stream is centred" if layer_norm else "")
+    return Circuits(prose, "The logits as a sum over paths: the direct path, one term per head, and for two "
+                           "layers the virtual heads, each with its token matrix.", lines)

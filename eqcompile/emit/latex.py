@@ -19,7 +19,7 @@ from sympy.printing.precedence import PRECEDENCE
 from ..composition import Space
 from ..ops import SplitHeads, is_per_head, n_head, ops_used_by
 from ..program import Fold, FoldedRef, Param, Program, Stage, TensorRef
-from .circuit_form import attention_circuits
+from .circuit_form import attention_circuits, logit_paths
 from .numbers import latex_number
 from .templates import render_template
 from .text import tex_escape
@@ -115,8 +115,8 @@ def render(program: Program, level: Level | str = Level.LAYER, unroll: bool = Fa
         for stage in program.stages:
             parts.append(_stage_equations(program, stage, unroll))
             if stage.layers and program.form == "circuits":
-                circuits = circuit_block(program)
-                parts.append(rf"\paragraph{{{circuits.title}.}} {circuits.prose_latex}" + "\n" + align(circuits.lines))
+                parts += [rf"\paragraph{{{block.title}.}} {block.prose_latex}" + "\n" + align(block.lines)
+                          for block in circuit_blocks(program)]
         if program.interface == "causal_lm":
             parts.append(GENERATION)
         parts.append(symbol_table(program))
@@ -202,12 +202,15 @@ class CircuitBlock:
     lines: list[EquationLine]
 
 
-def circuit_block(program: Program, decorate: Decorate | None = None) -> CircuitBlock:
-    """The folded block's attention as a sum over heads of QK and OV circuits (:mod:`.circuit_form`)."""
+def circuit_blocks(program: Program, decorate: Decorate | None = None) -> list[CircuitBlock]:
+    """The folded block's attention as a sum over heads of QK and OV circuits, and for an attention-only
+    model of one or two layers the logits as a sum over paths (:mod:`.circuit_form`)."""
     block = next(stage for stage in program.stages if stage.layers)
-    circuits = attention_circuits(program, printer_for(program, block, "l", decorate))
-    return CircuitBlock("Attention as circuits", circuits.prose_latex, circuits.prose,
-                        [EquationLine(lhs, rhs) for lhs, rhs in circuits.lines])
+    found = [("Attention as circuits", attention_circuits(program, printer_for(program, block, "l", decorate))),
+             ("The logits as paths", logit_paths(program))]
+    return [CircuitBlock(title, circuits.prose_latex, circuits.prose,
+                         [EquationLine(lhs, rhs) for lhs, rhs in circuits.lines])
+            for title, circuits in found if circuits is not None]
 
 
 def _scope(program: Program, printer, eq, heads, stage_equations) -> str:
