@@ -87,7 +87,7 @@ def build(checkpoint: Checkpoint, program: Program, title: str | None = None, au
         if count > NUMBERS_LIMIT:
             raise ConfigError(f"--numbers prints every weight, and this model has {count:,} numbers "
                               f"(the limit is {NUMBERS_LIMIT:,}); leave --numbers out for a model this size")
-    used = list(dict.fromkeys(b.source.name for b in bindings))
+    used = list(dict.fromkeys(name for b in bindings for name in b.source.tensors))  # folded: all it reads
     stages = []
     for stage in program.stages:
         stages += stage_blocks(program, stage, unroll=False, decorate=decorate)
