@@ -15,6 +15,7 @@ from .emit import latex as latex_emitter
 from .emit.expanded import PACKAGES as EXPANSION_PACKAGES
 from .emit.expanded import expansion_latex, expansion_python
 from .expand import Expansion, expand
+from .fold import fold
 from .emit.files import write_bytes, write_text
 from .emit.pdf import build_pdf
 from .emit.python import write_module
@@ -26,6 +27,7 @@ from .stats import Stats, stats
 from .tokenizer import Tokenizer, checkpoint_tokenizer
 
 EXPANSION_LIMIT = 200_000  # scalar operations; beyond this --expand needs --force
+FORMS = ("standard", "circuits")  # the checkpoint's own weights, or its norms folded (eqcompile.fold)
 
 
 @dataclass
@@ -163,15 +165,19 @@ class CompiledModel:
 
 
 def compile(source: str | Path, activation: str | None = None, pooling: str | None = None,
-            trust_tokenizer_pattern: bool = False) -> CompiledModel:
+            trust_tokenizer_pattern: bool = False, form: str = "standard") -> CompiledModel:
     """Load a checkpoint (file, folder, sharded index or cached hub id) and lower it to equations.
 
     ``activation`` sets an mlp model's activation over its config.json's (or supplies it);
     ``pooling="mean"`` ends an encoder (bert) with mean pooling: a sentence embedding;
     ``trust_tokenizer_pattern`` accepts a pre-tokenizer regex of no known family (see
-    :mod:`eqcompile.tokenizer.pattern`), which the emitted tokenizer would otherwise never run.
+    :mod:`eqcompile.tokenizer.pattern`), which the emitted tokenizer would otherwise never run;
+    ``form="circuits"``: the norms' gains and shifts folded into the weights (:mod:`eqcompile.fold`).
     """
     given = {"activation": activation, "pooling": pooling}
     settings = {key: value for key, value in given.items() if value is not None}
     checkpoint = arch.with_settings(arch.open_checkpoint(source), settings)
-    return CompiledModel(checkpoint, frontend.lower(checkpoint), trust_tokenizer_pattern)
+    program = frontend.lower(checkpoint)
+    if form not in FORMS:
+        raise ConfigError(f"unknown form {form!r} (choose {', '.join(FORMS)})")
+    return CompiledModel(checkpoint, fold(program) if form == "circuits" else program, trust_tokenizer_pattern)

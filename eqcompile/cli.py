@@ -114,6 +114,11 @@ pooling_option = click.option(
     "--pooling", type=click.Choice(POOLINGS),
     help="A bert encoder's output: the last hidden states (none) or their mean over the unpadded tokens (mean).")
 
+form_option = click.option(
+    "--form", type=click.Choice(api.FORMS), default="standard", show_default=True,
+    help="circuits: the norms' gains and shifts folded into the weights that read them, writers centred "
+         "(pre-norm gpt2 and llama-family models); the LaTeX adds each head's W_QK and W_OV.")
+
 
 @main.command("compile")
 @click.argument("model")
@@ -154,9 +159,10 @@ pooling_option = click.option(
                    "SmolLM2); such a regex from a stranger's file can take exponential time on some texts.")
 @activation_option
 @pooling_option
+@form_option
 def compile_command(model, want_latex, output, level, standalone, unroll, python_dir, jax_dir, expand, seq, force,
                     dtype, train, pdf_path, tex_path, fragment, html_path, title, author, numbers,
-                    trust_tokenizer_pattern, activation, pooling):
+                    trust_tokenizer_pattern, activation, pooling, form):
     """Compile MODEL to LaTeX, a numpy module, and/or an appendix (PDF, TeX, HTML)."""
     appendix_paths = [p for p in (pdf_path, tex_path, html_path) if p is not None]
     if fragment and tex_path is None:
@@ -168,11 +174,13 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
         _fail("error: --title, --author and --numbers apply to --pdf, --tex and --html", 2)
     if train and not want_latex and python_dir is None:
         _fail("error: --train applies to --latex and --python", 2)
+    if train and form != "standard":
+        _fail("error: --train differentiates the model as stored; it does not combine with --form circuits", 2)
     options = dict(title=title, author=author, numbers=numbers)
 
     def work():
         compiled = api.compile(model, activation=activation, pooling=pooling,
-                               trust_tokenizer_pattern=trust_tokenizer_pattern)
+                               trust_tokenizer_pattern=trust_tokenizer_pattern, form=form)
         if seq is not None and seq > compiled.program.max_seq:
             raise EqcompileError(f"--seq {seq} exceeds the context length {compiled.program.max_seq}")
         latex_options = dict(level=level, unroll=unroll, standalone=standalone, expand=expand, seq=seq,
@@ -303,7 +311,8 @@ def train_command(model, data, steps, lr, weight_decay, output):
               help="The emitted module to check: model.py (numpy) or model_jax.py (JAX; causal LMs).")
 @activation_option
 @pooling_option
-def verify_command(model, seqs, seed, exact, digits, as_json, force, backend, activation, pooling):
+@form_option
+def verify_command(model, seqs, seed, exact, digits, as_json, force, backend, activation, pooling, form):
     """Run the emitted module and the reference on the same random inputs; compare the outputs.
 
     The reference is transformers (torch's nn.Sequential for an mlp).
@@ -314,11 +323,13 @@ def verify_command(model, seqs, seed, exact, digits, as_json, force, backend, ac
     as exact numbers, and each implementation (numpy float32 and float64, torch float32 and
     bfloat16) is measured against it: max absolute and relative error, agreeing bits, whether
     its argmax agrees, and whether three runs are bit-identical. Default --seq 16.
+    With --form circuits the module checked is the folded one; with --exact its first row
+    ("circuits exact") is the folded equation evaluated exactly against the original one.
     """
     from .verify import REL_TOLERANCE, absolute_tolerance, verify
 
     def work():
-        compiled = api.compile(model, activation=activation, pooling=pooling)
+        compiled = api.compile(model, activation=activation, pooling=pooling, form=form)
         if exact and backend != "numpy":
             raise EqcompileError("--exact measures the numpy and torch implementations: drop --backend")
         if exact:

@@ -85,13 +85,68 @@ class TensorRef:
         return text
 
 
+    @property
+    def tensors(self) -> tuple[str, ...]:
+        """The stored tensors the parameter's numbers come from."""
+        return (self.name,)
+
+
+class Fold(StrEnum):
+    """How a folded parameter is computed from others (``X W`` orientation, float64)."""
+
+    GAIN = "gain"  # diag(γ) W: a norm's gain moved into the weight that reads the norm
+    SHIFT = "shift"  # β W + b: a norm's shift pushed through that weight into its bias
+    CENTRE = "centre"  # W − (row means) 1ᵀ: a weight writing to a stream the next LayerNorm centres
+
+
+@dataclass(frozen=True)
+class FoldedRef:
+    """A parameter derived from stored tensors by a :class:`Fold` (the circuit form's weights).
+
+    ``inputs`` are the weight first (its tensor names the parameter's dtype), then the gain γ, or
+    the shift β and optionally the bias b. Symbolic work only describes it; :meth:`read` computes it.
+    """
+
+    fold: Fold
+    inputs: tuple[TensorRef | FoldedRef, ...]
+
+    @property
+    def name(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def tensors(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for ref in self.inputs for name in ref.tensors))
+
+    def for_layer(self, layer: int | None) -> FoldedRef:
+        return replace(self, inputs=tuple(ref.for_layer(layer) for ref in self.inputs))
+
+    def read(self, checkpoint: Checkpoint, transpose: bool = True) -> np.ndarray:
+        """The folded numbers, in float64 from the stored ones (cast by the caller)."""
+        weight, *rest = (np.asarray(ref.read(checkpoint), dtype=np.float64) for ref in self.inputs)
+        if self.fold == Fold.GAIN:
+            return rest[0].reshape(-1, 1) * weight
+        if self.fold == Fold.SHIFT:
+            shifted = rest[0].reshape(1, -1) @ weight
+            return shifted + rest[1].reshape(shifted.shape) if len(rest) > 1 else shifted
+        return weight - weight.mean(axis=-1, keepdims=True)
+
+    def describe(self, stored_name: str | None = None) -> str:
+        weight, *rest = (ref.describe() for ref in self.inputs)
+        if self.fold == Fold.GAIN:
+            return f"diag({rest[0]}) {weight}"
+        if self.fold == Fold.SHIFT:
+            return " + ".join([f"{rest[0]} {weight}", *rest[1:]])
+        return f"centre({weight})"
+
+
 @dataclass(frozen=True)
 class Param:
     """A weight of the equations: its symbol (a Python identifier), LaTeX name and source tensor."""
 
     symbol: MatrixSymbol
     latex: str  # a string.Template: $l is replaced by the layer ("l" or a number)
-    source: TensorRef
+    source: TensorRef | FoldedRef
     key: str  # its name in the emitted module's weight file, e.g. "block.{layer}.W_Q"
 
     @property
@@ -167,6 +222,7 @@ class Program:
     source: str = ""
     notes: list[str] = field(default_factory=list)  # stated assumptions (e.g. inferred config)
     config: dict = field(default_factory=dict)  # the family's parsed config, for the model card
+    form: str = "standard"  # "circuits": norms folded into the weights (eqcompile.fold)
 
     def composition(self) -> Compose:
         """f_θ as its stages composed, the last applied first: U ∘ B^(L) ∘ … ∘ B^(1) ∘ E."""
@@ -230,15 +286,21 @@ class Binding:
         return self.param.key if self.layer is None else self.param.key.format(layer=self.layer)
 
     @property
-    def source(self) -> TensorRef:
+    def source(self) -> TensorRef | FoldedRef:
         return self.param.source.for_layer(self.layer)
 
     @property
     def latex(self) -> str:
         return self.param.latex_at("l" if self.layer is None else str(self.layer + 1))
 
-    def read(self, checkpoint: Checkpoint, program: Program) -> np.ndarray:
-        """The numbers this key holds (numeric stages only): sliced, transposed, float32, in the
-        parameter's shape. The one place a parameter's numbers are fetched."""
-        array = self.source.read(checkpoint).reshape(program.numeric_shape(self.param.symbol))
-        return np.ascontiguousarray(array, dtype=np.float32)
+    def read(self, checkpoint: Checkpoint, program: Program, dtype=np.float32) -> np.ndarray:
+        """The numbers this key holds (numeric stages only): sliced, transposed (or folded), in
+        ``dtype`` and the parameter's shape. The one place a parameter's numbers are fetched.
+
+        A stored tensor is read as float32 and widened exactly; a folded one is computed in
+        float64 and rounded once, to ``dtype``."""
+        array = self.source.read(checkpoint)
+        if isinstance(self.source, TensorRef):
+            array = np.asarray(array, dtype=np.float32)
+        array = array.reshape(program.numeric_shape(self.param.symbol))
+        return np.ascontiguousarray(array, dtype=dtype)

@@ -144,8 +144,8 @@ def test_verify_catches_a_wrong_module(tiny_gpt2, monkeypatch):
 
     original = Binding.read
 
-    def perturbed(binding, checkpoint, program):
-        value = original(binding, checkpoint, program).copy()
+    def perturbed(binding, checkpoint, program, *dtype):
+        value = original(binding, checkpoint, program, *dtype).copy()
         if binding.param.name == "W_O" and binding.layer == 1:  # one entry: a uniform shift LayerNorm would undo
             value[0, 0] += 1e-2
         return value

@@ -19,7 +19,8 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [  # lowest first; each group: module
     {"ops and program": ("eqcompile.ops", "eqcompile.program")},
     # front ends: what a checkpoint holds -> the intermediate forms (Program, Tokenizer)
     {"front ends": ("eqcompile.arch", "eqcompile.trace", "eqcompile.tokenizer")},
-    {"front end choice": ("eqcompile.frontend",)},  # a hand-written family, else the tracer
+    {"front end choice": ("eqcompile.frontend",),  # a hand-written family, else the tracer
+     "transforms": ("eqcompile.fold",)},  # Program -> Program: the circuit form's folded weights
     {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff", "eqcompile.train"),
      "emitters": ("eqcompile.emit", "eqcompile.diff.render", "eqcompile.train.module", "eqcompile.train.latex")},
     {"runs": ("eqcompile.verify", "eqcompile.exact", "eqcompile.api",

@@ -271,6 +271,15 @@ def check_expand(source: Source, result, out: Path) -> None:
     assert r"\begin{" in result.stdout and re.search(r"\d\.\d{3}", result.stdout)  # numbers written out
 
 
+def check_circuits_latex(source: Source, result, out: Path) -> None:
+    assert r"W_{OV}^{(l,h)}" in result.stdout and r"\operatorname{norm}" in result.stdout
+
+
+def check_circuits_exact(source: Source, result, out: Path) -> None:
+    rows = {row["implementation"]: row for row in json.loads(result.stdout)["implementations"]}
+    assert rows["circuits exact"]["max_rel"] < 1e-12  # the folding is an identity of the equations
+
+
 @dataclass(frozen=True)
 class Command:
     arguments: Callable[[Source, Path], list]  # (row, output path) -> the command line
@@ -293,6 +302,12 @@ COMMANDS = {
     "diff": Command(lambda s, out: ["diff", s.path, s.path, "--json"], check_diff),
     "expand": Command(lambda s, out: [s.path, "--latex", "--expand", *([] if s.family == "mlp" else ["--seq", 2])],
                       check_expand),
+    # issue 16: the circuit form (norms folded into the weights), then verified and shown exact
+    "circuits-latex": Command(lambda s, out: [s.path, "--latex", "--form", "circuits"], check_circuits_latex),
+    "circuits-verify": Command(lambda s, out: ["verify", s.path, "--form", "circuits",
+                                               *[a for n in verify_lengths(s) for a in ("--seq", n)]], check_verify),
+    "circuits-exact": Command(lambda s, out: ["verify", s.path, "--form", "circuits", "--exact", "--seq", 2, "--json"],
+                              check_circuits_exact),
 }
 OUTPUTS = {"python": "out", "pdf": "a.pdf", "html": "a.html", "tex": "a.tex"}
 REFUSALS = {  # (row, command) -> words of the one-line refusal; every other cell must succeed
@@ -300,6 +315,10 @@ REFUSALS = {  # (row, command) -> words of the one-line refusal; every other cel
     ("smollm2-gguf", "expand"): ("scalar operations", "--force"),
     ("minilm-folder", "expand"): ("scalar operations", "--force"),
     ("smollm2-gguf", "verify-exact"): ("minutes", "--force"),  # hours of mpmath at --seq 2
+    ("smollm2-gguf", "circuits-exact"): ("minutes", "--force"),
+    **{(row, f"circuits-{kind}"): words for row, words in
+       [*((f"bert-{c}", ("post-norm",)) for c in CONTAINERS), ("minilm-folder", ("post-norm",)),
+        *((f"mlp-{c}", ("circuits", "mlp")) for c in CONTAINERS)] for kind in ("latex", "verify", "exact")},
 }
 REAL = ("smollm2-gguf", "minilm-folder")
 DEFAULT_EXTRAS = {  # beyond the rule in in_default_run: one cell each of the expensive kinds
@@ -307,6 +326,7 @@ DEFAULT_EXTRAS = {  # beyond the rule in in_default_run: one cell each of the ex
     ("llama-folder", "verify-exact"), ("mlp-folder", "verify-exact"),
     ("mlp-folder", "expand"),
     ("llama-gguf-Q4_1", "pdf"),  # the quantization note and a GGUF tokenizer, through TeX
+    ("gpt2-folder", "circuits-latex"), ("llama-gguf-Q4_1", "circuits-verify"), ("qwen2-folder", "circuits-exact"),
 }
 
 

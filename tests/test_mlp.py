@@ -226,8 +226,8 @@ def test_verify_catches_a_wrong_mlp_module(tmp_path, monkeypatch):
     _, folder = save_mlp(tmp_path / "ckpt", (4, 16, 4), "tanh")
     original = Binding.read
 
-    def perturbed(binding, checkpoint, program):
-        value = original(binding, checkpoint, program).copy()
+    def perturbed(binding, checkpoint, program, *dtype):
+        value = original(binding, checkpoint, program, *dtype).copy()
         if binding.param.name == "W_2":
             value[0, 0] += 1e-2
         return value

@@ -14,7 +14,7 @@ from eqcompile.emit.numpy_printer import ModulePrinter
 from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows, GELUTanh, GroupedHeads, HeadRMSNorm,
                            LayerNorm, Linear, Llama3Frequencies, MeanPool, MergeHeads, PaddingMask, PartialRoPE, QuickGELU,
                            ReLU, RMSNorm, RoPE, RotaryFrequencies, Sigmoid, SiLU, SlidingWindowMask, Softmax,
-                           SplitHeads, Tanh, d_head, epsilon, n_head, n_kv_head, window)
+                           SplitHeads, Standardise, RMSScale, Tanh, d_head, epsilon, n_head, n_kv_head, window)
 from eqcompile.ops.activation import erf
 from eqcompile.ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 
@@ -39,6 +39,7 @@ def example(op):
         GroupedHeads: GroupedHeads(X, n_kv_head, n_head), SlidingWindowMask: SlidingWindowMask(S, window),
         PaddingMask: PaddingMask(S, mask), MeanPool: MeanPool(X, mask),
         PartialRoPE: PartialRoPE(X, theta, t, d_head), HeadRMSNorm: HeadRMSNorm(X, g, epsilon, d_head),
+        Standardise: Standardise(X, epsilon), RMSScale: RMSScale(X, epsilon),
     }.get(op) or op(X)
 
 
@@ -71,6 +72,8 @@ GOLDEN = {
     SlidingWindowMask: (r"\operatorname{mask}_{w}\left(S\right)", "sliding_window_mask(S, w)"),
     PartialRoPE: (r"\operatorname{RoPE}_{\theta}\left(X;\, t\right)", "partial_rope(X, theta, t, d_head)"),
     HeadRMSNorm: (r"\operatorname{RMSNorm}_{h}\left(X;\, \gamma\right)", "head_rms_norm(X, gamma, eps, d_head)"),
+    Standardise: (r"\operatorname{norm}_{\mathrm{LN}}\left(X\right)", "standardise(X, eps)"),
+    RMSScale: (r"\operatorname{norm}_{\mathrm{RMS}}\left(X\right)", "rms_scale(X, eps)"),
 }
 
 

@@ -189,16 +189,19 @@ def guess_heads(width: int) -> int:
     return width // HEAD_DIM_GUESS if width % HEAD_DIM_GUESS == 0 else 1
 
 
-def load_reference(model, checkpoint: Checkpoint, state_names: dict[str, str], dtype: str, tied: bool = False):
+def load_reference(model, checkpoint: Checkpoint, state_names: dict[str, str], dtype: str, tied: bool = False,
+                   zeroed: Iterable[str] = ()):
     """``model`` (a torch module) holding the checkpoint's tensors, in ``dtype``, in eval mode.
 
     ``state_names`` maps the model's state-dict names to the checkpoint's tensor names. Any tensor
-    the model expects and does not get (except a tied ``lm_head.weight``), or gets and does not
-    expect, is a ConfigError: the reference must compute exactly the checkpoint's model.
+    the model expects and does not get (except a tied ``lm_head.weight``, and the ``zeroed`` ones,
+    set to zero: an attention-only checkpoint's absent MLP), or gets and does not expect, is a
+    ConfigError: the reference must compute exactly the checkpoint's model.
     """
     import torch
 
     state = {name: torch.from_numpy(np.array(checkpoint.tensor(stored))) for name, stored in state_names.items()}
+    state.update({name: torch.zeros_like(model.state_dict()[name]) for name in zeroed})
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if m != "lm_head.weight" or not tied]
     if missing or unexpected:

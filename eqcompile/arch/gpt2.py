@@ -7,7 +7,7 @@ is sliced into W_Q, W_K, W_V; a tied unembedding is ``W_Eᵀ`` (``lm_head.weight
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
@@ -32,6 +32,7 @@ class GPT2Config:
     scale_attn_weights: bool = True  # divide scores by sqrt(d_head)
     scale_attn_by_inverse_layer_idx: bool = False  # and by the layer number l
     tie_word_embeddings: bool = True  # W_U = W_Eᵀ
+    attention_only: bool = False  # the blocks have no MLP (no mlp.* tensors): X^(l+1) = X^(l) + Attn(LN_1(X^(l)))
 
 
 def read_config(checkpoint: Checkpoint) -> tuple[GPT2Config, str, list[str]]:
@@ -41,7 +42,10 @@ def read_config(checkpoint: Checkpoint) -> tuple[GPT2Config, str, list[str]]:
     raw = checkpoint.config
     if raw is None:
         raw, notes = _infer_config(checkpoint, prefix)
-    return config_from_dict(raw), prefix, notes
+    config = config_from_dict(raw)
+    if f"{prefix}h.0.ln_1.weight" in checkpoint.tensors and f"{prefix}h.0.mlp.c_fc.weight" not in checkpoint.tensors:
+        config = replace(config, attention_only=True)  # its ln_2, if stored, reads nothing
+    return config, prefix, notes
 
 
 def config_from_dict(raw: dict) -> GPT2Config:
@@ -80,7 +84,8 @@ def _infer_config(checkpoint: Checkpoint, prefix: str) -> tuple[dict, list[str]]
     config = {
         "vocab_size": vocab, "n_positions": checkpoint.shape(prefix + "wpe.weight")[0],
         "n_embd": width, "n_layer": layers, "n_head": heads,
-        "n_inner": checkpoint.shape(f"{prefix}h.0.mlp.c_fc.weight")[1] if layers else None,
+        "n_inner": checkpoint.shape(f"{prefix}h.0.mlp.c_fc.weight")[1]
+        if f"{prefix}h.0.mlp.c_fc.weight" in checkpoint.tensors else None,
         "tie_word_embeddings": "lm_head.weight" not in checkpoint.tensors,
     }
     notes = [f"no config.json: inferred a GPT-2 with {layers} layers, d = {width}, "
@@ -102,10 +107,12 @@ def lower(checkpoint: Checkpoint) -> Program:
     expect_shapes(checkpoint, expected_tensors(config, prefix))
 
     stages = [_embedding(prefix), _block(config, prefix + f"h.{h}."), _unembedding(config, prefix)]
+    dims = {d_model: d, d_ff: inner, n_vocab: vocab, n_ctx: config.n_positions,
+            n_head: config.n_head, d_head: d // config.n_head, epsilon: config.layer_norm_epsilon}
+    if config.attention_only:
+        del dims[d_ff]
     return Program(
-        family="gpt2", stages=stages,
-        dims={d_model: d, d_ff: inner, n_vocab: vocab, n_ctx: config.n_positions,
-              n_head: config.n_head, d_head: d // config.n_head, epsilon: config.layer_norm_epsilon},
+        family="gpt2", stages=stages, dims=dims,
         dim_latex=DIM_LATEX, dim_python=DIM_PYTHON,
         input_symbol=stages[0].input, positions=stages[0].extra_inputs[0], seq=seq, max_seq=config.n_positions, vocab=vocab,
         source=checkpoint.source, notes=notes, config=asdict(config),
@@ -125,6 +132,10 @@ def expected_tensors(config: GPT2Config, prefix: str = ""):
             (block + "ln_1.weight", (d,)), (block + "ln_1.bias", (d,)),
             (block + "attn.c_attn.weight", (d, 3 * d)), (block + "attn.c_attn.bias", (3 * d,)),
             (block + "attn.c_proj.weight", (d, d)), (block + "attn.c_proj.bias", (d,)),
+        ]
+        if config.attention_only:
+            continue
+        yield from [
             (block + "ln_2.weight", (d,)), (block + "ln_2.bias", (d,)),
             (block + "mlp.c_fc.weight", (d, inner)), (block + "mlp.c_fc.bias", (inner,)),
             (block + "mlp.c_proj.weight", (inner, d)), (block + "mlp.c_proj.bias", (d,)),
@@ -185,6 +196,9 @@ def _block(config: GPT2Config, block: str) -> Stage:
         Equation(m, activation(Linear(h_mid, W_in.symbol, b_in.symbol))),
         Equation(x_next, residual(x_mid, Linear(m, W_out.symbol, b_out.symbol))),
     ]
+    if config.attention_only:  # the attention's update is the block's
+        equations = [*equations[:len(attention) + 4], Equation(x_next, residual(x, Linear(z, W_O.symbol, b_O.symbol)))]
+        params = params[:10]
     names = {"x": "X^{($l)}", "h": "H^{($l)}", "q": "Q^{($l)}", "k": "K^{($l)}", "v": "V^{($l)}",
              "a": "A^{($l)}_h", "z": "Z^{($l)}", "x_mid": "X^{($half)}", "h_mid": r"\tilde{H}^{($l)}",
              "m": "M^{($l)}", "x_next": "X^{($next)}"}
@@ -214,7 +228,10 @@ def reference(checkpoint: Checkpoint, dtype: str = "float32"):
              and not name.endswith((".attn.bias", ".attn.masked_bias"))}
     if "lm_head.weight" in checkpoint.tensors and not config.tie_word_embeddings:
         names["lm_head.weight"] = "lm_head.weight"
-    return logits_of(load_reference(GPT2LMHeadModel(hf_config), checkpoint, names, dtype, config.tie_word_embeddings))
+    model = GPT2LMHeadModel(hf_config)
+    zeroed = [name for name in model.state_dict() if ".mlp." in name or ".ln_2." in name] if config.attention_only else []
+    names = {key: name for key, name in names.items() if key not in zeroed}  # a stored ln_2 reads nothing
+    return logits_of(load_reference(model, checkpoint, names, dtype, config.tie_word_embeddings, zeroed))
 
 
 FAMILY = Family("gpt2", ("gpt2",), recognises, lower, reference,

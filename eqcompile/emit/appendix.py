@@ -17,7 +17,7 @@ from ..errors import ConfigError, TeXInputError
 from ..load import Checkpoint
 from ..program import Program
 from ..weight_statistics import Statistics  # noqa: F401  (re-exported: the appendix's statistics)
-from .latex import (Decorate, EquationLine, OpBlock, StageBlock, composition_lines, dimension_latex, op_blocks,
+from .latex import (CircuitBlock, Decorate, EquationLine, OpBlock, StageBlock, circuit_blocks, composition_lines, dimension_latex, op_blocks,
                     printer_for, source_latex, stage_blocks)
 from .model_card import CardRow, model_card, tokenizer_card
 from .numbers import latex_number
@@ -70,6 +70,7 @@ class Appendix:
     layer_notes: dict[str, str] | None = None  # LaTeX per repeated stage's name: what differs between layers
     cost: Table | None = None
     matrices: list[MatrixPiece] | None = None
+    circuits: list[CircuitBlock] | None = None  # --form circuits: the attention head by head, the logits' paths
 
 
 def build(checkpoint: Checkpoint, program: Program, title: str | None = None, author: str = "",
@@ -86,7 +87,7 @@ def build(checkpoint: Checkpoint, program: Program, title: str | None = None, au
         if count > NUMBERS_LIMIT:
             raise ConfigError(f"--numbers prints every weight, and this model has {count:,} numbers "
                               f"(the limit is {NUMBERS_LIMIT:,}); leave --numbers out for a model this size")
-    used = list(dict.fromkeys(b.source.name for b in bindings))
+    used = list(dict.fromkeys(name for b in bindings for name in b.source.tensors))  # folded: all it reads
     stages = []
     for stage in program.stages:
         stages += stage_blocks(program, stage, unroll=False, decorate=decorate)
@@ -117,6 +118,7 @@ def build(checkpoint: Checkpoint, program: Program, title: str | None = None, au
         layer_notes=None if unroll else _layer_notes(program),
         cost=cost,
         matrices=[piece for b in bindings for piece in matrix_pieces(checkpoint, program, b)] if numbers else None,
+        circuits=circuit_blocks(program, decorate) if program.form == "circuits" else None,
     )
 
 

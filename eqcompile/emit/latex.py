@@ -18,7 +18,8 @@ from sympy.printing.precedence import PRECEDENCE
 
 from ..composition import Space
 from ..ops import SplitHeads, is_per_head, n_head, ops_used_by
-from ..program import Param, Program, Stage, TensorRef
+from ..program import Fold, FoldedRef, Param, Program, Stage, TensorRef
+from .circuit_form import attention_circuits, logit_paths
 from .numbers import latex_number
 from .templates import render_template
 from .text import tex_escape
@@ -113,6 +114,9 @@ def render(program: Program, level: Level | str = Level.LAYER, unroll: bool = Fa
             parts.append(tokenizer)
         for stage in program.stages:
             parts.append(_stage_equations(program, stage, unroll))
+            if stage.layers and program.form == "circuits":
+                parts += [rf"\paragraph{{{block.title}.}} {block.prose_latex}" + "\n" + align(block.lines)
+                          for block in circuit_blocks(program)]
         if program.interface == "causal_lm":
             parts.append(GENERATION)
         parts.append(symbol_table(program))
@@ -188,6 +192,27 @@ def stage_blocks(program: Program, stage: Stage, unroll: bool,
     return blocks
 
 
+@dataclass(frozen=True)
+class CircuitBlock:
+    """The circuit form's attention, head by head (``--form circuits``)."""
+
+    title: str
+    prose_latex: str  # its math in $…$
+    prose: str  # plain text
+    lines: list[EquationLine]
+
+
+def circuit_blocks(program: Program, decorate: Decorate | None = None) -> list[CircuitBlock]:
+    """The folded block's attention as a sum over heads of QK and OV circuits, and for an attention-only
+    model of one or two layers the logits as a sum over paths (:mod:`.circuit_form`)."""
+    block = next(stage for stage in program.stages if stage.layers)
+    found = [("Attention as circuits", attention_circuits(program, printer_for(program, block, "l", decorate))),
+             ("The logits as paths", logit_paths(program))]
+    return [CircuitBlock(title, circuits.prose_latex, circuits.prose,
+                         [EquationLine(lhs, rhs) for lhs, rhs in circuits.lines])
+            for title, circuits in found if circuits is not None]
+
+
 def _scope(program: Program, printer, eq, heads, stage_equations) -> str:
     """What an equation ranges over: the heads (stated once, on the last per-head line), positions."""
     if heads and eq is heads[-1]:
@@ -216,10 +241,15 @@ def symbol_table(program: Program) -> str:
             + r"\paragraph{Dimensions.} " + ", ".join(dims) + ".\n")
 
 
-def source_latex(ref: TensorRef, escape: Callable[[str], str], stored_name: str | None = None) -> str:
+def source_latex(ref: TensorRef | FoldedRef, escape: Callable[[str], str], stored_name: str | None = None) -> str:
     """A weight's source tensor as text (``escape`` typesets the name; ``stored_name`` is the file's
     own, where it differs): a generic layer's index as math ($l - 1$), the transpose as math
     ($^\\top$), since text fonts have no ``ᵀ``."""
+    if isinstance(ref, FoldedRef):  # the circuit form's weights: the fold, over the tensors' own names
+        weight, *rest = (source_latex(part, escape) for part in ref.inputs)
+        if ref.fold == Fold.CENTRE:
+            return f"centre({weight})"
+        return f"diag({rest[0]}) {weight}" if ref.fold == Fold.GAIN else " + ".join([f"{rest[0]} {weight}", *rest[1:]])
     name = replace(ref, transpose=False).describe(stored_name)
     return "$l{-}1$".join(escape(part) for part in name.split("{layer}")) + (r"$^{\top}$" if ref.transpose else "")
 

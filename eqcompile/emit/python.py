@@ -120,9 +120,9 @@ def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: 
     ``tokenizer.py`` with the ``tokenizer_data.json`` it reads); return the module's path. The files
     of :data:`OUTPUTS` this run does not write (an earlier run's tokenizer) are removed.
 
-    ``dtype="float64"`` stores the weights (float32 values, widened exactly) as float64, so the
-    module computes in float64: a second implementation to measure rounding against. ``train`` appends
-    the training functions (:mod:`eqcompile.train.module`).
+    ``dtype="float64"`` stores the weights (float32 values, widened exactly; folded ones rounded
+    once from float64) as float64, so the module computes in float64: a second implementation to
+    measure rounding against. ``train`` appends the training functions (:mod:`eqcompile.train.module`).
     """
     folder = Path(folder)
     with staging_folder(folder, OUTPUTS) as staging:  # nothing reaches ``folder`` unless every file is written
@@ -130,7 +130,7 @@ def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: 
             write_tokenizer(tokenizer, staging)
         plan = {binding.key: binding for binding in program.bindings()}
         shapes = [(key, program.numeric_shape(binding.param.symbol)) for key, binding in plan.items()]
-        write_safetensors(staging / "weights.safetensors", shapes, lambda key: plan[key].read(checkpoint, program),
+        write_safetensors(staging / "weights.safetensors", shapes, lambda key: plan[key].read(checkpoint, program, dtype),
                           progress_bar(shapes, "weights"), dtype)
         source = module_source(program, tokenizer is not None)
         if train:
