@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tracemalloc
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
 from eqcompile.cli import main
-from eqcompile.diff import compare, delta, render
+from eqcompile.diff import compare, delta, render, spectrum
 from eqcompile.emit.files import write_safetensors
 from eqcompile.emit.text import tex_code
 from eqcompile.errors import TeXError
@@ -382,12 +383,14 @@ def test_exact_spectrum_matches_numpy_svd():
     assert d.norm == pytest.approx(np.sqrt(np.sum(sigma**2)), rel=1e-9)
 
 
-def test_randomized_spectrum_agrees_with_the_exact_one(monkeypatch):
+def test_randomized_spectrum_agrees_with_the_exact_one():
+    """--full-spectrum's randomized SVD (float64, two power iterations) against the exact spectrum."""
     before, after = low_rank_plus_rounding(400, 300, rank=5, seed=1)
-    exact = delta.measure(before, after)
-    monkeypatch.setattr(delta, "EXACT_MAX_SIDE", 100)
-    randomized = delta.measure(before, after)
-    assert randomized.spectrum.method == "randomized" and randomized.spectrum.computed == delta.SKETCH_RANK
+    exact = delta.measure(before, after, setting=spectrum.FULL)
+    sketched = replace(spectrum.FULL, exact_max_side=100)
+    randomized = delta.measure(before, after, setting=sketched)
+    assert exact.spectrum.method == "exact"
+    assert randomized.spectrum.method == "randomized" and randomized.spectrum.computed == sketched.rank
     assert randomized.form == "low-rank" and randomized.spectrum.numerical_rank == 5
     assert randomized.spectrum.rank_99 == exact.spectrum.rank_99
     assert randomized.spectrum.top == pytest.approx(exact.spectrum.top, rel=1e-8)
@@ -395,8 +398,8 @@ def test_randomized_spectrum_agrees_with_the_exact_one(monkeypatch):
 
     rng = np.random.default_rng(2)  # a full-rank update: the sketch only bounds the ranks
     full = before + (1e-3 * rng.standard_normal(before.shape)).astype(np.float32)
-    bounded = delta.measure(before, full).spectrum
-    assert bounded.rank_is_bound and bounded.numerical_rank == delta.SKETCH_RANK and bounded.rank_99 is None
+    bounded = delta.measure(before, full, setting=sketched).spectrum
+    assert bounded.rank_is_bound and bounded.numerical_rank == sketched.rank and bounded.rank_99 is None
     # a flat spectrum converges slowly under power iterations: σ_1 is known to a few parts in 1e3
     assert bounded.top == pytest.approx(np.linalg.norm(full.astype(np.float64) - before, 2), rel=1e-2)
 
