@@ -174,6 +174,29 @@ def report(name: str, result: dict, cold: bool) -> list[str]:
     return lines
 
 
+QUICK = dict(GPT2_124M, vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=1)
+
+
+def run(folder: Path, env: dict, quick: bool) -> dict:
+    """For benchmarks/run.py: the 124M-shaped pair (a tiny GPT-2 when quick), warm, in a fresh process."""
+    started = time.perf_counter()
+    before, after = write_pair(folder, QUICK if quick else GPT2_124M, every_tensor=False)
+    result = _child(before, after, 1 if quick else 3, cold=False, full=False, env=env)
+    return {**result, "quick": quick, "seconds": time.perf_counter() - started}
+
+
+def table(result: dict) -> list[str]:
+    return ["`eqcompile diff` (`compare(A, B)`) in a fresh process against a plain read of the same files "
+            "(memmap and sum every tensor) right before and after it, best of the runs:", "",
+            *report("GPT-2-124M shape" if not result["quick"] else "tiny GPT-2 (--quick)", result, cold=False)]
+
+
+def _child(before: Path, after: Path, repeats: int, cold: bool, full: bool, env: dict | None = None) -> dict:
+    argv = [sys.executable, __file__, "--measure", str(before), str(after), str(repeats), "1" if cold else "0",
+            "1" if full else "0"]
+    return json.loads(subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, help="where to write the checkpoints (default: a temp dir, removed)")
@@ -188,7 +211,6 @@ def main() -> None:
         before, after, repeats, cold, full = args.measure
         print(json.dumps(measure(before, after, int(repeats), cold == "1", full == "1")))
         return
-    results = {}
     with tempfile.TemporaryDirectory(prefix="eqcompile-bench-") as temp:
         folder = args.folder or Path(temp)
         pairs = [("GPT-2-124M shape", GPT2_124M, "gpt2")] + ([("Llama-1B shape", LLAMA_1B, "llama1b")]
@@ -197,11 +219,7 @@ def main() -> None:
             before, after = write_pair(folder / (short + ("-every" if args.every_tensor else "")), config,
                                        args.every_tensor)
             for cold in (False, True) if args.cold else (False,):
-                result = json.loads(subprocess.run(
-                    [sys.executable, __file__, "--measure", str(before), str(after), str(args.repeats),
-                     "1" if cold else "0", "1" if args.full_spectrum else "0"],
-                    cwd=ROOT, capture_output=True, text=True, check=True).stdout)
-                results[name, cold] = result
+                result = _child(before, after, args.repeats, cold, args.full_spectrum)
                 print("\n".join(report(name, result, cold)), flush=True)
 
 
