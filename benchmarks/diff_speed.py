@@ -115,15 +115,18 @@ def drop_cache(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def plain_read(pair: list[Path]) -> float:
-    """Seconds to read every tensor of both checkpoints as numbers (memory-mapped and summed)."""
+def plain_read(pair: list[Path], cpu: list | None = None) -> float:
+    """Seconds to read every tensor of both checkpoints as numbers (memory-mapped and summed); the CPU
+    seconds are appended to ``cpu``."""
     from eqcompile.load import load_checkpoint
 
-    start = time.perf_counter()
+    start, processor = time.perf_counter(), time.process_time()
     for path in pair:
         checkpoint = load_checkpoint(path)
         for name in checkpoint.tensors:
             float(checkpoint.tensor(name).sum())
+    if cpu is not None:
+        cpu.append(time.process_time() - processor)
     return time.perf_counter() - start
 
 
@@ -136,20 +139,21 @@ def measure(before: str, after: str, repeats: int, cold: bool, full: bool) -> di
     pair = [Path(before), Path(after)]
     paths = [p for folder in pair for p in files(folder)]
     size = sum(p.stat().st_size for p in paths)
-    runs = []
+    runs, read_cpu = [], []
     spectra = FULL if full else FAST
     compare(before, after, spectra)  # warm-up: page cache, BLAS threads
     for _ in range(repeats):
         if cold:
             drop_cache(paths)
-        read_before = plain_read(pair)
+        read_before = plain_read(pair, read_cpu)
         if cold:
             drop_cache(paths)
-        start = time.perf_counter()
+        start, processor = time.perf_counter(), time.process_time()
         diff = compare(before, after, spectra)
-        seconds = time.perf_counter() - start
-        read_after = plain_read(pair)
-        runs.append({"read_before": read_before, "diff": seconds, "read_after": read_after, "split": diff.seconds})
+        seconds, cpu = time.perf_counter() - start, time.process_time() - processor
+        read_after = plain_read(pair, read_cpu)
+        runs.append({"read_before": read_before, "diff": seconds, "read_after": read_after, "split": diff.seconds,
+                     "diff_cpu": cpu, "read_cpu": min(read_cpu[-2:])})
     best = min(runs, key=lambda r: r["diff"])
     return {"bytes": size, "runs": runs, "best": best, "compared": len(diff.parameters) + len(diff.tensors),
             "changed": len(diff.changed_weights), "forms": sorted({w.delta.form for w in diff.changed_weights}),
@@ -166,7 +170,8 @@ def report(name: str, result: dict, cold: bool) -> list[str]:
              f"spectra for {result['spectra']} ({', '.join(result['methods']) or 'none'}); "
              f"load average {result['load_average']:.1f}",
              f"  plain read: {size / read / MB:,.0f} MB/s; diff: {size / best['diff'] / MB:,.0f} MB/s "
-             f"({best['diff']:.2f} s, {best['diff'] / read:.1f}x the read)",
+             f"({best['diff']:.2f} s, {best['diff'] / read:.1f}x the read); CPU time {best['diff_cpu']:.2f} s, "
+             f"{best['diff_cpu'] / best['read_cpu']:.1f}x the read's (all threads; less moved by other load)",
              "  diff's split (seconds, summed over worker threads): "
              + ", ".join(f"{part} {seconds:.2f}" for part, seconds in best["split"].items())]
     lines += [f"  run {i + 1}: read {r['read_before']:.2f} s, diff {r['diff']:.2f} s, read {r['read_after']:.2f} s"
