@@ -442,6 +442,26 @@ def test_vectors_and_integer_tensors():
     assert delta.measure(ids, ids + 1, ("I64", "I64")).rounding_units is None
 
 
+def test_bytes_are_compared_past_the_first_chunk_and_blas_threads_are_restored(tmp_path):
+    """A tensor of 2.4 MB (three 1 MiB chunks) that differs only in its last element is changed;
+    the worker threads' limit of one BLAS thread each is lifted afterwards, also after an error."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    weights = np.random.default_rng(0).standard_normal((600, 1000)).astype(np.float32)
+    moved = weights.copy()
+    moved[-1, -1] += 1
+    for name, value in (("a", weights), ("same", weights), ("moved", moved)):
+        save_file({"w": value}, str(tmp_path / f"{name}.safetensors"))
+    threads = [pool["num_threads"] for pool in threadpoolctl.threadpool_info()]
+    same = compare(tmp_path / "a.safetensors", tmp_path / "same.safetensors")
+    different = compare(tmp_path / "a.safetensors", tmp_path / "moved.safetensors")
+    (changed,) = different.changed_weights
+    assert same.identical and changed.delta.max_abs == pytest.approx(1, rel=1e-6)
+    assert "moments" not in same.seconds and {"structure", "same bytes", "moments"} <= set(different.seconds)
+    with pytest.raises(Exception):
+        compare(tmp_path / "a.safetensors", tmp_path / "missing.safetensors")
+    assert [pool["num_threads"] for pool in threadpoolctl.threadpool_info()] == threads
+
+
 def test_primed_symbols():
     assert render.primed("W_Q^{(3)}") == r"W^{\prime (3)}_Q"
     assert render.primed(r"W_{\mathrm{in}}^{(l)}") == r"W^{\prime (l)}_{\mathrm{in}}"

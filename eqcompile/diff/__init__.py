@@ -86,8 +86,8 @@ def compare(before: str | Path, after: str | Path, spectra: Setting = FAST, work
     threads comparing pairs (default: one per CPU, each with one BLAS thread; one thread, and BLAS's
     own, when threadpoolctl is not installed to say so).
     """
-    clock, limit = Clock(), _one_blas_thread()
-    workers = workers or ((os.cpu_count() or 1) if limit else 1)
+    clock, blas_limits = Clock(), _blas_limits()
+    workers = workers or ((os.cpu_count() or 1) if blas_limits else 1)
     with clock("structure"):
         checkpoints = (arch.open_checkpoint(before), arch.open_checkpoint(after))
         lowered = [_lower(checkpoint, side) for checkpoint, side in zip(checkpoints, "AB")]
@@ -104,7 +104,7 @@ def compare(before: str | Path, after: str | Path, spectra: Setting = FAST, work
                      if name in checkpoints[1].tensors and info.shape == checkpoints[1].tensors[name].shape
                      and not (name in covered[0] and name in covered[1])]
     sources = list(dict.fromkeys([(a.source.name, b.source.name) for a, b in pairs] + [(n, n) for n in raw_names]))
-    with limit or nullcontext(), ThreadPoolExecutor(workers) as pool:
+    with blas_limits(1, user_api="blas") if blas_limits else nullcontext(), ThreadPoolExecutor(workers) as pool:
         with clock("same bytes"):
             same = dict(zip(sources, pool.map(lambda names: same_bytes(checkpoints[0].tensors[names[0]],
                                                                        checkpoints[1].tensors[names[1]]), sources)))
@@ -116,17 +116,17 @@ def compare(before: str | Path, after: str | Path, spectra: Setting = FAST, work
                      tensors=[w for w in compared if w.slot is None], seconds=clock.seconds)
 
 
-def _one_blas_thread():
-    """A context in which BLAS runs one thread per caller, or None without threadpoolctl (optional).
+def _blas_limits():
+    """threadpoolctl's ``threadpool_limits`` (it sets the limit when called), or None: it is optional.
 
     Two worker threads each calling a BLAS that starts threads of its own oversubscribe the cores:
-    measured thirty times slower on a busy machine.
+    measured thirty times slower on a busy machine, so the workers run with one BLAS thread each.
     """
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return None
-    return threadpool_limits(1, user_api="blas")
+    return threadpool_limits
 
 
 def _lower(checkpoint: Checkpoint, side: str) -> tuple[Program | None, str]:
