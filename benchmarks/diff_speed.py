@@ -164,7 +164,8 @@ def measure(before: str, after: str, repeats: int, cold: bool, full: bool) -> di
 
 def report(name: str, result: dict, cold: bool) -> list[str]:
     size, best = result["bytes"], result["best"]
-    read = min(best["read_before"], best["read_after"])
+    # cold: only the read before the diff came from the disk (the one after finds the pages it left)
+    read = best["read_before"] if cold else min(best["read_before"], best["read_after"])
     lines = [f"{name}: {size / MB:,.0f} MB (both files), {'cold-ish' if cold else 'warm (page cache)'}; "
              f"{result['changed']} of {result['compared']} pairs changed ({', '.join(result['forms'])}), "
              f"spectra for {result['spectra']} ({', '.join(result['methods']) or 'none'}); "
