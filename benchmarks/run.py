@@ -51,6 +51,7 @@ def main() -> None:
     if os.environ.get(MARKER) != "1":  # numpy reads the BLAS variables when it loads: start afresh
         os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], env)
 
+    import diff_speed
     import documents
     import loading
     import numeric
@@ -70,6 +71,8 @@ def main() -> None:
         results["loading"] = loading.run(Path(results["numeric"]["checkpoint"]), folder / "loading", env, args.quick)
         progress(4, "documents and diff", started)
         results["documents"] = documents.run(folder / "documents", env, args.quick)
+        progress(5, "diff against a plain read of both files, in its own process", started)
+        results["diff_speed"] = diff_speed.run(folder / "diff_speed", env, args.quick)
     results["notes"] = [*results["numeric"].pop("notes"), *results["loading"].pop("notes"),
                         *results["documents"].pop("notes")]
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -84,10 +87,11 @@ def main() -> None:
 
 def progress(step: int, what: str, started: float) -> None:
     """One line on stderr per part (the run takes minutes; the tables come at the end)."""
-    print(f"[{step}/4] {what} ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
+    print(f"[{step}/5] {what} ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
 
 
 def report(results: dict) -> str:
+    import diff_speed
     import documents
     import loading
     import numeric
@@ -107,6 +111,8 @@ def report(results: dict) -> str:
     lines += numeric.table(results["numeric"])
     lines += ["", "## Load to first logits", ""] + loading.table(results["loading"])
     lines += ["", "## Documents and diff", ""] + documents.table(results["documents"])
+    if "diff_speed" in results:
+        lines += ["", "## `eqcompile diff` at the speed of reading", ""] + diff_speed.table(results["diff_speed"])
     if results["notes"]:
         lines += ["", "Not measured in this run:"] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines)

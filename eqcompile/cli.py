@@ -97,7 +97,7 @@ def main():
     eqcompile stats MODEL [--json]
     eqcompile MODEL --pdf FILE | --tex FILE [--fragment] | --html FILE
     eqcompile verify MODEL [--seq N]
-    eqcompile diff A B [--json | --latex] [-o FILE] [--pdf FILE]
+    eqcompile diff A B [--json | --latex] [-o FILE] [--pdf FILE] [--full-spectrum]
     eqcompile MODEL --latex --train | --python DIR --train   (loss, backward, SGD/AdamW)
     eqcompile train MODEL DATA.txt [--steps N] [--lr X] -o OUT/
     (compile and verify take --activation NAME for an mlp model, --pooling mean for a bert one)
@@ -378,12 +378,15 @@ def _exact_report(compiled, seq, digits, seed, as_json, force) -> bool:
               help="Report file (default: standard output).")
 @click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also build the LaTeX report as this PDF (needs latexmk and pdflatex).")
-def diff_command(before, after, as_json, as_latex, output, pdf_path):
+@click.option("--full-spectrum", is_flag=True,
+              help="Whole spectra up to a side of 1024 and a float64 top-64 above (default: whole up to 256, "
+                   "a float32 top-32 above; tens of times faster).")
+def diff_command(before, after, as_json, as_latex, output, pdf_path, full_spectrum):
     """Compare two checkpoints: which equations changed, and how far and in what form each weight moved.
 
     Exits 0 when A and B are identical, 1 when they differ, 2 on any trouble (like diff).
     """
-    from .diff import compare, render
+    from .diff import FAST, FULL, compare, render
     from .emit.files import write_bytes, write_text
     from .emit.pdf import build_pdf
 
@@ -391,7 +394,7 @@ def diff_command(before, after, as_json, as_latex, output, pdf_path):
         _fail("error: choose one of --json and --latex", 2)
 
     def work():
-        result = compare(before, after)
+        result = compare(before, after, FULL if full_spectrum else FAST)
         report = render.json_text(result) if as_json else render.latex(result) if as_latex else render.text(result)
         if output is None:
             click.echo(report, nl=False)

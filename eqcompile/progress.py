@@ -7,8 +7,9 @@ import sys
 from .terminal import terminal_text
 
 
-def progress_bar(items, description: str):
-    """A progress bar on a terminal, nothing when stderr is piped."""
+def progress_bar(items, description: str, total: int | None = None):
+    """A progress bar on a terminal, nothing when stderr is piped (``total``: for an iterator)."""
     from tqdm import tqdm
 
-    return tqdm(items, desc=terminal_text(description), unit="tensor", disable=not sys.stderr.isatty(), leave=False)
+    return tqdm(items, desc=terminal_text(description), total=total, unit="tensor", disable=not sys.stderr.isatty(),
+                leave=False)

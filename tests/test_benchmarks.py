@@ -33,5 +33,7 @@ def test_quick_benchmark_writes_results_and_plot(tmp_path):
             assert peer["dtype"] == "float32" and peer["same_tokens"]
             assert all(row["max_rel"] <= 1e-5 for row in peer["vs_numpy"].values())
     assert results["loading"]["checkpoints"] and results["documents"]
+    diff_speed = results["diff_speed"]  # every changed matrix of the pair has its spectrum
+    assert diff_speed["best"]["diff"] > 0 and diff_speed["spectra"] > 0 and "low-rank" in diff_speed["forms"]
     for heading in ("numpy / PyTorch", "numpy / onnxruntime", "## Load to first logits", "## Documents and diff", "not in --quick"):
         assert heading in run.stdout

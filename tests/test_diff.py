@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tracemalloc
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
 from eqcompile.cli import main
-from eqcompile.diff import compare, delta, render
+from eqcompile.diff import compare, delta, render, spectrum
 from eqcompile.emit.files import write_safetensors
 from eqcompile.emit.text import tex_code
 from eqcompile.errors import TeXError
@@ -382,12 +383,14 @@ def test_exact_spectrum_matches_numpy_svd():
     assert d.norm == pytest.approx(np.sqrt(np.sum(sigma**2)), rel=1e-9)
 
 
-def test_randomized_spectrum_agrees_with_the_exact_one(monkeypatch):
+def test_randomized_spectrum_agrees_with_the_exact_one():
+    """--full-spectrum's randomized SVD (float64, two power iterations) against the exact spectrum."""
     before, after = low_rank_plus_rounding(400, 300, rank=5, seed=1)
-    exact = delta.measure(before, after)
-    monkeypatch.setattr(delta, "EXACT_MAX_SIDE", 100)
-    randomized = delta.measure(before, after)
-    assert randomized.spectrum.method == "randomized" and randomized.spectrum.computed == delta.SKETCH_RANK
+    exact = delta.measure(before, after, setting=spectrum.FULL)
+    sketched = replace(spectrum.FULL, exact_max_side=100)
+    randomized = delta.measure(before, after, setting=sketched)
+    assert exact.spectrum.method == "exact"
+    assert randomized.spectrum.method == "randomized" and randomized.spectrum.computed == sketched.rank
     assert randomized.form == "low-rank" and randomized.spectrum.numerical_rank == 5
     assert randomized.spectrum.rank_99 == exact.spectrum.rank_99
     assert randomized.spectrum.top == pytest.approx(exact.spectrum.top, rel=1e-8)
@@ -395,10 +398,36 @@ def test_randomized_spectrum_agrees_with_the_exact_one(monkeypatch):
 
     rng = np.random.default_rng(2)  # a full-rank update: the sketch only bounds the ranks
     full = before + (1e-3 * rng.standard_normal(before.shape)).astype(np.float32)
-    bounded = delta.measure(before, full).spectrum
-    assert bounded.rank_is_bound and bounded.numerical_rank == delta.SKETCH_RANK and bounded.rank_99 is None
+    bounded = delta.measure(before, full, setting=sketched).spectrum
+    assert bounded.rank_is_bound and bounded.numerical_rank == sketched.rank and bounded.rank_99 is None
     # a flat spectrum converges slowly under power iterations: σ_1 is known to a few parts in 1e3
     assert bounded.top == pytest.approx(np.linalg.norm(full.astype(np.float64) - before, 2), rel=1e-2)
+
+
+def test_the_default_float32_spectrum_against_numpys_exact_svd():
+    """The default sketch (top 32 in float32, one power iteration) on 600 x 400 matrices, above the
+    exact side of 256: a rank-8 update exactly, a decaying spectrum (σ_i ∝ i^-1/2, like training)
+    to 2e-3 in σ_1, a flat one (noise) as a lower bound within 15%; the same forms as --full-spectrum."""
+    rng = np.random.default_rng(0)  # seeds 0-2 measured: σ_1 within 2e-8, 8.5e-4, and 0.89-0.91 of exact
+    rows, cols = 600, 400
+    before = (0.02 * rng.standard_normal((rows, cols))).astype(np.float32)
+    left, right = (np.linalg.qr(rng.standard_normal((side, cols)))[0] for side in (rows, cols))
+    updates = {"rank-8": (0.01 * rng.standard_normal((rows, 8)) @ rng.standard_normal((8, cols)), 1e-7),
+               "decaying": ((left * (1e-2 / np.sqrt(np.arange(1, cols + 1)))) @ right.T, 2e-3),
+               "noise": (1e-3 * rng.standard_normal((rows, cols)), None)}
+    for name, (update, tolerance) in updates.items():
+        after = (before + update).astype(np.float32)
+        sigma = np.linalg.svd(after.astype(np.float64) - before, compute_uv=False)
+        fast, full = (delta.measure(before, after, setting=s) for s in (spectrum.FAST, spectrum.FULL))
+        s = fast.spectrum
+        assert s.method == "randomized" and s.computed == spectrum.FAST.rank and full.spectrum.method == "exact"
+        assert fast.form == full.form, name
+        if tolerance is None:  # a flat spectrum: power iterations converge slowly, from below
+            assert 0.85 * sigma[0] <= s.top <= sigma[0] * (1 + 1e-6), (name, s.top / sigma[0])
+        else:
+            assert s.top == pytest.approx(sigma[0], rel=tolerance), name
+    low_rank = delta.measure(before, (before + updates["rank-8"][0]).astype(np.float32)).spectrum
+    assert low_rank.numerical_rank == 8 and low_rank.rank_99 <= 8 and not low_rank.rank_is_bound
 
 
 def test_vectors_and_integer_tensors():
@@ -411,6 +440,26 @@ def test_vectors_and_integer_tensors():
     ids = np.arange(12).reshape(3, 4)
     assert delta.measure(ids, ids.copy(), ("I64", "I64")).form == "identical"
     assert delta.measure(ids, ids + 1, ("I64", "I64")).rounding_units is None
+
+
+def test_bytes_are_compared_past_the_first_chunk_and_blas_threads_are_restored(tmp_path):
+    """A tensor of 2.4 MB (three 1 MiB chunks) that differs only in its last element is changed;
+    the worker threads' limit of one BLAS thread each is lifted afterwards, also after an error."""
+    import threadpoolctl
+    weights = np.random.default_rng(0).standard_normal((600, 1000)).astype(np.float32)
+    moved = weights.copy()
+    moved[-1, -1] += 1
+    for name, value in (("a", weights), ("same", weights), ("moved", moved)):
+        save_file({"w": value}, str(tmp_path / f"{name}.safetensors"))
+    threads = [pool["num_threads"] for pool in threadpoolctl.threadpool_info()]
+    same = compare(tmp_path / "a.safetensors", tmp_path / "same.safetensors")
+    different = compare(tmp_path / "a.safetensors", tmp_path / "moved.safetensors")
+    (changed,) = different.changed_weights
+    assert same.identical and changed.delta.max_abs == pytest.approx(1, rel=1e-6)
+    assert "moments" not in same.seconds and {"structure", "same bytes", "moments"} <= set(different.seconds)
+    with pytest.raises(Exception):
+        compare(tmp_path / "a.safetensors", tmp_path / "missing.safetensors")
+    assert [pool["num_threads"] for pool in threadpoolctl.threadpool_info()] == threads
 
 
 def test_primed_symbols():

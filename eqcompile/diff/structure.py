@@ -36,8 +36,12 @@ class Slot:
 
 def slots(program: Program) -> dict[str, Slot]:
     """Every parameter of every layer, by key, in the order the model uses them."""
+    shapes = {}  # one sympy substitution per symbol, not per layer
+    for b in program.bindings():
+        if b.param.symbol not in shapes:
+            shapes[b.param.symbol] = program.numeric_shape(b.param.symbol)
     return {b.key: Slot(b.key, b.param.name, b.stage.name, None if b.layer is None else b.layer + 1, b.latex,
-                        b.param.latex_at("l"), b.source, program.numeric_shape(b.param.symbol))
+                        b.param.latex_at("l"), b.source, shapes[b.param.symbol])
             for b in program.bindings()}
 
 
