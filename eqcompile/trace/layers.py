@@ -16,24 +16,20 @@ from .naming import module_path
 from .statics import mask_kind, rotary_kind
 
 
-def varying_statics(context, layers: list, signatures: list) -> dict:
+def varying_statics(context, layers: list, signatures: list, shapes: list) -> dict:
     """Layer 0's static inputs that other layers replace by their own -> that input in every layer.
-    Any other difference between two layers refuses the model, naming where."""
+    ``shapes``: the signatures with every static input alike; any difference there refuses the model."""
     varying: dict = {}
-    for index, (nodes, signature) in enumerate(zip(layers, signatures)):
-        if len(signature) != len(signatures[0]):
-            _refuse(index, layers[index][min(len(signature), len(signatures[0])) - 1])
+    for index, (nodes, signature, shape) in enumerate(zip(layers, signatures, shapes)):
+        if shape != shapes[0]:
+            first = next((i for i, (a, b) in enumerate(zip(shape, shapes[0])) if a != b),
+                         min(len(shape), len(shapes[0])) - 1)
+            _refuse(index, nodes[first])
         for first, node, a, b in zip(layers[0], nodes, signatures[0], signature):
-            if a == b:
-                continue
-            if a[0] != b[0]:
-                _refuse(index, node)
-            for x, y in zip(_flat((first.args, first.kwargs)), _flat((node.args, node.kwargs))):
-                if x is y or x == y:
-                    continue
-                if x not in context.static or y not in context.static:
-                    _refuse(index, node)
-                varying.setdefault(x, [x] * len(layers))[index] = y
+            if a != b:
+                for x, y in zip(_flat((first.args, first.kwargs)), _flat((node.args, node.kwargs))):
+                    if x is not y and x in context.static:
+                        varying.setdefault(x, [x] * len(layers))[index] = y
     return varying
 
 
@@ -41,7 +37,7 @@ def _refuse(index: int, node):
     from .lower import op_name
 
     raise UnsupportedArchitecture(f"layer {index} differs from layer 0 at {op_name(node)} ({module_path(node)}) "
-                                  "in more than a mask or rotary table: the layers cannot be stated as one block")
+                                  "beyond a mask or rotary table: the layers cannot be stated as one block")
 
 
 def _flat(value) -> list:

@@ -17,6 +17,7 @@ from ..errors import UnsupportedArchitecture
 from ..ops import (GELU, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
                    ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Tanh, d_head,
                    n_head, n_kv_head)
+from .eager import EagerPatterns
 from .naming import Names, module_path
 from .statics import positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
@@ -31,7 +32,7 @@ def op_name(node) -> str:
     return getattr(node.target, "__name__", str(node.target)).split(".")[0]
 
 
-class StageLowering:
+class StageLowering(EagerPatterns):
     """Lowers one section of the graph into a stage's equations (``names`` collects them)."""
 
     def __init__(self, context, names: Names, values: dict):

@@ -146,9 +146,10 @@ def _boundary(nodes: list, static: set) -> tuple:
     return inputs.pop(), outputs[0]
 
 
-def _signature(context: Context, nodes: list, index: int, parameters: dict) -> list:
+def _signature(context: Context, nodes: list, index: int, parameters: dict, statics: bool = True) -> list:
     """The layer's ops with their arguments: nodes by position in the layer, weights by their name
-    with the layer number taken out, static inputs by name, the incoming stream as "input"."""
+    with the layer number taken out, static inputs by name (by "static" alone unless ``statics``),
+    the incoming stream as "input"."""
     position = {node: i for i, node in enumerate(nodes)}
     marker = f".{context.exported.layers_path}.{index}."
     memo: dict = {}
@@ -170,7 +171,9 @@ def _signature(context: Context, nodes: list, index: int, parameters: dict) -> l
                 return ("local", position[arg])
             if arg.name in parameters:
                 return ("weight", parameters[arg.name].replace(marker, ".{layer}."))
-            return static(arg) if arg in context.static else ("input",)
+            if arg in context.static:
+                return static(arg) if statics else ("static",)
+            return ("input",)
         if isinstance(arg, (list, tuple)):
             return tuple(describe(a) for a in arg)
         return repr(arg)
@@ -204,7 +207,9 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
     before, layers, after = _sections(context)
     state = exported.program.graph_signature.inputs_to_parameters
     signatures = [_signature(context, nodes, index, state) for index, nodes in enumerate(layers)]
-    context.varying = varying_statics(context, layers, signatures)
+    context.varying = varying_statics(context, layers, signatures,
+                                      [_signature(context, nodes, index, state, statics=False)
+                                       for index, nodes in enumerate(layers)])
     context.templates = _layer_templates(context, layers)
 
     values: dict = {}
