@@ -20,7 +20,7 @@ class LayerValue(sp.Function):
         return tuple(self.args[1])
 
     def _latex(self, printer, exp=None):
-        text = rf"{printer._print(self.args[0])}^{{({printer._print(self.args[2])})}}"
+        text = rf"{{{printer._print(self.args[0])}^{{({printer._print(self.args[2])})}}}}"  # braced: a base too
         return rf"\left({text}\right)^{{{printer._print(exp)}}}" if exp is not None else text
 
     def _numpycode(self, printer):  # the emitted block takes the layer l (1-based)

@@ -66,10 +66,15 @@ class EagerPatterns:
             return NotImplemented
         return Stream(sp.sqrt(d_model) * x.expr)
 
+    def _pow(self, node, x, exponent):  # Gemma-3's q/k norms, after the heads are split off
+        return Partial("square", (x,)) if isinstance(x, Heads) and x.whole and exponent == 2 else NotImplemented
+
     def _offset_rms_norm(self, node, weight: Weight, x, eps):
         gain, eps = self.names.norm_weights(weight, None, node)[0], self.names.epsilon(eps)
         if isinstance(x, Stream):
             return Stream(RMSNorm(x.expr, UnitOffset(gain), eps))
+        if isinstance(x, Heads):
+            return Heads(HeadRMSNorm(x.base, UnitOffset(gain), eps, d_head), x.heads, x.width, 0, x.width)
         return SplitRows(HeadRMSNorm(x.base, UnitOffset(gain), eps, d_head), x.heads, x.width)
 
     # attention, written out --------------------------------------------------------------------

@@ -80,7 +80,7 @@ class PerLayer:
             return SlidingWindowMask(scores, names.window(kinds[0][1]))
         names.window(self.window)
         sizes = [self.window if kind == "window" else sp.oo for kind, _ in kinds]
-        self._state("w", "attention window", sizes, {self.window: "sliding-window", sp.oo: "global"})
+        self._state("attention window", sizes, {self.window: "sliding-window", sp.oo: "global"})
         return SlidingWindowMask(scores, layer_value(window, sizes, layer))
 
     def rotary_kind(self, node, width: int) -> str | None:
@@ -97,17 +97,17 @@ class PerLayer:
         """The rotary base: b, or b^(l) when the layers' bases differ (Gemma-3's local and global layers)."""
         bases = getattr(self, "layer_bases", None)
         if bases and len(set(bases)) > 1:
-            self._state("b", "rotary base", bases, {})
+            self._state("rotary base", bases, {})
             return layer_value(rope_theta, bases, layer)
         return self.constant(rope_theta, self.rope_base)
 
-    def _state(self, symbol: str, what: str, values: list, kinds: dict):
+    def _state(self, what: str, values: list, kinds: dict):
         groups: dict = {}
         for index, value in enumerate(values, start=1):
             groups.setdefault(value, []).append(str(index))
         parts = [f"{'unbounded' if value == sp.oo else f'{value:g}'} in layer{'s' if len(ls) > 1 else ''} "
                  f"{', '.join(ls)}" + (f" ({kinds[value]} attention)" if value in kinds else "")
                  for value, ls in groups.items()]
-        note = f"The {what} {symbol}^(l) differs between layers: " + "; ".join(parts) + "."
+        note = f"The {what} differs between layers: " + "; ".join(parts) + "."
         if note not in self.notes:
             self.notes.append(note)

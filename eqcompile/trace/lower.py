@@ -18,6 +18,7 @@ from ..ops import (GELU, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, 
                    ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Tanh, d_head,
                    n_head, n_kv_head)
 from .eager import EagerPatterns
+from .moe import MoEPatterns
 from .naming import Names, module_path
 from .statics import positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
@@ -32,7 +33,7 @@ def op_name(node) -> str:
     return getattr(node.target, "__name__", str(node.target)).split(".")[0]
 
 
-class StageLowering(EagerPatterns):
+class StageLowering(EagerPatterns, MoEPatterns):
     """Lowers one section of the graph into a stage's equations (``names`` collects them)."""
 
     def __init__(self, context, names: Names, values: dict):
@@ -257,6 +258,8 @@ class StageLowering(EagerPatterns):
         return NotImplemented
 
     def _chunk(self, node, x, chunks, dim=0):
+        if not isinstance(x, (Heads, Stream)):
+            return NotImplemented
         rank = len(node.args[0].meta["val"].shape)
         width = x.stop - x.start if isinstance(x, Heads) else int(node.args[0].meta["val"].shape[-1])
         if dim not in (-1, rank - 1) or width % chunks:

@@ -9,7 +9,7 @@ import re
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from ..arch.common import param, seq
+from ..arch.common import layer, param, seq
 from ..ops import LayerNorm, Linear, MergeHeads, RMSNorm, RotaryFrequencies, Softmax, epsilon, window
 from ..ops.partial_rope import d_rot
 from ..ops.attention import d_head
@@ -166,7 +166,7 @@ class Names:
         theta = MatrixSymbol("theta", 1, size / 2)
         if not any(eq.lhs == theta for eq in self.prelude):
             self.prelude.append(Equation(theta, RotaryFrequencies(base, size)))
-            self.latex["theta"] = r"\theta"
+            self.latex["theta"] = self._superscript(r"\theta") if base.has(layer) else r"\theta"
         return theta
 
     def cache(self, keys, values):

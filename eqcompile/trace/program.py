@@ -19,6 +19,7 @@ from ..load import Checkpoint
 from ..ops import d_head, n_head, n_kv_head
 from ..ops.partial_rope import d_rot
 from ..ops.per_layer import LayerValue
+from ..ops.moe import MOE_LATEX
 from ..ops.softcap import CAP_LATEX
 from ..program import Program, Stage
 from .export import Exported
@@ -29,8 +30,8 @@ from .layers import PerLayer, varying_statics
 from .statics import Evaluator, static_nodes
 from .values import Stream, Tokens, Weight
 
-DIM_LATEX = {**DIM_LATEX, d_rot: r"d_{\mathrm{rot}}", **CAP_LATEX}
-DIM_PYTHON = {**DIM_PYTHON, d_rot: "d_rot", **{symbol: symbol.name for symbol in CAP_LATEX}}
+DIM_LATEX = {**DIM_LATEX, d_rot: r"d_{\mathrm{rot}}", **CAP_LATEX, **MOE_LATEX}
+DIM_PYTHON = {**DIM_PYTHON, d_rot: "d_rot", **{symbol: symbol.name for symbol in (*CAP_LATEX, *MOE_LATEX)}}
 IGNORED = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 
 
