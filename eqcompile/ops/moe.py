@@ -84,7 +84,7 @@ class MixtureOfExperts(MatrixOp):
         gate, up, down = (sp.IndexedBase(rf"W_{{\mathrm{{{name}}}}}") for name in ("gate", "up", "down"))
         silu_of = sp.Function(r"\operatorname{SiLU}")
         return [
-            (cls(X, W_r, top_k, sp.Tuple())[i, j], sp.Sum(w[i, k] * E[chosen[i, k], i, j], (k, 1, top_k))),
+            (sp.IndexedBase("Y")[i, j], sp.Sum(w[i, k] * E[chosen[i, k], i, j], (k, 1, top_k))),
             (w[i, k], p[i, chosen[i, k]] / sp.Sum(p[i, chosen[i, u]], (u, 1, top_k))),
             (p[i, e], sp.exp((X * W_r)[i, e]) / sp.Sum(sp.exp((X * W_r)[i, u]), (u, 1, n_experts))),
             (E[e, i, j], sp.Sum(silu_of(sp.Sum(X[i, k] * gate[e, k, f], (k, 1, m)))
