@@ -54,7 +54,8 @@ def make_checkpoint(folder: Path, name: str, seed: int = 0, **overrides) -> Path
     return folder
 
 
-@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=() if name == "gemma2" else pytest.mark.slow)
+                                        for name in ARCHITECTURES])  # each costs about a minute
 def traced(request, tmp_path_factory):
     """(name, checkpoint folder, compiled model, emitted module, transformers' model)."""
     folder = make_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", request.param)
@@ -84,14 +85,43 @@ def test_greedy_generation_matches_transformers(traced):
     assert module.generate(prompt, 16, seed=0, temperature=0) == expected[0, len(prompt):].tolist(), name
 
 
-@pytest.mark.parametrize("level", ["model", "layer", "index"])
-def test_latex_at_every_level_and_stats(traced, level):
-    name, folder, _, _, _ = traced
-    result = CliRunner().invoke(main, [str(folder), "--latex", "--level", level])
-    assert result.exit_code == 0, result.output
-    if level == "layer" and name.startswith("gemma"):
-        assert r"\operatorname{mask}_{w^{(l)}}" in result.stdout  # one block, the window per layer
-        assert r"\operatorname{cap}_{c_{\mathrm{final}}}" in result.stdout
-        assert r"\left(1 + \gamma_{1}^{(l)}\right)" in result.stdout
-    result = CliRunner().invoke(main, ["stats", str(folder)])
-    assert result.exit_code == 0, result.output
+def test_latex_at_every_level_and_stats(traced):
+    name, _, compiled, _, _ = traced
+    for level in ("model", "layer", "index"):
+        assert compiled.latex(level=level)
+    layer = compiled.latex(level="layer")
+    if name.startswith("gemma"):
+        assert r"\operatorname{mask}_{{w^{(l)}}}" in layer  # one block, the window per layer
+        assert r"\operatorname{cap}_{c_{\mathrm{final}}}" in layer
+        assert r"\left(1 + \gamma_{1}^{(l)}\right)" in layer
+        assert "6 in layers 1, 3 (sliding-window attention); unbounded in layers 2, 4 (global attention)" in layer
+    if name == "gemma3":
+        assert r"\theta^{(l)} &= \left({\theta_{\mathrm{base}}^{(l)}}^{" in layer  # the rotary base per layer
+    if name == "mixtral":
+        assert r"\operatorname{MoE}_{K}\left(\tilde{H}^{(l)};\, W_{r}^{(l)}, E_{1}, \dots, E_{4}\right)" in layer
+        sources = {p.name: p.source.name for p in compiled.program.stages[1].params}
+        assert sources["W_up_2"] == "model.layers.{layer}.block_sparse_moe.experts.1.w3.weight"
+    assert compiled.stats().operations
+
+
+def test_cli_latex_and_stats(traced):
+    _, folder, _, _, _ = traced
+    for arguments in ([str(folder), "--latex", "--level", "index"], ["stats", str(folder)]):
+        result = CliRunner().invoke(main, arguments)
+        assert result.exit_code == 0, result.output
+
+
+def test_per_layer_windows_expand_literally(tmp_path):
+    """--expand of a tiny Gemma-2 past its window: the counts of the built expansion equal the
+    analytic ones layer by layer (a global layer keeps more scores), and the pure-Python module
+    computes what the float64 numpy module computes."""
+    from eqcompile.stats import operation_counts
+
+    tiny = dict(vocab_size=8, hidden_size=8, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=4, max_position_embeddings=6, sliding_window=2)
+    model = eqcompile.compile(make_checkpoint(tmp_path / "ckpt", "gemma2", **tiny))
+    assert model.expand(seq=4).operations() == operation_counts(model.program, 4)
+    literal = import_module(model.to_python(tmp_path / "literal", expand=True, seq=4), "gemma2_literal")
+    numpy64 = import_module(model.to_python(tmp_path / "numpy", dtype="float64"), "gemma2_numpy64")
+    tokens = [3, 1, 7, 2]
+    np.testing.assert_allclose(np.array(literal.forward(tokens)), numpy64.forward(tokens), atol=1e-6, rtol=0)

@@ -86,7 +86,8 @@ class MixtureOfExperts(MatrixOp):
         return [
             (sp.IndexedBase("Y")[i, j], sp.Sum(w[i, k] * E[chosen[i, k], i, j], (k, 1, top_k))),
             (w[i, k], p[i, chosen[i, k]] / sp.Sum(p[i, chosen[i, u]], (u, 1, top_k))),
-            (p[i, e], sp.exp((X * W_r)[i, e]) / sp.Sum(sp.exp((X * W_r)[i, u]), (u, 1, n_experts))),
+            (p[i, e], sp.exp(sp.Sum(X[i, k] * W_r[k, e], (k, 1, m)))
+             / sp.Sum(sp.exp(sp.Sum(X[i, k] * W_r[k, u], (k, 1, m))), (u, 1, n_experts))),
             (E[e, i, j], sp.Sum(silu_of(sp.Sum(X[i, k] * gate[e, k, f], (k, 1, m)))
                                 * sp.Sum(X[i, k] * up[e, k, f], (k, 1, m)) * down[e, f, j], (f, 1, sp.Symbol("F")))),
         ]
