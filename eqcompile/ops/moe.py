@@ -8,6 +8,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
+from ..errors import UnsupportedArchitecture
 from .activation import SiLU, silu
 from .attention import softmax
 from .base import MatrixOp, count_operations, i, j, k, m, n, ops
@@ -63,7 +64,8 @@ class MixtureOfExperts(MatrixOp):
                f"{printer._print(self.args[2])}, ({experts},))"
 
     def explicit(self, ev):
-        raise NotImplementedError("a mixture of experts chooses its experts by their values: no literal expansion")
+        raise UnsupportedArchitecture("--expand: a mixture of experts chooses its experts by their values, "
+                                      "so it has no literal expansion")
 
     def cost(self, ev):  # per row: the router, the choice, K experts, their weighted sum
         rows, width = ev.size(self.arg)

@@ -20,7 +20,10 @@ class EagerPatterns:
     """Handlers for written-out attention and Gemma's scalings (``self`` is a StageLowering)."""
 
     def _to(self, node, x, *args, **kwargs):  # a norm's gain, read in float32
-        return x if isinstance(x, Weight) else NotImplemented
+        import torch
+
+        dtype = kwargs.get("dtype", next((a for a in args if isinstance(a, torch.dtype)), None))
+        return x if isinstance(x, Weight) and dtype == torch.float32 else NotImplemented
 
     def _add(self, node, a, b, alpha=1):
         if isinstance(a, Weight) and b == 1.0:  # Gemma's gain 1 + w

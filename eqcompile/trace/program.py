@@ -89,7 +89,8 @@ class Context(PerLayer):
 
     def evaluate(self, node, n: int):
         value = self.evaluator.array(node, n)
-        if any(not np.array_equal(value, self.evaluator.array(other, n)) for other in self.per_layer(node)):
+        if node in self.varying and any(not np.array_equal(value, self.evaluator.array(other, n))
+                                        for other in self.varying[node]):
             raise UnsupportedArchitecture(f"a table at {module_path(next(iter(node.users)))} differs between layers")
         return value
 
