@@ -37,7 +37,9 @@ class MixtureOfExperts(MatrixOp):
 
     summary_latex = (r"Mixture of experts: each row $x$ goes through the $K$ experts its router ranks highest, "
                      r"$y = \sum_{k \le K} w_k(x) E_{i_k(x)}(x)$ with $(w, i) = \operatorname{topk}_K"
-                     r"(\operatorname{softmax}(x W_r))$, $w$ renormalised to sum to 1.")
+                     r"(\operatorname{softmax}(x W_r))$, $w$ renormalised to sum to 1, and expert $e$ "
+                     r"$E_e(x) = (\operatorname{SiLU}(x W_{\mathrm{gate},e}) \odot x W_{\mathrm{up},e}) "
+                     r"W_{\mathrm{down},e}$.")
     numpy_functions = (softmax, silu, mixture_of_experts)
 
     @property
