@@ -14,6 +14,7 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .ops import Embed, MatrixOp, Softmax, is_per_head, n_head
 from .ops.base import Cost
+from .ops.per_layer import LayerValue
 from .program import Program
 
 CHARS_PER_OPERATION = 32  # LaTeX characters per operation of the literal equation (measured: see tests)
@@ -74,11 +75,15 @@ def operation_counts(program: Program, seq: int) -> Cost:
     masked = {eq.lhs: eq.rhs.arg for stage in program.stages for eq in stage.equations
               if isinstance(eq.rhs, Softmax) and hasattr(eq.rhs.arg, "kept")}
     for stage in program.stages:
-        ev = _CostEvaluator(numbers | {symbol: 1 for symbol in stage.layer_symbols}, masked,
-                            {program.positions, *program.input_defaults})
-        for eq in stage.equations:
-            cost = ev.cost(eq.rhs) * (stage.layers or 1)
-            total += cost * int(ev.number(n_head)) if is_per_head(eq.rhs) else cost
+        # a layer's window may change what its mask keeps (Gemma): then each layer is counted
+        layers = [{symbol: number for symbol in stage.layer_symbols} for number in range(1, stage.layers + 1)] \
+            if stage.layer_symbols and any(eq.rhs.has(LayerValue) for eq in stage.equations) else [None]
+        for values in layers:
+            ev = _CostEvaluator(numbers | (values or {symbol: 1 for symbol in stage.layer_symbols}), masked,
+                                {program.positions, *program.input_defaults})
+            for eq in stage.equations:
+                cost = ev.cost(eq.rhs) * (1 if values else stage.layers or 1)
+                total += cost * int(ev.number(n_head)) if is_per_head(eq.rhs) else cost
     return total
 
 

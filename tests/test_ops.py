@@ -16,6 +16,8 @@ from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows,
                            ReLU, RMSNorm, RoPE, RotaryFrequencies, Sigmoid, SiLU, SlidingWindowMask, Softmax,
                            SplitHeads, Standardise, RMSScale, Tanh, d_head, epsilon, n_head, n_kv_head, window)
 from eqcompile.ops.activation import erf
+from eqcompile.ops.moe import MixtureOfExperts, top_k
+from eqcompile.ops.softcap import SoftCap, UnitOffset, attention_cap
 from eqcompile.ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 
 n, d = sp.symbols("n d", integer=True, positive=True)
@@ -40,6 +42,8 @@ def example(op):
         PaddingMask: PaddingMask(S, mask), MeanPool: MeanPool(X, mask),
         PartialRoPE: PartialRoPE(X, theta, t, d_head), HeadRMSNorm: HeadRMSNorm(X, g, epsilon, d_head),
         Standardise: Standardise(X, epsilon), RMSScale: RMSScale(X, epsilon),
+        SoftCap: SoftCap(S, attention_cap), UnitOffset: UnitOffset(g),
+        MixtureOfExperts: MixtureOfExperts(X, W, top_k, sp.Tuple(sp.Tuple(W, W, W))),
     }.get(op) or op(X)
 
 
@@ -74,6 +78,10 @@ GOLDEN = {
     HeadRMSNorm: (r"\operatorname{RMSNorm}_{h}\left(X;\, \gamma\right)", "head_rms_norm(X, gamma, eps, d_head)"),
     Standardise: (r"\operatorname{norm}_{\mathrm{LN}}\left(X\right)", "standardise(X, eps)"),
     RMSScale: (r"\operatorname{norm}_{\mathrm{RMS}}\left(X\right)", "rms_scale(X, eps)"),
+    SoftCap: (r"\operatorname{cap}_{c_{attn}}\left(S\right)", "soft_cap(S, c_attn)"),
+    UnitOffset: (r"\left(1 + \gamma\right)", "unit_offset(gamma)"),
+    MixtureOfExperts: (r"\operatorname{MoE}_{K}\left(X;\, W, E_{1}, \dots, E_{1}\right)",
+                       "mixture_of_experts(X, W, K, ((W, W, W),))"),
 }
 
 

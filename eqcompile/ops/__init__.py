@@ -13,12 +13,15 @@ from .pooling import MeanPool
 from .partial_rope import PartialRoPE, d_rot
 from .head_norm import HeadRMSNorm
 from .norm_core import RMSScale, Standardise
+from .softcap import SoftCap, UnitOffset
+from .moe import MixtureOfExperts
 
 __all__ = [
     "Embed", "FirstRows", "Linear", "LayerNorm", "RMSNorm", "Softmax", "CausalMask",
     "SplitHeads", "MergeHeads", "GELUTanh", "GELU", "ReLU", "Sigmoid", "SiLU", "QuickGELU", "Tanh",
     "RoPE", "RotaryFrequencies", "Llama3Frequencies", "GroupedHeads", "SlidingWindowMask",
-    "PaddingMask", "MeanPool", "PartialRoPE", "HeadRMSNorm", "Standardise", "RMSScale",
+    "PaddingMask", "MeanPool", "PartialRoPE", "HeadRMSNorm", "Standardise", "RMSScale", "SoftCap", "UnitOffset",
+    "MixtureOfExperts",
 ]
 OPS: tuple[type[MatrixOp], ...] = tuple(globals()[name] for name in __all__)
 ACTIVATIONS: tuple[type[Activation], ...] = tuple(op for op in OPS if issubclass(op, Activation))

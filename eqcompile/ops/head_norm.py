@@ -51,7 +51,8 @@ class HeadRMSNorm(MatrixOp):
     def cost(self, ev):  # RMSNorm's cost per head
         rows, cols = ev.size(self.arg)
         width = int(ev.number(self.args[3]))
-        return ev.cost(self.arg) + ops(mul=3 * width + 1, add=width, sqrt=1, div=1) * (rows * (cols // width))
+        per_head = ops(mul=3 * width + 1, add=width, sqrt=1, div=1) + ev.cost(self.args[1])  # a gain 1 + γ: per head
+        return ev.cost(self.arg) + per_head * (rows * (cols // width))
 
     @classmethod
     def definition(cls):  # column j of head h is column (h - 1) d_head + j of the row

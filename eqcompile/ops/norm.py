@@ -110,7 +110,8 @@ class RMSNorm(MatrixOp):
 
     def cost(self, ev):
         rows, width = ev.size(self.arg)
-        return ev.cost(self.arg) + ops(mul=3 * width + 1, add=width, sqrt=1, div=1) * rows
+        # a computed gain (1 + γ) is written out in every row
+        return ev.cost(self.arg) + (ops(mul=3 * width + 1, add=width, sqrt=1, div=1) + ev.cost(self.args[1])) * rows
 
     @classmethod
     def definition(cls):

@@ -5,6 +5,8 @@ transformers builds it as ``kv_idx > q_idx - sliding_window`` and ``kv_idx <= q_
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
@@ -19,6 +21,12 @@ def sliding_window_mask(s, window):  # [..., n, m]: query i (the last n of m) se
     n, m = s.shape[-2:]
     behind = np.arange(m - n, m)[:, None] - np.arange(m)[None, :]  # i - j
     return np.where((behind < 0) | (behind >= window), -np.inf, s)
+
+
+def _width(ev, window) -> int | float:
+    """The window's value; infinite on a global layer of a model whose layers alternate (Gemma)."""
+    value = ev.number(window)
+    return math.inf if value == sp.oo else int(value)
 
 
 class SlidingWindowMask(MatrixOp):
@@ -43,14 +51,14 @@ class SlidingWindowMask(MatrixOp):
         return [(self.arg, grad)]
 
     def explicit(self, ev):  # scores outside the window are never computed: they are minus infinity
-        scores, width = ev.value(self.arg), int(ev.number(self.window))
+        scores, width = ev.value(self.arg), _width(ev, self.window)
         offset = scores.cols - scores.rows  # the queries are the last rows of the keys
         return sp.Matrix(scores.rows, scores.cols, lambda r, c: scores[r, c]
                          if 0 <= r + offset - c < width else -sp.oo)
 
     def kept(self, ev) -> int:  # the last rows of the keys are the queries
         rows, cols = ev.size(self)
-        width = int(ev.number(self.window))
+        width = _width(ev, self.window)
         return sum(min(width, cols - rows + r + 1) for r in range(rows))
 
     def cost(self, ev):

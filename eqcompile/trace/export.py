@@ -4,12 +4,13 @@ sequence length, and the checkpoint names of its parameters."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import ConfigError, UnsupportedArchitecture
 from ..load import Checkpoint
+from .moe import stacked_names
 
 EXAMPLE_LENGTH = 4  # export needs an example of >= 2 tokens for a dynamic length
 ALLOCATE_BELOW = 256 * 2**20  # bytes of weights: smaller models are exported with (random) weights allocated
@@ -23,6 +24,22 @@ class Exported:
     buffers: dict[str, object]  # graph placeholder -> buffer tensor (real values, e.g. inv_freq)
     layers_path: str  # "gpt_neox.layers": the ModuleList of the blocks
     layers: int
+    # a fused experts' parameter (its first tensor's name) -> per expert, the tensors it stacks (Mixtral)
+    stacked: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+
+
+def implementations(config) -> dict[str, str]:
+    """How transformers is asked to build the model: attention through torch's sdpa where the class
+    offers it, else written out ("eager": Gemma-2, whose soft-capped scores sdpa cannot take); a
+    mixture of experts as one batched product per chosen expert ("batched_mm": the experts' fused
+    weights indexed by the router's choice, which export traces without data-dependent loops)."""
+    import transformers
+
+    model_class = transformers.AutoModelForCausalLM._model_mapping.get(type(config), None)
+    options = {"attn_implementation": "sdpa" if getattr(model_class, "_supports_sdpa", True) else "eager"}
+    if model_class is not None and model_class._can_set_experts_implementation():
+        options["experts_implementation"] = "batched_mm"
+    return options
 
 
 def _model(checkpoint: Checkpoint, empty: bool):
@@ -39,12 +56,12 @@ def _model(checkpoint: Checkpoint, empty: bool):
             from accelerate import init_empty_weights  # keeps buffers (rotary inv_freq) real
 
             with init_empty_weights():
-                model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+                model = transformers.AutoModelForCausalLM.from_config(config, **implementations(config))
         else:
-            model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+            model = transformers.AutoModelForCausalLM.from_config(config, **implementations(config))
     except (ValueError, KeyError, TypeError) as e:
         reason = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
-        raise UnsupportedArchitecture(f"transformers cannot build it with torch's sdpa attention: {reason}") from None
+        raise UnsupportedArchitecture(f"transformers cannot build it: {reason}") from None
     return model.to(torch.float32).eval()
 
 
@@ -73,6 +90,8 @@ def export_checkpoint(checkpoint: Checkpoint) -> Exported:
     size = sum(info.nbytes for info in checkpoint.tensors.values())
     model = _model(checkpoint, empty=size > ALLOCATE_BELOW)
     names = _checkpoint_names(model, checkpoint)
+    stacked = stacked_names(model, names)
+    names.update({name: parts[0][0] for name, parts in stacked.items()})
     missing = [name for name, _ in model.named_parameters() if name not in names]
     if missing:
         raise UnsupportedArchitecture(f"the checkpoint's tensors are not those of transformers' "
@@ -98,7 +117,8 @@ def export_checkpoint(checkpoint: Checkpoint) -> Exported:
     buffers.update({placeholder: program.constants[name]
                     for placeholder, name in signature.inputs_to_lifted_tensor_constants.items()})
     path, layers = _layer_list(model)
-    return Exported(program, model, parameters, buffers, path, layers)
+    return Exported(program, model, parameters, buffers, path, layers,
+                    {parts[0][0]: parts for parts in stacked.values()})
 
 
 def _checkpoint_names(model, checkpoint: Checkpoint) -> dict[str, str]:
@@ -146,8 +166,9 @@ def reference_forward(checkpoint: Checkpoint, dtype: str = "float32"):
     transformers.utils.logging.disable_progress_bar()
     if checkpoint.folder is None:
         raise ConfigError("the traced reference needs the checkpoint's folder (config.json beside the weights)")
+    config = transformers.AutoConfig.from_pretrained(checkpoint.folder)
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=getattr(torch, dtype),
-                                                              attn_implementation="sdpa").eval()
+                                                              **implementations(config)).eval()
 
     def forward(tokens: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -14,11 +14,13 @@ from sympy import HadamardProduct
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import UnsupportedArchitecture
-from ..ops import (GELU, CausalMask, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
-                   ReLU, RMSNorm, RoPE, Sigmoid, SiLU, SlidingWindowMask, Softmax, SplitHeads, Tanh, d_head,
+from ..ops import (GELU, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
+                   ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Tanh, d_head,
                    n_head, n_kv_head)
+from .eager import EagerPatterns
+from .moe import MoEPatterns
 from .naming import Names, module_path
-from .statics import mask_kind, positions_offset
+from .statics import positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
 
 IDENTITY = {"dropout", "alias", "contiguous", "clone", "detach", "lift_fresh_copy"}
@@ -31,7 +33,7 @@ def op_name(node) -> str:
     return getattr(node.target, "__name__", str(node.target)).split(".")[0]
 
 
-class StageLowering:
+class StageLowering(EagerPatterns, MoEPatterns):
     """Lowers one section of the graph into a stage's equations (``names`` collects them)."""
 
     def __init__(self, context, names: Names, values: dict):
@@ -41,13 +43,11 @@ class StageLowering:
         for node in nodes:
             if node in self.context.static:
                 continue
-            handler = getattr(self, "_" + op_name(node), None)
-            if handler is None:
-                self.refuse(node)
             args = [self.value(a) for a in node.args]
             kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
-            result = handler(node, *args, **kwargs)
-            if result is NotImplemented:
+            result = next((result for handler in self._handlers(op_name(node))
+                           if (result := handler(self, node, *args, **kwargs)) is not NotImplemented), None)
+            if result is None:
                 self.refuse(node)
             if isinstance(result, Stream) and node is not output and self.context.fan_out(node) > 1 \
                     and not all(op_name(user) in PARTS for user in node.users):
@@ -57,6 +57,11 @@ class StageLowering:
         if not isinstance(final, Stream):
             raise UnsupportedArchitecture(f"the stage ending at {module_path(output)} does not end in a matrix")
         return final.expr
+
+    @classmethod
+    def _handlers(cls, op: str) -> list:
+        """The op's handlers, this class's first, then those of the pattern classes it extends."""
+        return [vars(klass)["_" + op] for klass in cls.__mro__ if "_" + op in vars(klass)]
 
     def value(self, arg):
         import torch.fx
@@ -253,6 +258,8 @@ class StageLowering:
         return NotImplemented
 
     def _chunk(self, node, x, chunks, dim=0):
+        if not isinstance(x, (Heads, Stream)):
+            return NotImplemented
         rank = len(node.args[0].meta["val"].shape)
         width = x.stop - x.start if isinstance(x, Heads) else int(node.args[0].meta["val"].shape[-1])
         if dim not in (-1, rank - 1) or width % chunks:
@@ -321,13 +328,9 @@ class StageLowering:
         factor = sp.Integer(1) / sp.sqrt(d_head) if math.isclose(scale, 1 / math.sqrt(q.width), rel_tol=1e-12) \
             else sp.Float(scale, 17)
         scores = factor * SplitHeads(queries, n_head) * keys.T
-        if isinstance(mask, Static):
-            kind, size = mask_kind(lambda n: self.context.evaluate(mask.node, n), window=self.context.window)
-        elif mask is None and is_causal:
-            kind, size = "causal", None
-        else:
+        masked = self.context.mask(self.names, scores, mask, is_causal)
+        if masked is NotImplemented:
             return NotImplemented
-        masked = CausalMask(scores) if kind == "causal" else SlidingWindowMask(scores, self.names.window(size))
         weights = self.names.materialize(Softmax(masked), "a")
         return Attended(weights * values, q.heads)
 

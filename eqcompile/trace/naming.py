@@ -9,11 +9,10 @@ import re
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from ..arch.common import param, seq
+from ..arch.common import layer, param, seq
 from ..ops import LayerNorm, Linear, MergeHeads, RMSNorm, RotaryFrequencies, Softmax, epsilon, window
 from ..ops.partial_rope import d_rot
 from ..ops.attention import d_head
-from ..ops.rope import rope_theta
 from ..errors import UnsupportedArchitecture
 from ..program import Equation, TensorRef
 from .values import Heads, Weight
@@ -28,7 +27,8 @@ def module_path(node) -> str:
 ROLES = {"q_proj": "Q", "query": "Q", "k_proj": "K", "key": "K", "v_proj": "V", "value": "V", "o_proj": "O",
          "out_proj": "O", "gate_proj": "gate", "up_proj": "up", "down_proj": "down", "fc1": "in", "fc2": "out",
          "fc_in": "in", "fc_out": "out", "dense_h_to_4h": "in", "dense_4h_to_h": "out", "c_fc": "in",
-         "lm_head": "U", "embed_out": "U", "w1": "gate", "w3": "up", "w2": "down"}
+         "lm_head": "U", "embed_out": "U", "w1": "gate", "w3": "up", "w2": "down",
+         "gate": "r"}  # a module named "gate" is a mixture of experts' router
 OUTPUT_LEAVES = {"dense", "c_proj", "proj"}  # "O" inside attention, "out" inside an MLP
 FUSED = {"query_key_value": ("Q", "K", "V"), "qkv_proj": ("Q", "K", "V"), "c_attn": ("Q", "K", "V"),
          "Wqkv": ("Q", "K", "V"), "gate_up_proj": ("gate", "up")}
@@ -160,13 +160,13 @@ class Names:
     def frequencies(self, width: int, partial: bool = False) -> MatrixSymbol:
         """θ, the rotary frequencies of ``width`` features (all of a head, or its first d_rot)."""
         size = d_rot if partial else d_head
-        self.context.constant(rope_theta, self.context.rope_base)
+        base = self.context.rope_base_expr()
         if partial:
             self.context.constant(d_rot, width)
         theta = MatrixSymbol("theta", 1, size / 2)
         if not any(eq.lhs == theta for eq in self.prelude):
-            self.prelude.append(Equation(theta, RotaryFrequencies(rope_theta, size)))
-            self.latex["theta"] = r"\theta"
+            self.prelude.append(Equation(theta, RotaryFrequencies(base, size)))
+            self.latex["theta"] = self._superscript(r"\theta") if base.has(layer) else r"\theta"
         return theta
 
     def cache(self, keys, values):

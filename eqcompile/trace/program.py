@@ -9,28 +9,33 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from ..arch.common import DIM_LATEX, DIM_PYTHON, d_ff, d_model, n_ctx, n_vocab, seq
+from ..arch.common import DIM_LATEX, DIM_PYTHON, d_ff, d_model, layer, n_ctx, n_vocab, seq
 from ..errors import UnsupportedArchitecture
 from ..load import Checkpoint
 from ..ops import d_head, n_head, n_kv_head
 from ..ops.partial_rope import d_rot
+from ..ops.per_layer import LayerValue
+from ..ops.moe import MOE_LATEX
+from ..ops.softcap import CAP_LATEX
 from ..program import Program, Stage
 from .export import Exported
 from .lower import StageLowering, op_name
 from .naming import module_path
 from .naming import Names
-from .statics import Evaluator, rotary_kind, static_nodes
+from .layers import PerLayer, varying_statics
+from .statics import Evaluator, static_nodes
 from .values import Stream, Tokens, Weight
 
-DIM_LATEX = {**DIM_LATEX, d_rot: r"d_{\mathrm{rot}}"}
-DIM_PYTHON = {**DIM_PYTHON, d_rot: "d_rot"}
+DIM_LATEX = {**DIM_LATEX, d_rot: r"d_{\mathrm{rot}}", **CAP_LATEX, **MOE_LATEX}
+DIM_PYTHON = {**DIM_PYTHON, d_rot: "d_rot", **{symbol: symbol.name for symbol in (*CAP_LATEX, *MOE_LATEX)}}
 IGNORED = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 
 
-class Context:
+class Context(PerLayer):
     """What every stage's lowering shares: the graph's static part, the dimensions, constants."""
 
     def __init__(self, exported: Exported, checkpoint: Checkpoint):
@@ -48,6 +53,8 @@ class Context:
         self.rope_base = _rope_base(config)
         self.window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
         self._sizes = self._size_table(config)
+        self.varying: dict = {}  # layer 0's static inputs that differ between layers -> each layer's
+        self.notes: list[str] = []  # what the Program states besides its equations (per-layer constants)
 
     def _size_table(self, config) -> list[tuple[int, sp.Expr, sp.Symbol | None, int | None]]:
         """(size, its symbol expression, the dim it defines, value) in order of preference."""
@@ -81,10 +88,11 @@ class Context:
         return symbol
 
     def evaluate(self, node, n: int):
-        return self.evaluator.array(node, n)
-
-    def rotary_kind(self, node, width: int) -> str | None:
-        return rotary_kind(self.evaluate(node, 7), 7, self.rope_base, width)
+        value = self.evaluator.array(node, n)
+        if node in self.varying and any(not np.array_equal(value, self.evaluator.array(other, n))
+                                        for other in self.varying[node]):
+            raise UnsupportedArchitecture(f"a table at {module_path(next(iter(node.users)))} differs between layers")
+        return value
 
     def fan_out(self, node) -> int:
         return sum(1 for user in node.users if user.op != "call_function" or op_name(user) not in IGNORED)
@@ -140,9 +148,10 @@ def _boundary(nodes: list, static: set) -> tuple:
     return inputs.pop(), outputs[0]
 
 
-def _signature(context: Context, nodes: list, index: int, parameters: dict) -> list:
+def _signature(context: Context, nodes: list, index: int, parameters: dict, statics: bool = True) -> list:
     """The layer's ops with their arguments: nodes by position in the layer, weights by their name
-    with the layer number taken out, static inputs by name, the incoming stream as "input"."""
+    with the layer number taken out, static inputs by name (by "static" alone unless ``statics``),
+    the incoming stream as "input"."""
     position = {node: i for i, node in enumerate(nodes)}
     marker = f".{context.exported.layers_path}.{index}."
     memo: dict = {}
@@ -164,7 +173,9 @@ def _signature(context: Context, nodes: list, index: int, parameters: dict) -> l
                 return ("local", position[arg])
             if arg.name in parameters:
                 return ("weight", parameters[arg.name].replace(marker, ".{layer}."))
-            return static(arg) if arg in context.static else ("input",)
+            if arg in context.static:
+                return static(arg) if statics else ("static",)
+            return ("input",)
         if isinstance(arg, (list, tuple)):
             return tuple(describe(a) for a in arg)
         return repr(arg)
@@ -198,13 +209,9 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
     before, layers, after = _sections(context)
     state = exported.program.graph_signature.inputs_to_parameters
     signatures = [_signature(context, nodes, index, state) for index, nodes in enumerate(layers)]
-    for index, signature in enumerate(signatures[1:], start=1):
-        if signature != signatures[0]:
-            first = next(i for i, (a, b) in enumerate(zip(signature, signatures[0])) if a != b) \
-                if len(signature) == len(signatures[0]) else min(len(signature), len(signatures[0])) - 1
-            raise UnsupportedArchitecture(
-                f"layer {index} differs from layer 0 at {op_name(layers[index][first])} "
-                f"({module_path(layers[index][first])}): the layers cannot be stated as one block")
+    context.varying = varying_statics(context, layers, signatures,
+                                      [_signature(context, nodes, index, state, statics=False)
+                                       for index, nodes in enumerate(layers)])
     context.templates = _layer_templates(context, layers)
 
     values: dict = {}
@@ -238,11 +245,13 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
         family="traced", stages=stages, dims=context.dims, dim_latex=DIM_LATEX, dim_python=DIM_PYTHON,
         input_symbol=tokens, positions=positions, seq=seq, max_seq=context.dims[n_ctx],
         vocab=context.dims[n_vocab], source=checkpoint.source,
-        notes=[f"Traced from transformers' {type(exported.model).__name__} with torch.export."],
+        notes=[f"Traced from transformers' {type(exported.model).__name__} with torch.export.", *context.notes],
         config=dict(checkpoint.config or {}))
 
 
 def _stage(names: Names, name, title, letter, output, out_name, out_latex, layers=None) -> Stage:
     names.finish(output, out_name, out_latex)
-    return Stage(name, title, letter, names.input, names.prelude + names.equations, names.used_params(),
-                 names.latex, layers=layers, extra_inputs=tuple(names.extra), cached=names.cached)
+    equations = names.prelude + names.equations
+    per_layer = layers and any(eq.rhs.has(LayerValue) for eq in equations)  # the block takes l
+    return Stage(name, title, letter, names.input, equations, names.used_params(), names.latex, layers=layers,
+                 extra_inputs=tuple(names.extra), cached=names.cached, layer_symbols=(layer,) if per_layer else ())
