@@ -7,8 +7,8 @@ import sys
 from .terminal import terminal_text
 
 
-def progress_bar(items, description: str):
+def progress_bar(items, description: str, unit: str = "tensor"):
     """A progress bar on a terminal, nothing when stderr is piped."""
     from tqdm import tqdm
 
-    return tqdm(items, desc=terminal_text(description), unit="tensor", disable=not sys.stderr.isatty(), leave=False)
+    return tqdm(items, desc=terminal_text(description), unit=unit, disable=not sys.stderr.isatty(), leave=False)

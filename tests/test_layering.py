@@ -20,7 +20,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [  # lowest first; each group: module
     # front ends: what a checkpoint holds -> the intermediate forms (Program, Tokenizer)
     {"front ends": ("eqcompile.arch", "eqcompile.trace", "eqcompile.tokenizer")},
     {"front end choice": ("eqcompile.frontend",)},  # a hand-written family, else the tracer
-    {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff"),
+    {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff", "eqcompile.circuits"),
      "emitters": ("eqcompile.emit", "eqcompile.diff.render")},
     {"runs": ("eqcompile.verify", "eqcompile.exact", "eqcompile.api")},  # run what an emitter wrote
     {"command line": ("eqcompile.cli", "eqcompile.__main__")},
