@@ -22,7 +22,8 @@ them for column vectors, ‖W_QK^{h2ᵀ} W_OV^{h1}‖ for Q; transposing every m
 The copying score of a head is Σλ / Σ|λ| over the eigenvalues λ of the full OV circuit W_E W_OV^h W_U
 (n_vocab × n_vocab, the paper's W_U W_OV W_E transposed: the same eigenvalues), 1 when every eigenvalue
 is positive. Its nonzero eigenvalues are those of the d_head × d_head matrix (W_O^h W_U)(W_E W_V^g)
-(AB and BA share them), which is what is computed; zeros add nothing to either sum.
+(AB and BA share them), which is what is computed; zeros add nothing to either sum. W_U W_E [d, d] is
+formed once for it (smaller than W_E itself).
 
 Numerical rank: the count of singular values above σ_1 · d · ε, ε = 2⁻²³ (float32's machine epsilon:
 weights are read as float32), numpy's ``matrix_rank`` rule for the d × d matrix in float32.
@@ -107,8 +108,8 @@ class Circuits:
             ranked = sorted(((score, l1, h1, l2, h2) for l1, by_head in enumerate(self.composition[mode])
                              for h1, by_layer in enumerate(by_head) for l2, row in enumerate(by_layer)
                              for h2, score in enumerate(row) if score is not None), reverse=True)
-            pairs = "  ".join(f"{l1}.{h1}→{l2}.{h2} {score:.3f}" for score, l1, h1, l2, h2 in ranked[:strongest])
-            lines.append(f"{mode.upper()}-composition, strongest (layer.head → layer.head): {pairs}")
+            pairs = "  ".join(f"L{l1}H{h1}→L{l2}H{h2} {score:.3f}" for score, l1, h1, l2, h2 in ranked[:strongest])
+            lines.append(f"{mode.upper()}-composition, strongest: {pairs}")
         return "\n".join(lines)
 
 
@@ -195,6 +196,8 @@ def measure(program: Program, checkpoint: Checkpoint, top: int = 8) -> Circuits:
     """Every head's QK/OV spectra and copying score, and the Q/K/V composition scores (see the module)."""
     block = _block(program)
     read = _reader(program, checkpoint)
+    if d_head_symbol not in program.dims:
+        raise UnsupportedArchitecture(f"circuits: the {program.family} model states no d_head")
     head_width = int(program.dims[d_head_symbol])
     d_model, query_width = program.numeric_shape(next(p.symbol for p in block.params if p.name == "W_Q"))
     key_width = program.numeric_shape(next(p.symbol for p in block.params if p.name == "W_K"))[1]
