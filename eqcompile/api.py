@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 
 from . import arch, frontend
+from .circuits import Circuits, measure
 from .emit import appendix as appendix_emitter
 from .emit import html as html_emitter
 from .emit import latex as latex_emitter
@@ -79,6 +80,10 @@ class CompiledModel:
     def stats(self, seq: int | None = None) -> Stats:
         """Size of the equation, counted analytically (no expansion is built)."""
         return stats(self.program, self.weight_bytes(), seq)
+
+    def circuits(self, top: int = 8) -> Circuits:
+        """Each head's QK/OV singular values, ranks, copying score, and the composition scores (numeric)."""
+        return measure(self.program, self.checkpoint, top)
 
     def weight_bytes(self) -> float:
         """Bytes per stored weight in the checkpoint's dominant storage format.

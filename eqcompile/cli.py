@@ -98,6 +98,7 @@ def main():
     eqcompile MODEL --pdf FILE | --tex FILE [--fragment] | --html FILE
     eqcompile verify MODEL [--seq N]
     eqcompile diff A B [--json | --latex] [-o FILE] [--pdf FILE] [--full-spectrum]
+    eqcompile circuits MODEL [--json] [--top K]
     eqcompile MODEL --latex --train | --python DIR --train   (loss, backward, SGD/AdamW)
     eqcompile train MODEL DATA.txt [--steps N] [--lr X] -o OUT/
     (compile and verify take --activation NAME for an mlp model, --pooling mean for a bert one)
@@ -292,6 +293,31 @@ def train_command(model, data, steps, lr, weight_decay, output):
         result = fine_tune(compiled, text, steps, lr, output, weight_decay, progress_printer(steps))
         click.echo(f"loss over the whole text: {result.before:.4f} before, {result.after:.4f} after")
         click.echo(f"wrote {output}", err=True)
+
+    _guarded(work)
+
+
+@main.command("circuits")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of each circuit's largest singular values to list.")
+def circuits_command(model, as_json, top):
+    """Each attention head as its QK circuit W_Q^h W_K^hᵀ and OV circuit W_V^h W_O^h (Elhage et al. 2021).
+
+    \b
+    per head: Frobenius norm, largest singular values and numerical rank of both circuits
+      (rank: singular values above σ_1 · d · 2^-23), and the OV circuit's copying score
+      Σλ/Σ|λ| over the eigenvalues of W_E W_OV W_U (1: every eigenvalue positive)
+    per pair of heads in layers l1 < l2: Q-, K- and V-composition scores,
+      ‖W_OV^{h1} W_QK^{h2}‖, ‖W_OV^{h1} W_QK^{h2}ᵀ‖, ‖W_OV^{h1} W_OV^{h2}‖ over the product of the norms
+    The weights as stored (norm gains and biases not folded in); layers and heads 0-based.
+    """
+    import json
+
+    def work():
+        result = api.compile(model).circuits(top)
+        click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.table())
 
     _guarded(work)
 

@@ -21,7 +21,8 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [  # lowest first; each group: module
     {"front ends": ("eqcompile.arch", "eqcompile.trace", "eqcompile.tokenizer")},
     {"front end choice": ("eqcompile.frontend",),  # a hand-written family, else the tracer
      "transforms": ("eqcompile.fold",)},  # Program -> Program: the circuit form's folded weights
-    {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff", "eqcompile.train"),
+    {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff", "eqcompile.train",
+                  "eqcompile.circuits"),
      "emitters": ("eqcompile.emit", "eqcompile.diff.render", "eqcompile.train.module", "eqcompile.train.latex")},
     {"runs": ("eqcompile.verify", "eqcompile.exact", "eqcompile.api",
               "eqcompile.train.finetune")},  # run what an emitter wrote
