@@ -114,11 +114,12 @@ class CompiledModel:
             warnings.warn(f"model.py gets no encode/decode: {unsupported}", stacklevel=2)
         return write_module(self.program, self.checkpoint, Path(folder), dtype, tokenizer)
 
-    def to_jax(self, folder: str | Path) -> Path:
-        """Write ``model_jax.py`` (jitted, shardable; needs the ``jax`` extra) beside ``to_python``'s files."""
+    def to_jax(self, folder: str | Path, dtype: str = "float32") -> Path:
+        """Write ``model_jax.py`` (jitted, shardable; needs the ``jax`` extra) beside ``to_python``'s
+        files; ``dtype="bfloat16"``: its weights and activations in bfloat16."""
         from .emit.jax import write_jax_module
 
-        return write_jax_module(self.program, self.checkpoint, Path(folder), self.tokenizer)
+        return write_jax_module(self.program, self.checkpoint, Path(folder), self.tokenizer, dtype)
 
     def appendix(self, title: str | None = None, author: str = "", numbers: bool = False,
                  cost: appendix_emitter.Table | None = None,

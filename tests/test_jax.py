@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import eqcompile
 from eqcompile.cli import main
-from eqcompile.emit.jax import split_table
+from eqcompile.sharding import split_table
 from eqcompile.emit.python import import_module
 from eqcompile.verify import compare
 
