@@ -22,6 +22,7 @@ from .emit.tokenizer_latex import tokenizer_latex
 from .errors import ConfigError, TooLarge
 from .load import Checkpoint
 from .program import Program
+from .sharding import MeshPlan, mesh_plan
 from .stats import Stats, stats
 from .tokenizer import Tokenizer, checkpoint_tokenizer
 
@@ -70,6 +71,10 @@ class CompiledModel:
     def stats(self, seq: int | None = None) -> Stats:
         """Size of the equation, counted analytically (no expansion is built)."""
         return stats(self.program, self.weight_bytes(), seq)
+
+    def mesh_plan(self, data: int, model: int, dtype_bytes: int = 4) -> MeshPlan:
+        """What the JAX module's placement puts on each device of a ``data`` x ``model`` mesh (shapes only)."""
+        return mesh_plan(self.program, data, model, dtype_bytes)
 
     def weight_bytes(self) -> float:
         """Bytes per stored weight in the checkpoint's dominant storage format.
