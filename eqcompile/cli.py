@@ -291,7 +291,7 @@ def _mesh_rows(plan, dtype: str) -> list[tuple[str, str]]:
 @click.option("--json", "as_json", is_flag=True, help="With --exact: machine-readable output.")
 @click.option("--force", is_flag=True, help="With --exact: run even when the estimate is long.")
 @click.option("--backend", type=click.Choice(["numpy", "jax"]), default="numpy", show_default=True,
-              help="The emitted module to check: model.py (numpy) or model_jax.py (JAX; causal LMs).")
+              help="The emitted module to check: model.py (numpy) or model_jax.py (JAX).")
 @activation_option
 @pooling_option
 def verify_command(model, seqs, seed, exact, digits, as_json, force, backend, activation, pooling):
