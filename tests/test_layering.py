@@ -20,7 +20,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [  # lowest first; each group: module
     # front ends: what a checkpoint holds -> the intermediate forms (Program, Tokenizer)
     {"front ends": ("eqcompile.arch", "eqcompile.trace", "eqcompile.tokenizer")},
     {"front end choice": ("eqcompile.frontend",)},  # a hand-written family, else the tracer
-    {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff"),
+    {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff", "eqcompile.sharding"),
      "emitters": ("eqcompile.emit", "eqcompile.diff.render")},
     {"runs": ("eqcompile.verify", "eqcompile.exact", "eqcompile.api")},  # run what an emitter wrote
     {"command line": ("eqcompile.cli", "eqcompile.__main__")},
@@ -30,6 +30,7 @@ TOP = "eqcompile"  # the package's __init__: the public API, above everything
 RENDERS = {  # by design: a renderer imports the result type of the analysis it prints, never the reverse
     ("eqcompile.emit.expanded", "eqcompile.expand"),
     ("eqcompile.diff.render", "eqcompile.diff"),  # ModelDiff, and the delta and structure types it holds
+    ("eqcompile.emit.jax", "eqcompile.sharding"),  # model_jax.py's SPLIT is the placement split_table derives
 }
 DEBT: set[tuple[str, str]] = set()  # imports that break the layering today; none left (issue 14)
 
