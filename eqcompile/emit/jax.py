@@ -2,9 +2,11 @@
 
 The ops' numpy functions and the stage functions are the numpy module's, printed by the same
 printer; only the array module differs (``np.`` becomes ``jnp.``). What cannot run under ``jax.jit``
-changes: the KV cache is a fixed number of rows written with ``lax.dynamic_update_slice``, and the
+changes: inputs are padded to power-of-two buckets; the KV cache is a fixed number of rows written
+with ``lax.dynamic_update_slice`` (its buffers donated where the caller gives them up), and the
 causal masks of a cached stage take the queries' positions from the cache (a fixed-size cache has
 no shape to infer them from). Input checks, weight loading and sampling stay on the host in numpy.
+Every interface is written (templates/jax_forward_<interface>.py.j2), in float32 or bfloat16.
 """
 
 from __future__ import annotations
