@@ -31,7 +31,7 @@ from eqcompile.verify import compare
 from loading import gguf_to_safetensors, smollm2_gguf
 from measure import run_command
 
-IMPLEMENTATIONS = ("numpy", "torch", "onnxruntime")
+IMPLEMENTATIONS = ("numpy", "torch", "onnxruntime", "jax")
 SEQUENCE_LENGTHS = (1, 32, 128, 512)
 REPEATS = 7  # timed calls per length, after a warm-up call
 PROMPT, NEW_TOKENS, DECODE_REPEATS = 64, 64, 3
@@ -73,6 +73,12 @@ def export_onnx(hf_folder: Path, path: Path, max_length: int) -> Path:
     return path
 
 
+def jax_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("jax") is not None
+
+
 def onnx_available() -> bool:
     import importlib.util
 
@@ -89,7 +95,13 @@ def prepare(name: str, checkpoint: Path, hf_folder: Path, folder: Path, quick: b
     rng = np.random.default_rng(0)
     tokens = {f"seq{n}": rng.integers(0, program.vocab, size=n) for n in settings["lengths"]}
     np.savez(folder / "tokens.npz", prompt=rng.integers(0, program.vocab, size=settings["prompt"]), **tokens)
-    spec = {"model": name, "model_py": str(compiled.to_python(folder / "emitted")), "hf_folder": str(hf_folder),
+    if jax_available():  # model_jax.py beside model.py, from the same compile
+        spec = {"model_jax_py": str(compiled.to_jax(folder / "emitted"))}
+        spec["model_py"] = str(Path(spec["model_jax_py"]).with_name("model.py"))
+    else:
+        spec = {"model_py": str(compiled.to_python(folder / "emitted"))}
+        notes.append("jax: pip install -e '.[jax]'")
+    spec |= {"model": name, "hf_folder": str(hf_folder),
             "tokens": str(folder / "tokens.npz"), "lengths": list(settings["lengths"]), "threads": 2,
             "repeats": {str(n): settings["repeats"] for n in settings["lengths"]},
             "prompt": settings["prompt"], "new_tokens": settings["new_tokens"], "decode_repeats": settings["decode_repeats"],
@@ -109,11 +121,11 @@ def run_peers(spec: dict, folder: Path, env: dict) -> dict:
     """peers.py once per implementation, one after another; their results, logits compared to numpy's."""
     results = {}
     for implementation in IMPLEMENTATIONS:
-        if implementation == "onnxruntime" and "onnx" not in spec:
+        if implementation == "onnxruntime" and "onnx" not in spec or implementation == "jax" and "model_jax_py" not in spec:
             continue
         out = folder / f"{implementation}.json"
         process = run_command([sys.executable, Path(__file__).with_name("peers.py"), folder / "spec.json",
-                               implementation, out], env)
+                               implementation, out], {**env, "NPROC": str(spec["threads"])})
         results[implementation] = {**json.loads(out.read_text()), "process": process}
     emitted = np.load(folder / "numpy.npz")
     for implementation, result in results.items():
@@ -125,6 +137,25 @@ def run_peers(spec: dict, folder: Path, env: dict) -> dict:
             max_abs, max_rel, _ = compare(emitted[f"logits{n}"], outputs[f"logits{n}"])
             result["vs_numpy"][n] = {"max_abs": max_abs, "max_rel": max_rel}
     return results
+
+
+def jax_ratios(spec: dict, peers: dict) -> list[str]:
+    """The JAX module's time against each peer's (forward: < 1 is faster) and its decoding speed-up (> 1 is faster)."""
+    others = [p for p in ("numpy", "torch", "onnxruntime") if p in peers]
+    jax_run, new = peers["jax"], spec["new_tokens"]
+    lines = ["JAX module (model_jax.py), the same run: forward time / each peer's (best of each), and greedy "
+             "decoding's tokens/s / each peer's:", "", "| | " + " | ".join(f"jax / {p}" for p in others) + " |",
+             "|---|" + "---:|" * len(others)]
+    for n in spec["lengths"]:
+        lines.append(f"| forward, seq {n} | " + " | ".join(
+            f"**{jax_run['forward'][str(n)]['best'] / peers[p]['forward'][str(n)]['best']:.2f}**" for p in others) + " |")
+    lines.append(f"| greedy decoding, tokens/s | " + " | ".join(
+        f"**{peers[p]['decode']['best'] / jax_run['decode']['best']:.2f}**" for p in others) + " |")
+    steps = jax_run["cached_steps"]["best"]
+    lines += ["", f"JAX `step` with the prompt cached (donated cache): {new / steps:.1f} tokens/s; numpy's "
+              f"{new / peers['numpy']['cached_steps']['best']:.1f}. Targets (issue 17): forward <= 1.0x onnxruntime "
+              "at seq 32-512 and <= 0.5x PyTorch eager; greedy decoding >= 1.2x the numpy module's tokens/s.", ""]
+    return lines
 
 
 def profile(function, calls: int = 2) -> dict[str, float]:
@@ -205,6 +236,7 @@ def table(result: dict) -> list[str]:
                 f"{p} {'the same' if r['same_tokens'] else 'DIFFERENT'}" for p, r in peers.items() if p != "numpy")
             + (". onnxruntime decodes without a KV cache (the export's graph takes the whole sequence)."
                if "onnxruntime" in peers else "."), ""]
+        lines += jax_ratios(spec, peers) if "jax" in peers else []
     lines += ["Targets: numpy / PyTorch <= 0.5 and numpy / onnxruntime <= 1.0 at every length (time ratios, "
               f"best of each); >= {100 * TARGET_PEAK_FRACTION:.0f}% of the sgemm peak at seq 128 (FLOPs: 2 per "
               "multiplication of the equation, the masked half of attention not counted); cached decoding >= "

@@ -12,6 +12,9 @@ Implementations:
 - ``numpy``: the emitted model.py, imported from its file (numpy only; eqcompile not imported);
 - ``torch``: transformers' ``from_pretrained`` in float32 with ``attn_implementation="sdpa"``,
   called under ``torch.no_grad()`` (PyTorch eager), decoding with ``generate`` (KV cache);
+- ``jax``: the emitted model_jax.py (float32, jitted per length bucket; XLA's CPU threads set by
+  the ``NPROC`` environment variable, which ``numeric.py`` sets), decoding with its ``generate``
+  (a fixed-size cache in power-of-two buckets, buffers donated); the warm-up calls compile;
 - ``onnxruntime``: the same transformers model exported by ``torch.onnx.export(dynamo=True)``,
   CPU execution provider. The exported graph takes the whole sequence and keeps no cache, so
   its decoding recomputes the prefix at every token (what an export without ``past_key_values``
@@ -97,7 +100,28 @@ def onnxruntime_model(spec: dict):
     return forward, generate, None
 
 
-IMPLEMENTATIONS = {"numpy": numpy_model, "torch": torch_model, "onnxruntime": onnxruntime_model}
+def jax_model(spec: dict):
+    path = Path(spec["model_jax_py"])
+    module_spec = importlib.util.spec_from_file_location("model_jax", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+
+    def generate(prompt, new):
+        return module.generate(prompt, new, seed=0, temperature=0)
+
+    def cached_steps(prompt, new):  # as numpy_model's; every step after the first donates its state's cache
+        prefilled = module.advance(module.init_state(), prompt[:-1])[0]
+
+        def steps():
+            state, token = module.step(prefilled, prompt[-1], 0.0, temperature=0)
+            for _ in range(new - 1):
+                state, token = module.step(state, token, 0.0, temperature=0, donate=True)
+        return steps
+
+    return module.forward, generate, cached_steps
+
+
+IMPLEMENTATIONS = {"numpy": numpy_model, "torch": torch_model, "onnxruntime": onnxruntime_model, "jax": jax_model}
 
 
 def summary(times: list[float]) -> dict:
@@ -131,7 +155,8 @@ def main(spec_path: str, implementation: str, result_path: str) -> None:
 
 def versions(implementation: str) -> dict:
     found = {"numpy": np.__version__}
-    for name in {"torch": ("torch", "transformers"), "onnxruntime": ("onnxruntime",)}.get(implementation, ()):
+    for name in {"torch": ("torch", "transformers"), "onnxruntime": ("onnxruntime",),
+                 "jax": ("jax", "jaxlib")}.get(implementation, ()):
         found[name] = __import__(name).__version__
     return found
 

@@ -3,9 +3,10 @@
     pip install -e ".[test,bench]"
     python benchmarks/run.py            # the whole suite: under 10 minutes on 2 cores
     python benchmarks/run.py --quick    # tiny shapes, to check that the suite runs (under a minute)
+    python benchmarks/run.py --numeric  # only the emitted modules vs their peers: results-numeric.json
 
 Each figure is a ratio or a scaling measured inside this one run, because the machines are noisy:
-the emitted numpy module, PyTorch eager and onnxruntime on the same weights and inputs, each alone
+the emitted numpy and JAX modules, PyTorch eager and onnxruntime on the same weights and inputs, each alone
 in its own fresh process, one after another (numeric.py); each process measures the sgemm peak
 and the copy bandwidth that bound its figures.
 
@@ -44,6 +45,8 @@ def benchmark_environment(threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes: checks that the suite runs")
+    parser.add_argument("--numeric", action="store_true",
+                        help="only the emitted modules vs PyTorch and onnxruntime (writes results-numeric.json)")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for results.json and scaling.png")
     args = parser.parse_args()
 
@@ -61,6 +64,8 @@ def main() -> None:
 
     started = time.perf_counter()
     results: dict = {"machine": describe(THREADS), "quick": args.quick}
+    if args.numeric:
+        return numeric_only(results, env, args, started)
     with tempfile.TemporaryDirectory(prefix="eqcompile-bench-") as scratch:
         folder = Path(scratch)
         progress(1, "symbolic compile at scale", started)
@@ -83,6 +88,21 @@ def main() -> None:
     plot(results, args.out / "scaling.png")
     print(report(results))
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'scaling.png'} ({results['seconds']:.0f} s)")
+
+
+def numeric_only(results: dict, env: dict, args, started: float) -> None:
+    """The numeric part alone: its tables, and results-numeric.json (results.json stays the whole suite's)."""
+    import numeric
+
+    with tempfile.TemporaryDirectory(prefix="eqcompile-bench-") as scratch:
+        results["numeric"] = numeric.run(Path(scratch) / "numeric", env, args.quick)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results-numeric.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print("\n".join(numeric.table(results["numeric"])))
+    print(f"\nload average {results['machine']['load_average_at_start'][0]} at start, "
+          f"{results['machine']['load_average_at_end'][0]} at end; {results['seconds']:.0f} s")
 
 
 def progress(step: int, what: str, started: float) -> None:

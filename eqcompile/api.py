@@ -24,6 +24,7 @@ from .emit.tokenizer_latex import tokenizer_latex
 from .errors import ConfigError, EqcompileError, TooLarge
 from .load import Checkpoint
 from .program import Program
+from .sharding import MeshPlan, mesh_plan
 from .stats import Stats, stats
 from .tokenizer import Tokenizer, checkpoint_tokenizer
 
@@ -85,6 +86,10 @@ class CompiledModel:
         """Each head's QK/OV singular values, ranks, copying score, and the composition scores (numeric)."""
         return measure(self.program, self.checkpoint, top)
 
+    def mesh_plan(self, data: int, model: int, dtype_bytes: int = 4) -> MeshPlan:
+        """What the JAX module's placement puts on each device of a ``data`` x ``model`` mesh (shapes only)."""
+        return mesh_plan(self.program, data, model, dtype_bytes)
+
     def weight_bytes(self) -> float:
         """Bytes per stored weight in the checkpoint's dominant storage format.
 
@@ -131,11 +136,12 @@ class CompiledModel:
             warnings.warn(f"model.py gets no encode/decode: {unsupported}", stacklevel=2)
         return write_module(self.program, self.checkpoint, Path(folder), dtype, tokenizer, train)
 
-    def to_jax(self, folder: str | Path) -> Path:
-        """Write ``model_jax.py`` (jitted, shardable; needs the ``jax`` extra) beside ``to_python``'s files."""
+    def to_jax(self, folder: str | Path, dtype: str = "float32") -> Path:
+        """Write ``model_jax.py`` (jitted, shardable; needs the ``jax`` extra) beside ``to_python``'s
+        files; ``dtype="bfloat16"``: its weights and activations in bfloat16."""
         from .emit.jax import write_jax_module
 
-        return write_jax_module(self.program, self.checkpoint, Path(folder), self.tokenizer)
+        return write_jax_module(self.program, self.checkpoint, Path(folder), self.tokenizer, dtype)
 
     def appendix(self, title: str | None = None, author: str = "", numbers: bool = False,
                  cost: appendix_emitter.Table | None = None,

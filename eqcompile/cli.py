@@ -134,15 +134,15 @@ form_option = click.option(
 @click.option("--python", "python_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/model.py (numpy only) and DIR/weights.safetensors.")
 @click.option("--jax", "jax_dir", type=click.Path(file_okay=False, path_type=Path),
-              help='Write DIR/model_jax.py (jitted JAX, float32; needs pip install "eqcompile[jax]") beside '
-                   "DIR/model.py and DIR/weights.safetensors.")
+              help='Write DIR/model_jax.py (jitted JAX, float32 or --dtype bfloat16; needs pip install '
+                   '"eqcompile[jax]") beside DIR/model.py and DIR/weights.safetensors.')
 @click.option("--expand", is_flag=True,
               help="The literal equation: every weight substituted, as scalar terms (tiny models). "
                    "With --python, DIR/model.py is then pure Python (math only).")
 @click.option("--seq", type=click.IntRange(min=1), help="Sequence length of the expansion (default: the context).")
 @click.option("--force", is_flag=True, help="Expand even beyond the size limit.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
-              help="Weights (and so arithmetic) of the emitted numpy module.")
+@click.option("--dtype", type=click.Choice(["float32", "float64", "bfloat16"]), default="float32", show_default=True,
+              help="Weights (and so arithmetic) of the emitted module: float64 for --python, bfloat16 for --jax.")
 @click.option("--train", is_flag=True, help="Add training: with --latex the loss, the backward equations and the "
               "SGD/AdamW updates; with --python loss, loss_and_grad, sgd_step and adamw_step in model.py.")
 @click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -171,6 +171,10 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
     if not want_latex and python_dir is None and jax_dir is None and not appendix_paths:
         _fail("error: choose an output: --latex [-o FILE], --python DIR, --jax DIR, --pdf FILE, --tex FILE or "
               "--html FILE", 2)
+    if dtype == "bfloat16" and (python_dir is not None or jax_dir is None):
+        _fail("error: --dtype bfloat16 applies to --jax (model.py computes in float32 or float64)", 2)
+    if dtype == "float64" and jax_dir is not None:
+        _fail("error: --jax computes in float32 or bfloat16, not float64", 2)
     if (title is not None or author or numbers) and not appendix_paths:
         _fail("error: --title, --author and --numbers apply to --pdf, --tex and --html", 2)
     if train and not want_latex and python_dir is None:
@@ -197,7 +201,7 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
             click.echo(f"wrote {path}" + ("" if expand else f" and {path.with_name('weights.safetensors')}"),
                        err=True)
         if jax_dir is not None:
-            click.echo(f"wrote {compiled.to_jax(jax_dir)}", err=True)
+            click.echo(f"wrote {compiled.to_jax(jax_dir, dtype=dtype)}", err=True)
         if tex_path is not None:
             compiled.tex(tex_path, fragment=fragment, unroll=unroll, **options)
             needs = f" (its preamble needs \\usepackage{{{','.join(PACKAGES)}}})" if fragment else ""
@@ -218,7 +222,11 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--train", is_flag=True, help="Also count the backward pass (the loss's gradient and every stage's "
               "backward) and its ratio to the forward.")
-def stats_command(model, seq, as_json, train):
+@click.option("--mesh", callback=lambda ctx, param, value: _mesh_shape(value),
+              help="DATAxMODEL devices, e.g. 8x8: what the JAX module's placement puts on each device.")
+@click.option("--dtype", "mesh_dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
+              show_default=True, help="With --mesh: the JAX module's weights and activations.")
+def stats_command(model, seq, as_json, train, mesh, mesh_dtype):
     """How big is MODEL's equation? Counted from the shapes alone, in well under a second.
 
     \b
@@ -228,6 +236,8 @@ def stats_command(model, seq, as_json, train):
     weights read: bytes of weights one generated token reads (lookup tables: one row)
     literal size: estimated characters of LaTeX and A4 pages if written out
     backward (--train): operations of the backward equations for n tokens, and backward / forward
+    with --mesh: weight bytes per device, KV-cache bytes per device per token, the all-reduces
+    of each layer per token (payload; a ring sends 2 (M-1)/M of it per device) and outside them
     """
     import dataclasses
     import json
@@ -242,8 +252,10 @@ def stats_command(model, seq, as_json, train):
             from .train.stats import backward_stats
 
             backward = backward_stats(compiled.program, seq)
+        plan = mesh and compiled.mesh_plan(*mesh, dtype_bytes=MESH_DTYPE_BYTES[mesh_dtype])
         if as_json:
             extra = {} if backward is None else {"backward": {**dataclasses.asdict(backward), "ratio": backward.ratio}}
+            extra |= {"mesh": dataclasses.asdict(plan)} if plan else {}
             click.echo(json.dumps({**dataclasses.asdict(result), **extra}, indent=2))
             return
         kinds = ", ".join(f"{kind} {count:,}" for kind, count in result.operations.items())
@@ -260,10 +272,39 @@ def stats_command(model, seq, as_json, train):
             kinds = ", ".join(f"{kind} {count:,}" for kind, count in backward.operations.items())
             rows += [("backward for n tokens", f"{backward.backward:,}  ({kinds})"),
                      ("backward / forward", f"{backward.backward:,} / {backward.forward:,} = {backward.ratio:.4f}")]
+        rows += _mesh_rows(plan, mesh_dtype) if plan else []
         for label, value in rows:
             click.echo(f"{label:<27} {value}")
 
     _guarded(work)
+
+
+MESH_DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def _mesh_shape(value: str | None) -> tuple[int, int] | None:
+    """``--mesh 8x8`` as (data, model) devices."""
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and 0 < int(p) <= 1 << 20 for p in parts):
+        raise click.BadParameter(f"{value!r}: need DATAxMODEL device counts, e.g. 8x8")
+    return int(parts[0]), int(parts[1])
+
+
+def _mesh_rows(plan, dtype: str) -> list[tuple[str, str]]:
+    """The --mesh figures as stats rows."""
+    replicated = ", ".join(plan.replicated) or "none"
+    return [
+        ("mesh", f"{plan.data} x {plan.model} (data x model), {plan.data * plan.model} devices, {dtype}"),
+        ("weights per device", f"{plan.weight_bytes_per_device:,} bytes of {plan.weight_bytes:,} "
+                               f"(replicated for want of a divisor: {replicated})"),
+        ("KV cache per device", f"{plan.kv_cache_bytes_per_token:,} bytes per token"),
+        ("all-reduces per layer", f"{plan.all_reduces_per_layer} per token: {plan.all_reduce_bytes_per_layer_per_token:,}"
+                                  f" bytes ({plan.ring_bytes_per_layer_per_token:,} sent per device in a ring)"),
+        ("all-reduces outside layers", f"{plan.all_reduces_outside_layers} per token: "
+                                       f"{plan.all_reduce_bytes_outside_layers_per_token:,} bytes"),
+    ]
 
 
 @main.command("train")
@@ -334,7 +375,7 @@ def circuits_command(model, as_json, top):
 @click.option("--json", "as_json", is_flag=True, help="With --exact: machine-readable output.")
 @click.option("--force", is_flag=True, help="With --exact: run even when the estimate is long.")
 @click.option("--backend", type=click.Choice(["numpy", "jax"]), default="numpy", show_default=True,
-              help="The emitted module to check: model.py (numpy) or model_jax.py (JAX; causal LMs).")
+              help="The emitted module to check: model.py (numpy) or model_jax.py (JAX).")
 @activation_option
 @pooling_option
 @form_option

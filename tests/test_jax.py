@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import eqcompile
 from eqcompile.cli import main
-from eqcompile.emit.jax import split_table
+from eqcompile.sharding import split_table
 from eqcompile.emit.python import import_module
 from eqcompile.verify import compare
 
@@ -107,16 +107,8 @@ def test_cli_without_jax_names_the_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_refuses_an_encoder_in_one_line(tmp_path):
-    from test_bert import make_bert
-
-    result = CliRunner().invoke(main, [str(make_bert(tmp_path / "bert")), "--jax", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "causal language models" in result.output
-    assert not (tmp_path / "out").exists()
-
-
 SHARDING = """
-import sys, numpy as np, jax
+import re, sys, numpy as np, jax
 from jax.sharding import Mesh
 sys.path.insert(0, {root!r})
 from eqcompile.emit.python import import_module
@@ -134,7 +126,9 @@ for shape in {meshes!r}:
     error = np.abs(sharded - unsharded).max() / np.abs(unsharded).max()
     assert error <= 1e-5, (shape, error)
     specs = {{name: str(a.sharding.spec) for name, a in weights["block"][0].items()}}
-    print(shape, error, specs)
+    compiled = module.run_batch.lower(weights, module.on_data_axis(np.zeros((8, 8), np.int32), weights)).compile()
+    reduces = len(re.findall(r"= \\S+ all-reduce(?:-start)?\\(", compiled.as_text()))
+    print(shape, error, specs, "all-reduces", reduces)
 """
 
 
@@ -153,9 +147,22 @@ def test_gqa_sharded_matches_unsharded(tmp_path):
     pytest.importorskip("jax")
     folder = make_llama(tmp_path / "ckpt", hidden_size=16, intermediate_size=32, num_attention_heads=8,
                         num_key_value_heads=2, vocab_size=64)
-    out = run_sharded(eqcompile.compile(folder).to_jax(tmp_path / "out"), [(2, 4)], check_forward=False)
+    compiled = eqcompile.compile(folder)
+    out = run_sharded(compiled.to_jax(tmp_path / "out"), [(2, 4)], check_forward=False)
     assert "'W_Q': \"P(None, 'model')\"" in out and "'W_O': \"P('model',)\"" in out, out
     assert "'W_K': 'P()'" in out and "'W_V': 'P()'" in out, out
+    assert_all_reduces_as_planned(compiled, out)
+
+
+def assert_all_reduces_as_planned(compiled, out):
+    """The all-reduces XLA compiled for each mesh are those ``stats --mesh`` counts: per layer and
+    outside the layers (a vocabulary-parallel lookup). On a 1-device model axis: none."""
+    for line in out.splitlines():
+        data, model = map(int, line[1:line.index(")")].split(","))
+        plan = compiled.mesh_plan(data, model)
+        expected = plan.all_reduces_per_layer * compiled.program.layers + plan.all_reduces_outside_layers
+        assert int(line.rsplit(" ", 1)[1]) == expected, (line, plan)
+        assert (expected > 0) == (model > 1), line
 
 
 @pytest.mark.slow
@@ -168,7 +175,8 @@ def test_sharded_matches_unsharded_on_every_mesh(tmp_path, family):
     else:
         folder = make_gpt2(tmp_path / "ckpt", n_embd=24 if family == "gpt2" else 12,
                            n_head=8 if family == "gpt2" else 3, vocab_size=64)
-    run_sharded(eqcompile.compile(folder).to_jax(tmp_path / "out"), [(1, 8), (2, 4), (8, 1)])
+    compiled = eqcompile.compile(folder)
+    assert_all_reduces_as_planned(compiled, run_sharded(compiled.to_jax(tmp_path / "out"), [(1, 8), (2, 4), (8, 1)]))
 
 
 def test_strict_placement_names_a_head_count_that_does_not_divide(tmp_path):

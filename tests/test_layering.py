@@ -22,7 +22,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [  # lowest first; each group: module
     {"front end choice": ("eqcompile.frontend",),  # a hand-written family, else the tracer
      "transforms": ("eqcompile.fold",)},  # Program -> Program: the circuit form's folded weights
     {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff", "eqcompile.train",
-                  "eqcompile.circuits"),
+                  "eqcompile.circuits", "eqcompile.sharding"),
      "emitters": ("eqcompile.emit", "eqcompile.diff.render", "eqcompile.train.module", "eqcompile.train.latex")},
     {"runs": ("eqcompile.verify", "eqcompile.exact", "eqcompile.api",
               "eqcompile.train.finetune")},  # run what an emitter wrote
@@ -35,6 +35,7 @@ RENDERS = {  # by design: a renderer imports the result type of the analysis it 
     ("eqcompile.diff.render", "eqcompile.diff"),  # ModelDiff, and the delta and structure types it holds
     ("eqcompile.train.module", "eqcompile.train"),  # the training Program: backward stages, loss ops
     ("eqcompile.train.latex", "eqcompile.train"),
+    ("eqcompile.emit.jax", "eqcompile.sharding"),  # model_jax.py's SPLIT is the placement split_table derives
 }
 DEBT: set[tuple[str, str]] = set()  # imports that break the layering today; none left (issue 14)
 

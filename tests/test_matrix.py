@@ -228,6 +228,19 @@ def check_python(source: Source, result, out: Path) -> None:
     assert np.all(np.isfinite(output)) and np.any(output != 0)
 
 
+def check_jax(source: Source, result, out: Path) -> None:
+    """model_jax.py imports and computes model.py's forward (written beside it): 1e-5 of the largest output."""
+    assert {"model_jax.py", "model.py", "weights.safetensors"} <= {p.name for p in out.iterdir()}
+    modules = []
+    for name in ("model_jax", "model"):
+        spec = importlib.util.spec_from_file_location(f"matrix_{name}_{out.parent.name}", out / f"{name}.py")
+        modules.append(importlib.util.module_from_spec(spec))
+        spec.loader.exec_module(modules[-1])
+    output, expected = (module.forward(source.sample) for module in modules)
+    assert output.shape == source.output_shape and output.dtype == np.float32
+    assert np.abs(output - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
 def verify_lengths(source: Source) -> list[int]:
     return [1] if source.family == "mlp" else [1, SEQ]  # an mlp's context is one vector
 
@@ -292,6 +305,7 @@ COMMANDS = {
     "stats": Command(lambda s, out: ["stats", s.path], check_stats),
     "stats-json": Command(lambda s, out: ["stats", s.path, "--json"], check_stats_json),
     "python": Command(lambda s, out: [s.path, "--python", out], check_python),
+    "jax": Command(lambda s, out: [s.path, "--jax", out], check_jax),
     "verify": Command(lambda s, out: ["verify", s.path, *[a for n in verify_lengths(s) for a in ("--seq", n)]],
                       check_verify),
     "verify-exact": Command(lambda s, out: ["verify", s.path, "--exact", "--seq", min(verify_lengths(s)[-1], 2),
@@ -309,7 +323,7 @@ COMMANDS = {
     "circuits-exact": Command(lambda s, out: ["verify", s.path, "--form", "circuits", "--exact", "--seq", 2, "--json"],
                               check_circuits_exact),
 }
-OUTPUTS = {"python": "out", "pdf": "a.pdf", "html": "a.html", "tex": "a.tex"}
+OUTPUTS = {"python": "out", "jax": "out", "pdf": "a.pdf", "html": "a.html", "tex": "a.tex"}
 REFUSALS = {  # (row, command) -> words of the one-line refusal; every other cell must succeed
     ("llama-gguf-Q6_K", "expand"): ("scalar operations", "--force"),  # 256 wide: beyond the 200,000 limit
     ("smollm2-gguf", "expand"): ("scalar operations", "--force"),
@@ -327,6 +341,7 @@ DEFAULT_EXTRAS = {  # beyond the rule in in_default_run: one cell each of the ex
     ("mlp-folder", "expand"),
     ("llama-gguf-Q4_1", "pdf"),  # the quantization note and a GGUF tokenizer, through TeX
     ("gpt2-folder", "circuits-latex"), ("llama-gguf-Q4_1", "circuits-verify"), ("qwen2-folder", "circuits-exact"),
+    ("llama-gguf-Q4_1", "jax"),  # the JAX module (its own tests cover each family)
 }
 
 
@@ -359,6 +374,8 @@ def cells():
 def test_cell(source, tmp_path, row, command):
     if command == "pdf" and (shutil.which("latexmk") is None or shutil.which("pdflatex") is None):
         pytest.skip("latexmk and pdflatex are not installed (CI installs them)")
+    if command == "jax" and importlib.util.find_spec("jax") is None:
+        pytest.skip('pip install "eqcompile[jax]"')
     checkpoint, out = source(row), tmp_path / OUTPUTS.get(command, "none")
     result = run(*COMMANDS[command].arguments(checkpoint, out))
     if (row, command) in REFUSALS:

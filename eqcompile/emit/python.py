@@ -29,15 +29,16 @@ def module_source(program: Program, tokenizer: bool = False) -> str:
     stages = [_stage_function(program, stage, printer) for stage in program.stages]
     parameters = {stage.name: {p.name: p.key for p in stage.params} for stage in program.stages}
     return render_template("model.py.j2", **module_context(program), ops=numpy_source(functions), stages=stages,
-                           parameters=_parameters_source(parameters), interface=program.interface,
-                           tokenizer=tokenizer)
+                           parameters=_parameters_source(parameters), tokenizer=tokenizer, donate=False)
 
 
-def module_context(program: Program) -> dict:
-    """What every emitted module's template states of the Program, whatever its array library."""
+def module_context(program: Program, weights: str = "WEIGHTS") -> dict:
+    """What every emitted module's template states of the Program, whatever its array library;
+    ``weights``: the name the forward's calls read the weights from."""
     return dict(title=program.title, composition=sp.sstr(program.composition()), source=program.source,
                 layers=program.layers, dims=[(program.dim_python[s], v) for s, v in program.dims.items()],
-                calls=_forward_calls(program), repeated=[s.name for s in program.stages if s.layers])
+                calls=_forward_calls(program, weights), repeated=[s.name for s in program.stages if s.layers],
+                interface=program.interface)
 
 
 def _parameters_source(parameters: dict[str, dict[str, str]]) -> str:
@@ -94,22 +95,23 @@ def _stage_function(program: Program, stage: Stage, printer: ModulePrinter, fuse
     return "\n".join(lines)
 
 
-def _forward_calls(program: Program) -> list[str]:
-    """The body of ``forward`` after its input checks: the composition, stage by stage."""
+def _forward_calls(program: Program, weights: str) -> list[str]:
+    """The body of ``forward`` after its input checks: the composition, stage by stage, each stage's
+    weights read from the dict named ``weights``."""
     calls, value = [], program.input_symbol.name
     for stage in program.stages:
         names = [*(s.name for s in stage.extra_inputs), *map(str, stage.layer_symbols)]
         names += ["cache"] if stage.cached else []
         extra = "".join(f", {name}={name}" for name in names)
         if stage.layers:
-            loop, items = "params", f"WEIGHTS[{stage.name!r}]"
+            loop, items = "params", f"{weights}[{stage.name!r}]"
             if stage.cached:
                 loop, items = "params, cache", f"zip({items}, caches)"
             if stage.layer_symbols:
                 loop, items = f"l, ({loop})", f"enumerate({items}, start=1)"
             calls += [f"    for {loop} in {items}:", f"        x = {stage.name}({value}, **params{extra})"]
         else:
-            calls.append(f"    x = {stage.name}({value}, **WEIGHTS[{stage.name!r}]{extra})")
+            calls.append(f"    x = {stage.name}({value}, **{weights}[{stage.name!r}]{extra})")
         value = "x"
     return calls
 
