@@ -24,6 +24,7 @@ from .load import Checkpoint
 from .program import Program
 from .stats import Stats, stats
 from .tokenizer import Tokenizer, checkpoint_tokenizer
+from .trace.module import MAX_LENGTH, trace_module
 
 EXPANSION_LIMIT = 200_000  # scalar operations; beyond this --expand needs --force
 
@@ -165,3 +166,15 @@ def compile(source: str | Path, activation: str | None = None, pooling: str | No
     settings = {key: value for key, value in given.items() if value is not None}
     checkpoint = arch.with_settings(arch.open_checkpoint(source), settings)
     return CompiledModel(checkpoint, frontend.lower(checkpoint), trust_tokenizer_pattern)
+
+
+def trace(module, example_inputs, max_length: int = MAX_LENGTH) -> CompiledModel:
+    """A torch ``nn.Module`` of one's own as a :class:`CompiledModel`, as :func:`compile` gives
+    for a checkpoint (needs the ``trace`` extra).
+
+    ``example_inputs``: one tensor, token ids ``[1, n]`` (the module returns logits ``[1, n, vocab]``:
+    a causal language model, with generation) or real rows ``[n, d]`` (the emitted ``forward(x)``
+    takes ``[n, d]``); n >= 2, traced as a length of 2 to ``max_length``. The weights are copied
+    out of the module now, into memory: training it further changes nothing compiled.
+    """
+    return CompiledModel(*trace_module(module, example_inputs, max_length))

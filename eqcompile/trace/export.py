@@ -21,8 +21,14 @@ class Exported:
     model: object  # the transformers model (weights not allocated)
     parameters: dict[str, str]  # graph placeholder -> the checkpoint's tensor name
     buffers: dict[str, object]  # graph placeholder -> buffer tensor (real values, e.g. inv_freq)
-    layers_path: str  # "gpt_neox.layers": the ModuleList of the blocks
+    layers_path: str  # "gpt_neox.layers": the ModuleList of the blocks ("" for a model without one)
     layers: int
+    config: object = None  # the sizes: transformers' config, or one read off a module's graph (trace.module)
+    origin: str = ""  # what was traced, for the notes: "transformers' GPTNeoXForCausalLM"
+
+    def __post_init__(self):
+        self.config = self.config if self.config is not None else self.model.config
+        self.origin = self.origin or f"transformers' {type(self.model).__name__}"
 
 
 def _model(checkpoint: Checkpoint, empty: bool):
@@ -97,7 +103,7 @@ def export_checkpoint(checkpoint: Checkpoint) -> Exported:
                for placeholder, name in signature.inputs_to_buffers.items()}
     buffers.update({placeholder: program.constants[name]
                     for placeholder, name in signature.inputs_to_lifted_tensor_constants.items()})
-    path, layers = _layer_list(model)
+    path, layers = layer_list(model)
     return Exported(program, model, parameters, buffers, path, layers)
 
 
@@ -125,7 +131,7 @@ def _checkpoint_names(model, checkpoint: Checkpoint) -> dict[str, str]:
     return names
 
 
-def _layer_list(model) -> tuple[str, int]:
+def layer_list(model) -> tuple[str, int]:
     """The ModuleList holding the blocks: the longest one (its length is the depth)."""
     import torch
 

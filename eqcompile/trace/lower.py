@@ -22,7 +22,7 @@ from .statics import mask_kind, positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
 
 IDENTITY = {"dropout", "alias", "contiguous", "clone", "detach", "lift_fresh_copy"}
-PARTS = {"slice", "chunk", "split_with_sizes", "_assert_tensor_metadata"}  # a fused projection's users: folded
+PARTS = {"slice", "chunk", "split", "split_with_sizes", "_assert_tensor_metadata"}  # a fused projection's users: folded
 ACTIVATIONS = {"silu": SiLU, "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 
 
@@ -265,6 +265,10 @@ class StageLowering:
             return NotImplemented
         bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         return Pieces(tuple(self._columns(node, x, a, b) for a, b in zip(bounds, bounds[1:])))
+
+    def _split(self, node, x, size, dim=0):
+        width = x.stop - x.start if isinstance(x, Heads) else int(node.args[0].meta["val"].shape[-1])
+        return self._split_with_sizes(node, x, [min(size, width - start) for start in range(0, width, size)], dim)
 
     def _index(self, node, x, indices):
         """Falcon's key and value heads out of the fused projection: x[:, :, [k]]."""

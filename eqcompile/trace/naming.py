@@ -30,7 +30,7 @@ ROLES = {"q_proj": "Q", "query": "Q", "k_proj": "K", "key": "K", "v_proj": "V", 
          "fc_in": "in", "fc_out": "out", "dense_h_to_4h": "in", "dense_4h_to_h": "out", "c_fc": "in",
          "lm_head": "U", "embed_out": "U", "w1": "gate", "w3": "up", "w2": "down"}
 OUTPUT_LEAVES = {"dense", "c_proj", "proj"}  # "O" inside attention, "out" inside an MLP
-FUSED = {"query_key_value": ("Q", "K", "V"), "qkv_proj": ("Q", "K", "V"), "c_attn": ("Q", "K", "V"),
+FUSED = {"query_key_value": ("Q", "K", "V"), "qkv_proj": ("Q", "K", "V"), "qkv": ("Q", "K", "V"), "c_attn": ("Q", "K", "V"),
          "Wqkv": ("Q", "K", "V"), "gate_up_proj": ("gate", "up")}
 ATTENTION_PARENTS = ("attention", "self_attn", "attn", "self_attention")
 # stem -> LaTeX of an intermediate matrix ($l: the layer)

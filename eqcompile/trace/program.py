@@ -17,7 +17,7 @@ from ..errors import UnsupportedArchitecture
 from ..load import Checkpoint
 from ..ops import d_head, n_head, n_kv_head
 from ..ops.partial_rope import d_rot
-from ..program import Program, Stage
+from ..program import Interface, Program, Stage
 from .export import Exported
 from .lower import StageLowering, op_name
 from .naming import module_path
@@ -42,7 +42,7 @@ class Context:
         self.tokens = next(n for n in placeholders if n.name in user_inputs)
         self.static = static_nodes(graph, set(exported.parameters), self.tokens.name)
         self.evaluator = Evaluator(exported.buffers, self.tokens.name)
-        config = exported.model.config
+        config = exported.config
         self.config = config
         self.dims: dict[sp.Symbol, int | float] = {}
         self.rope_base = _rope_base(config)
@@ -51,7 +51,7 @@ class Context:
 
     def _size_table(self, config) -> list[tuple[int, sp.Expr, sp.Symbol | None, int | None]]:
         """(size, its symbol expression, the dim it defines, value) in order of preference."""
-        hidden, heads = config.hidden_size, config.num_attention_heads
+        hidden, heads = config.hidden_size, config.num_attention_heads or 1
         head_width = getattr(config, "head_dim", None) or hidden // heads
         kv = getattr(config, "num_key_value_heads", None) or getattr(config, "num_kv_heads", None) or heads
         table = [(hidden, d_model), (config.vocab_size, n_vocab), (heads * head_width, n_head * d_head),
@@ -62,6 +62,10 @@ class Context:
         table.append((int(getattr(config, "max_position_embeddings", 0) or 0), n_ctx))
         self.dims.update({d_model: hidden, n_vocab: config.vocab_size, n_head: heads, d_head: head_width,
                           n_ctx: int(getattr(config, "max_position_embeddings", 0) or 2048)})
+        if not config.vocab_size:  # a module on real inputs (trace.module) has no vocabulary
+            del self.dims[n_vocab]
+        if not config.num_attention_heads:  # nor, without attention, heads
+            del self.dims[n_head], self.dims[d_head]
         if kv != heads:
             self.dims[n_kv_head] = kv
         if inner:
@@ -126,11 +130,12 @@ def _sections(context: Context):
     return before, layers, after
 
 
-def _boundary(nodes: list, static: set) -> tuple:
-    """(the stream entering a section: its one non-static input from outside, the node leaving it)."""
+def _boundary(nodes: list, static: set, parameters: dict) -> tuple:
+    """(the stream entering a section: its one input from outside that is neither static nor a
+    weight, the node leaving it)."""
     inside = set(nodes)
     inputs = {arg for node in nodes for arg in node.all_input_nodes
-              if arg not in inside and arg not in static and arg.op != "placeholder"}
+              if arg not in inside and arg not in static and arg.name not in parameters}
     outputs = [node for node in nodes if node not in static and any(
         user not in inside and (user.op != "call_function" or op_name(user) not in IGNORED) for user in node.users)]
     if len(inputs) != 1 or len(outputs) != 1:
@@ -193,10 +198,9 @@ def _layer_templates(context: Context, layers: list) -> dict[str, str]:
     return templates
 
 
-def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
-    context = Context(exported, checkpoint)
-    before, layers, after = _sections(context)
-    state = exported.program.graph_signature.inputs_to_parameters
+def _same_layers(context: Context, layers: list):
+    """Refuse unless every layer's section is layer 0's up to the layer number."""
+    state = context.exported.program.graph_signature.inputs_to_parameters
     signatures = [_signature(context, nodes, index, state) for index, nodes in enumerate(layers)]
     for index, signature in enumerate(signatures[1:], start=1):
         if signature != signatures[0]:
@@ -205,44 +209,58 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
             raise UnsupportedArchitecture(
                 f"layer {index} differs from layer 0 at {op_name(layers[index][first])} "
                 f"({module_path(layers[index][first])}): the layers cannot be stated as one block")
-    context.templates = _layer_templates(context, layers)
 
+
+def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
+    context = Context(exported, checkpoint)
+    graph = exported.program.graph
     values: dict = {}
-    for placeholder in (n for n in exported.program.graph.nodes if n.op == "placeholder"):
+    for placeholder in (n for n in graph.nodes if n.op == "placeholder"):
         if placeholder.name in exported.parameters:
             values[placeholder] = Weight(exported.parameters[placeholder.name],
                                          tuple(int(s) for s in placeholder.meta["val"].shape))
-    tokens = MatrixSymbol("t", seq, 1)
-    values[context.tokens] = Tokens(tokens)
-    block_in, block_out = _boundary(layers[0], context.static)
-    _, leaving = _boundary(layers[-1], context.static)
-    logits_node = next(n for n in exported.program.graph.nodes if n.op == "output").args[0][0]
-
-    stages = []
-    names = Names(context, "embedding", tokens, "t", layered=False)
-    output = StageLowering(context, names, values).lower(before, block_in)
-    stages.append(_stage(names, "embedding", "Embedding", "E", output, "x", "X^{(0)}"))
-    x = MatrixSymbol("x", seq, d_model)
-    values[block_in] = Stream(x)
-    names = Names(context, "block", x, "X^{($l)}", layered=True)
-    output = StageLowering(context, names, values).lower(layers[0], block_out)
-    stages.append(_stage(names, "block", "Transformer block", "B", output, "x_next", "X^{($next)}",
-                         layers=len(layers)))
-    values[leaving] = Stream(x)
-    names = Names(context, "unembedding", x, "X^{(L)}", layered=False)
-    output = StageLowering(context, names, values).lower(after, logits_node)
-    stages.append(_stage(names, "unembedding", "Unembedding", "U", output, "logits", "Z"))
+    takes_tokens = not context.tokens.meta["val"].dtype.is_floating_point
+    if takes_tokens:
+        model_input = MatrixSymbol("t", seq, 1)
+        values[context.tokens] = Tokens(model_input)
+    else:  # real rows [n, w] (a module traced from Python)
+        model_input = MatrixSymbol("x", seq, context.dim(int(context.tokens.meta["val"].shape[-1])))
+        values[context.tokens] = Stream(model_input)
+    output_node = next(n for n in graph.nodes if n.op == "output").args[0][0]
+    stages = [] if exported.layers else [_lower_stage(context, values, "network", "Network", "f", model_input, "X",
+                                                      [n for n in context.nodes if n.op == "call_function"
+                                                       and n not in context.static], output_node, "y", "Y")]
+    if exported.layers:
+        before, layers, after = _sections(context)
+        _same_layers(context, layers)
+        context.templates = _layer_templates(context, layers)
+        block_in, block_out = _boundary(layers[0], context.static, exported.parameters)
+        _, leaving = _boundary(layers[-1], context.static, exported.parameters)
+        x = MatrixSymbol("x", seq, d_model)
+        if before:
+            stages.append(_lower_stage(context, values, "embedding", "Embedding", "E", model_input,
+                                       "t" if takes_tokens else "X", before, block_in, "x", "X^{(0)}"))
+        values[block_in] = Stream(x)
+        stages.append(_lower_stage(context, values, "block", "Transformer block", "B", x, "X^{($l)}", layers[0],
+                                   block_out, "x_next", "X^{($next)}", layers=len(layers)))
+        values[leaving] = Stream(x)
+        if after:
+            stages.append(_lower_stage(context, values, "unembedding", "Unembedding", "U", x, "X^{(L)}", after,
+                                       output_node, *(("logits", "Z") if takes_tokens else ("y", "Y"))))
 
     positions = next((s for stage in stages for s in stage.extra_inputs if s.name == "p"), None)
     return Program(
         family="traced", stages=stages, dims=context.dims, dim_latex=DIM_LATEX, dim_python=DIM_PYTHON,
-        input_symbol=tokens, positions=positions, seq=seq, max_seq=context.dims[n_ctx],
-        vocab=context.dims[n_vocab], source=checkpoint.source,
-        notes=[f"Traced from transformers' {type(exported.model).__name__} with torch.export."],
-        config=dict(checkpoint.config or {}))
+        input_symbol=model_input, positions=positions, seq=seq, max_seq=context.dims[n_ctx],
+        vocab=context.dims.get(n_vocab, 0), source=checkpoint.source,
+        interface=Interface.CAUSAL_LM if takes_tokens else Interface.ROWS,
+        notes=[f"Traced from {exported.origin} with torch.export."], config=dict(checkpoint.config or {}))
 
 
-def _stage(names: Names, name, title, letter, output, out_name, out_latex, layers=None) -> Stage:
-    names.finish(output, out_name, out_latex)
+def _lower_stage(context: Context, values: dict, name, title, letter, input_symbol, input_latex, nodes, output,
+                 out_name, out_latex, layers=None) -> Stage:
+    names = Names(context, name, input_symbol, input_latex, layered=layers is not None)
+    expr = StageLowering(context, names, values).lower(nodes, output)
+    names.finish(expr, out_name, out_latex)
     return Stage(name, title, letter, names.input, names.prelude + names.equations, names.used_params(),
                  names.latex, layers=layers, extra_inputs=tuple(names.extra), cached=names.cached)
