@@ -153,3 +153,52 @@ def test_the_subpackage_stays_importable_beside_the_function():
     import eqcompile.trace.lower  # noqa: F401  (eqcompile.trace is the function; the package is still there)
 
     assert callable(eqcompile.trace)
+
+
+class Unusual(nn.Module):
+    """Ops no pattern takes, each in the table of generic ops (a norm of its own, a gated clamp)."""
+
+    def __init__(self, d=12):
+        super().__init__()
+        self.fc, self.out = nn.Linear(d, d), nn.Linear(d, 3)
+        self.scale = nn.Parameter(torch.randn(d))
+
+    def forward(self, x):
+        h = self.fc(x)
+        centred = h - h.mean(-1, keepdim=True)
+        h = centred * torch.rsqrt(centred.pow(2).sum(-1, keepdim=True) + 1e-3)
+        h = torch.exp(-h.abs()) * self.scale + torch.clamp(h, min=-0.5, max=0.5)
+        return self.out(torch.maximum(h, torch.sqrt(torch.abs(x))) / 2)
+
+
+def test_ops_without_a_pattern_are_lowered_generically_and_listed(tmp_path, capfd):
+    module = randomized(Unusual())
+    compiled = eqcompile.trace(module, torch.zeros(4, 12))
+    listed = capfd.readouterr().err
+    assert listed.startswith("eqcompile: lowered generically: mean at (model); sub at (model); pow at (model)")
+    for op in ("rsqrt", "exp", "clamp", "maximum", "sqrt", "div"):
+        assert f"{op} at (model)" in listed
+    latex = compiled.latex()
+    assert r"\emph{Note:} Lowered generically" in latex and r"\operatorname{rsqrt}\left(" in latex
+    assert compiled.program.stages[0].params[2].source.name == "scale"  # a weight read elementwise, by its name
+    emitted = import_module(compiled.to_python(tmp_path), "traced_unusual")
+    x = np.random.default_rng(0).standard_normal((7, 12)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.as_tensor(x)).numpy()
+    max_abs, max_rel, ok = compare(emitted.forward(x), expected, ATOL, RTOL)
+    assert ok, (max_abs, max_rel)
+
+
+class Cumulative(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x).cumsum(-1)
+
+
+def test_an_op_outside_the_table_is_refused_naming_it():
+    refusal = r"^cannot lower aten op cumsum\.default \(Stream\) at \(model\): no pattern"
+    with pytest.raises(UnsupportedArchitecture, match=refusal):
+        eqcompile.trace(Cumulative(), torch.zeros(3, 4))

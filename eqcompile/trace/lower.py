@@ -1,7 +1,8 @@
 """The pattern lowering: each aten node of one stage's section of the graph becomes a piece of a
 sympy equation, by a handler per op; multi-node idioms (RMSNorm written out, rotate_half) are
-matched through ``Partial`` values. A node no handler takes stops the lowering with its op and
-module path: never a guessed equation."""
+matched through ``Partial`` values. A node no handler takes is lowered as itself when the table of
+``ops/generic.py`` states it (``generic.py``), else stops the lowering with its op and module path:
+never a guessed equation."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..errors import UnsupportedArchitecture
 from ..ops import (GELU, CausalMask, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
                    ReLU, RMSNorm, RoPE, Sigmoid, SiLU, SlidingWindowMask, Softmax, SplitHeads, Tanh, d_head,
                    n_head, n_kv_head)
+from .generic import lower_generically
 from .naming import Names, module_path
 from .statics import mask_kind, positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
@@ -36,18 +38,19 @@ class StageLowering:
 
     def __init__(self, context, names: Names, values: dict):
         self.context, self.names, self.values = context, names, values
+        self.generic_values: dict = {}  # a node a pattern took part-way -> its generic lowering
 
     def lower(self, nodes, output) -> MatrixSymbol:
         for node in nodes:
             if node in self.context.static:
                 continue
             handler = getattr(self, "_" + op_name(node), None)
-            if handler is None:
-                self.refuse(node)
             args = [self.value(a) for a in node.args]
             kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
-            result = handler(node, *args, **kwargs)
-            if result is NotImplemented:
+            result = NotImplemented if handler is None else handler(node, *args, **kwargs)
+            if result is NotImplemented:  # no pattern: the op as itself, if the table states it
+                result = lower_generically(self, node)
+            if result is None:
                 self.refuse(node)
             if isinstance(result, Stream) and node is not output and self.context.fan_out(node) > 1 \
                     and not all(op_name(user) in PARTS for user in node.users):
@@ -71,7 +74,7 @@ class StageLowering:
         args = ", ".join(type(self.value(a)).__name__ for a in node.args if not isinstance(a, (int, float)))
         raise UnsupportedArchitecture(
             f"cannot lower aten op {getattr(node.target, '__name__', node.target)} ({args}) at {module_path(node)}: "
-            "no pattern matches it")
+            "no pattern matches it, nor the table of ops lowered generically")
 
     # plumbing --------------------------------------------------------------------------------
     def _identity(self, node, x, *rest, **kwargs):
@@ -140,7 +143,7 @@ class StageLowering:
     def _add(self, node, a, b, alpha=1):
         if isinstance(a, Partial) and a.kind == "mean_square" and isinstance(b, (int, float)):
             return Partial("mean_square_eps", (*a.parts, b))
-        if isinstance(a, Stream) and isinstance(b, Stream):  # a residual: the stream first, then the updates
+        if isinstance(a, Stream) and isinstance(b, Stream) and a.expr.shape == b.expr.shape:  # a residual
             terms = [t for x in (a, b) for t in (x.expr.args if isinstance(x.expr, sp.MatAdd) else (x.expr,))]
             terms.sort(key=lambda term: not self.names.is_stream(term))
             return Stream(sp.MatAdd(*terms, evaluate=False))
@@ -169,7 +172,7 @@ class StageLowering:
                     return Partial("rotation", (view, kind))
             if isinstance(x, Stream) and isinstance(y, (int, float)):
                 return Stream(sp.Float(y, 17) * x.expr) if y != 1 else x
-        if isinstance(a, Stream) and isinstance(b, Stream):
+        if isinstance(a, Stream) and isinstance(b, Stream) and a.expr.shape == b.expr.shape:
             return Stream(HadamardProduct(a.expr, b.expr))
         return NotImplemented
 

@@ -22,7 +22,8 @@ from .values import Heads, Weight
 def module_path(node) -> str:
     """The module a graph node comes from (``gpt_neox.layers.0.attention``): errors and names say it."""
     stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0].removeprefix("m.") if stack else "(model)"
+    path = list(stack.values())[-1][0] if stack else "m"
+    return "(model)" if path == "m" else path.removeprefix("m.")  # "m": the exported wrapper's model
 
 
 ROLES = {"q_proj": "Q", "query": "Q", "k_proj": "K", "key": "K", "v_proj": "V", "value": "V", "o_proj": "O",
@@ -134,6 +135,15 @@ class Names:
             return view
         width = view.stop - view.start
         return Heads(folded, view.heads, width, 0, width)
+
+    def parameter(self, weight: Weight, node) -> MatrixSymbol:
+        """A weight a generic op reads as it is stored (a [d] vector as a row [1, d]), named by its module."""
+        leaf = weight.tensor.rsplit(".", 1)[-1]  # a parameter of its own (``self.scale``) by its name
+        plain = leaf not in ("weight", "bias") and re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,20}", leaf)
+        stem = self._unique(leaf if plain else self._role(node))
+        rows, cols = (1, *weight.shape) if len(weight.shape) == 1 else weight.shape
+        return self._param(f"W_{stem}", f"W_{{{_role_latex(stem)}}}", weight, self.context.dim(rows),
+                           self.context.dim(cols))
 
     def norm_weights(self, gain: Weight, shift: Weight | None, node):
         suffix = "f" if self.stage == "unembedding" else str(self.counts.get("norm", 0) + 1)

@@ -8,6 +8,7 @@ Every layer's section of the graph must be the same sequence of ops on the same-
 from __future__ import annotations
 
 import re
+import sys
 
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
@@ -19,6 +20,7 @@ from ..ops import d_head, n_head, n_kv_head
 from ..ops.partial_rope import d_rot
 from ..program import Interface, Program, Stage
 from .export import Exported
+from .generic import generic_listing
 from .lower import StageLowering, op_name
 from .naming import module_path
 from .naming import Names
@@ -48,6 +50,7 @@ class Context:
         self.rope_base = _rope_base(config)
         self.window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
         self._sizes = self._size_table(config)
+        self.generic: dict[str, list[str]] = {}  # aten op lowered generically -> module paths (trace/generic.py)
 
     def _size_table(self, config) -> list[tuple[int, sp.Expr, sp.Symbol | None, int | None]]:
         """(size, its symbol expression, the dim it defines, value) in order of preference."""
@@ -249,12 +252,17 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
                                        output_node, *(("logits", "Z") if takes_tokens else ("y", "Y"))))
 
     positions = next((s for stage in stages for s in stage.extra_inputs if s.name == "p"), None)
+    notes = [f"Traced from {exported.origin} with torch.export."]
+    if context.generic:
+        listing = generic_listing(context.generic)
+        notes.append(f"Lowered generically (aten ops no pattern matched, as torch defines them): {listing}.")
+        print(f"eqcompile: lowered generically: {listing}", file=sys.stderr)
     return Program(
         family="traced", stages=stages, dims=context.dims, dim_latex=DIM_LATEX, dim_python=DIM_PYTHON,
         input_symbol=model_input, positions=positions, seq=seq, max_seq=context.dims[n_ctx],
         vocab=context.dims.get(n_vocab, 0), source=checkpoint.source,
         interface=Interface.CAUSAL_LM if takes_tokens else Interface.ROWS,
-        notes=[f"Traced from {exported.origin} with torch.export."], config=dict(checkpoint.config or {}))
+        notes=notes, config=dict(checkpoint.config or {}))
 
 
 def _lower_stage(context: Context, values: dict, name, title, letter, input_symbol, input_latex, nodes, output,
