@@ -17,6 +17,7 @@ from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows,
                            SplitHeads, Tanh, d_head, epsilon, n_head, n_kv_head, window)
 from eqcompile.ops.activation import erf
 from eqcompile.ops.generic import AtenOp
+from eqcompile.ops.interleaved_rope import InterleavedRoPE
 from eqcompile.ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 
 n, d = sp.symbols("n d", integer=True, positive=True)
@@ -40,7 +41,7 @@ def example(op):
         GroupedHeads: GroupedHeads(X, n_kv_head, n_head), SlidingWindowMask: SlidingWindowMask(S, window),
         PaddingMask: PaddingMask(S, mask), MeanPool: MeanPool(X, mask),
         PartialRoPE: PartialRoPE(X, theta, t, d_head), HeadRMSNorm: HeadRMSNorm(X, g, epsilon, d_head),
-        AtenOp: AtenOp("clamp_min", X, 0.5),
+        AtenOp: AtenOp("clamp_min", X, 0.5), InterleavedRoPE: InterleavedRoPE(X, theta, t, d_head),
     }.get(op) or op(X)
 
 
@@ -73,6 +74,8 @@ GOLDEN = {
     SlidingWindowMask: (r"\operatorname{mask}_{w}\left(S\right)", "sliding_window_mask(S, w)"),
     PartialRoPE: (r"\operatorname{RoPE}_{\theta}\left(X;\, t\right)", "partial_rope(X, theta, t, d_head)"),
     HeadRMSNorm: (r"\operatorname{RMSNorm}_{h}\left(X;\, \gamma\right)", "head_rms_norm(X, gamma, eps, d_head)"),
+    InterleavedRoPE: (r"\operatorname{RoPE}^{\mathrm{pairs}}_{\theta}\left(X;\, t\right)",
+                      "interleaved_rope(X, theta, t, d_head)"),
     AtenOp: (r"\operatorname{clamp\_min}\left(X, 0.5\right)", "np.maximum(X, 0.5)"),
 }
 

@@ -13,12 +13,13 @@ from .pooling import MeanPool
 from .partial_rope import PartialRoPE, d_rot
 from .head_norm import HeadRMSNorm
 from .generic import AtenOp
+from .interleaved_rope import InterleavedRoPE
 
 __all__ = [
     "Embed", "FirstRows", "Linear", "LayerNorm", "RMSNorm", "Softmax", "CausalMask",
     "SplitHeads", "MergeHeads", "GELUTanh", "GELU", "ReLU", "Sigmoid", "SiLU", "QuickGELU", "Tanh",
     "RoPE", "RotaryFrequencies", "Llama3Frequencies", "GroupedHeads", "SlidingWindowMask",
-    "PaddingMask", "MeanPool", "PartialRoPE", "HeadRMSNorm", "AtenOp",
+    "PaddingMask", "MeanPool", "PartialRoPE", "HeadRMSNorm", "InterleavedRoPE", "AtenOp",
 ]
 OPS: tuple[type[MatrixOp], ...] = tuple(globals()[name] for name in __all__)
 ACTIVATIONS: tuple[type[Activation], ...] = tuple(op for op in OPS if issubclass(op, Activation))

@@ -75,8 +75,9 @@ def lower_generically(lowering, node) -> Stream | None:
         operands.append(operand)
     if not any(getattr(o, "is_Matrix", False) for o in operands):
         return None
-    lowering.context.generic.setdefault(name, []).append(module_path(node))
-    return Stream(AtenOp(name, *operands))
+    op = AtenOp(name, *operands)
+    lowering.context.generic.setdefault(op, module_path(node))
+    return Stream(op)
 
 
 def generic_value(lowering, node):
@@ -97,8 +98,13 @@ def _operand(lowering, value, node):
     return sp.Integer(value) if isinstance(value, int) else sp.Float(value, 17)
 
 
-def generic_listing(generic: dict[str, list[str]]) -> str:
-    """Each op lowered generically and where (its first module path; how many more in the stage)."""
-    def where(paths):
-        return paths[0] + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
-    return "; ".join(f"{name} at {where(paths)}" for name, paths in generic.items())
+def generic_listing(generic: dict, equations) -> str:
+    """Each op lowered generically that the equations still hold (an idiom may have absorbed some,
+    trace/idioms.py), and where: its first module path, and how many more places."""
+    found: dict[str, list[str]] = {}
+    for eq in equations:
+        for op in sp.preorder_traversal(eq.rhs):
+            if isinstance(op, AtenOp) and op in generic:
+                found.setdefault(op.name, []).append(generic[op])
+    return "; ".join(f"{name} at {paths[0]}" + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
+                     for name, paths in found.items())

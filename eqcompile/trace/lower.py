@@ -19,12 +19,15 @@ from ..ops import (GELU, CausalMask, Embed, GELUTanh, GroupedHeads, HeadRMSNorm,
                    ReLU, RMSNorm, RoPE, Sigmoid, SiLU, SlidingWindowMask, Softmax, SplitHeads, Tanh, d_head,
                    n_head, n_kv_head)
 from .generic import lower_generically
+from .idioms import gelu_tanh
+from .interleaved import InterleavedRotary
 from .naming import Names, module_path
 from .statics import mask_kind, positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
 
 IDENTITY = {"dropout", "alias", "contiguous", "clone", "detach", "lift_fresh_copy"}
 PARTS = {"slice", "chunk", "split", "split_with_sizes", "_assert_tensor_metadata"}  # a fused projection's users: folded
+SIN_TERMS = {"rotate_half": "sin", "rotate_every_two": "sin_pairs"}  # the rotated half's table
 ACTIVATIONS = {"silu": SiLU, "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 
 
@@ -33,7 +36,7 @@ def op_name(node) -> str:
     return getattr(node.target, "__name__", str(node.target)).split(".")[0]
 
 
-class StageLowering:
+class StageLowering(InterleavedRotary):
     """Lowers one section of the graph into a stage's equations (``names`` collects them)."""
 
     def __init__(self, context, names: Names, values: dict):
@@ -154,6 +157,8 @@ class StageLowering:
                     rotated = RoPE(view.base, self.names.frequencies(view.width), self.names.positions())
                     return Heads(rotated, view.heads, view.width, 0, view.width)
                 return Partial("rotated", (view,))
+            if b.parts[0] == view and kinds == {"cos_pairs", "sin_pairs"}:  # GPT-J's rotate_every_two
+                return self.interleaved(view)
         return NotImplemented
 
     def _mul(self, node, a, b):
@@ -162,18 +167,18 @@ class StageLowering:
                 return Partial("normalized", y.parts)
             if isinstance(x, Weight) and isinstance(y, Partial) and y.kind == "normalized":
                 return self._rms_norm(node, x, *y.parts)
-            if isinstance(y, Static) and isinstance(x, (Heads, Partial)):
-                view = x if isinstance(x, Heads) else x.parts[0] if x.kind == "rotate_half" else None
+            if isinstance(y, Static) and isinstance(x, (Heads, Partial, SplitRows)):
+                x = x.as_heads() if isinstance(x, SplitRows) else x
+                view = x if isinstance(x, Heads) else x.parts[0] if x.kind in SIN_TERMS else None
                 if view is None:
                     continue
                 kind = self.context.rotary_kind(y.node, view.stop - view.start)
-                wanted = "cos" if isinstance(x, Heads) else "sin"
-                if kind == wanted:
+                if kind in (("cos", "cos_pairs") if isinstance(x, Heads) else (SIN_TERMS[x.kind],)):
                     return Partial("rotation", (view, kind))
             if isinstance(x, Stream) and isinstance(y, (int, float)):
                 return Stream(sp.Float(y, 17) * x.expr) if y != 1 else x
         if isinstance(a, Stream) and isinstance(b, Stream) and a.expr.shape == b.expr.shape:
-            return Stream(HadamardProduct(a.expr, b.expr))
+            return Stream(gelu_tanh(a.expr, b.expr) or HadamardProduct(a.expr, b.expr))
         return NotImplemented
 
     def _rms_norm(self, node, weight: Weight, x, eps):
@@ -183,7 +188,8 @@ class StageLowering:
         return SplitRows(HeadRMSNorm(x.base, gain, eps, d_head), x.heads, x.width)  # each head on its own
 
     def _neg(self, node, x):
-        return Partial("negated", (x,)) if isinstance(x, Heads) else NotImplemented
+        odd = isinstance(x, Partial) and x.kind == "odd"  # rotate_every_two's -x[..., 1::2]
+        return Partial("negated", (x,)) if isinstance(x, Heads) or odd else NotImplemented
 
     def _cat(self, node, items, dim=0):
         if dim not in (-1, 3) or len(items) != 2:
@@ -204,6 +210,8 @@ class StageLowering:
                 frequencies = self.names.frequencies(view.stop, partial=True)
                 rotated = PartialRoPE(view.base, frequencies, self.names.positions(), d_head)
                 return Heads(rotated, view.heads, view.width, 0, view.width)
+        if isinstance(first, Partial) and first.kind == "rotated_pairs" and isinstance(second, Heads):
+            return self.interleaved_with_rest(first, second)
         return NotImplemented
 
     def _gelu(self, node, x, approximate="none"):
@@ -251,6 +259,8 @@ class StageLowering:
             return NotImplemented
         if isinstance(x, SplitRows):
             return Heads(x.base, x.heads, x.width, 0, x.width)
+        if isinstance(x, Heads) and x.rows_first and x.whole:  # rotated before the heads moved forward (GPT-J)
+            return Heads(x.base, x.heads, x.width, 0, x.width)
         if isinstance(x, Attended) and not x.transposed:
             return Attended(x.expr, x.heads, True)
         return NotImplemented
@@ -292,6 +302,8 @@ class StageLowering:
         if isinstance(x, SplitRows) and dim == 2 and step == 1:  # a range of heads
             first, last = slice(start, end).indices(x.heads)[:2]
             return self._head_range(x, first, last)
+        if dim in (-1, rank - 1) and step == 2:
+            return self.pairs_part(x, start, end)
         if dim not in (-1, rank - 1) or step != 1:
             return NotImplemented
         width = x.stop - x.start if isinstance(x, Heads) else int(node.args[0].meta["val"].shape[-1])
@@ -300,6 +312,8 @@ class StageLowering:
     def _columns(self, node, x, start: int, stop: int, fold: bool = True):
         """Features start:stop of every head (of a stream's rows): a fused projection's part becomes
         a projection of its own."""
+        if isinstance(x, SplitRows):  # [1, n, heads, w] before the transpose (GPT-J rotates there)
+            x = x.as_heads()
         if isinstance(x, Heads):
             part = x.part(start, stop)
             return self.names.fold_heads(part) if fold else part

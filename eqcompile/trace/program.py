@@ -21,6 +21,7 @@ from ..ops.partial_rope import d_rot
 from ..program import Interface, Program, Stage
 from .export import Exported
 from .generic import generic_listing
+from .interleaved import interleaved_kind, table_base
 from .lower import StageLowering, op_name
 from .naming import module_path
 from .naming import Names
@@ -48,9 +49,10 @@ class Context:
         self.config = config
         self.dims: dict[sp.Symbol, int | float] = {}
         self.rope_base = _rope_base(config)
+        self.rope_scaled = rope_type(config) != "default"
         self.window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
         self._sizes = self._size_table(config)
-        self.generic: dict[str, list[str]] = {}  # aten op lowered generically -> module paths (trace/generic.py)
+        self.generic: dict = {}  # AtenOp lowered generically -> its module path (trace/generic.py)
 
     def _size_table(self, config) -> list[tuple[int, sp.Expr, sp.Symbol | None, int | None]]:
         """(size, its symbol expression, the dim it defines, value) in order of preference."""
@@ -91,7 +93,12 @@ class Context:
         return self.evaluator.array(node, n)
 
     def rotary_kind(self, node, width: int) -> str | None:
-        return rotary_kind(self.evaluate(node, 7), 7, self.rope_base, width)
+        """"cos"/"sin" (half-split), "cos_pairs"/"sin_pairs" (interleaved) or None for a static table."""
+        n = min(7, self.dims[n_ctx])  # GPT-J's table has n_ctx rows
+        values = self.evaluate(node, n)
+        if self.rope_base is None and not self.rope_scaled:  # a base the config does not state (GPT-J's 10000)
+            self.rope_base = table_base(values, n, width)
+        return rotary_kind(values, n, self.rope_base, width) or interleaved_kind(values, n, self.rope_base, width)
 
     def fan_out(self, node) -> int:
         return sum(1 for user in node.users if user.op != "call_function" or op_name(user) not in IGNORED)
@@ -100,14 +107,21 @@ class Context:
         return self.templates[tensor]
 
 
+def rope_type(config) -> str:
+    """The config's RoPE scaling ("default": none; "linear", "llama3", "yarn", ...)."""
+    params = getattr(config, "rope_parameters", None) or {}
+    if isinstance(params, dict) and "full_attention" in params:
+        params = params["full_attention"]
+    return str(params.get("rope_type", "default")) if isinstance(params, dict) else "default"
+
+
 def _rope_base(config) -> float | None:
     params = getattr(config, "rope_parameters", None) or {}
     if isinstance(params, dict) and "full_attention" in params:
         params = params["full_attention"]
     base = params.get("rope_theta") if isinstance(params, dict) else None
     base = base if base is not None else getattr(config, "rope_theta", None)
-    rope_type = params.get("rope_type", "default") if isinstance(params, dict) else "default"
-    return float(base) if base is not None and rope_type == "default" else None
+    return float(base) if base is not None and rope_type(config) == "default" else None
 
 
 def _sections(context: Context):
@@ -253,8 +267,8 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
 
     positions = next((s for stage in stages for s in stage.extra_inputs if s.name == "p"), None)
     notes = [f"Traced from {exported.origin} with torch.export."]
-    if context.generic:
-        listing = generic_listing(context.generic)
+    listing = generic_listing(context.generic, [eq for stage in stages for eq in stage.equations])
+    if listing:
         notes.append(f"Lowered generically (aten ops no pattern matched, as torch defines them): {listing}.")
         print(f"eqcompile: lowered generically: {listing}", file=sys.stderr)
     return Program(
