@@ -115,6 +115,12 @@ class StageLowering(InterleavedRotary):
             return NotImplemented
         return Stream(self.names.linear(self.names.named_input(x.expr), weight, bias, node))
 
+    def _addmm(self, node, bias, x, weight, beta=1, alpha=1):  # GPT-2's Conv1D: b + X W, W stored [in, out]
+        if not (isinstance(x, Stream) and isinstance(weight, Weight) and isinstance(bias, Weight)) or \
+                (beta, alpha) != (1, 1):
+            return NotImplemented
+        return Stream(self.names.linear(self.names.named_input(x.expr), weight, bias, node, stored_transposed=False))
+
     def _numpy_T(self, node, weight):
         return Partial("transposed", (weight,)) if isinstance(weight, Weight) else NotImplemented
 

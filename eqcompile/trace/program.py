@@ -30,6 +30,7 @@ from .values import Stream, Tokens, Weight
 
 DIM_LATEX = {**DIM_LATEX, d_rot: r"d_{\mathrm{rot}}"}
 DIM_PYTHON = {**DIM_PYTHON, d_rot: "d_rot"}
+ROWS_OUTPUT = ("y_out", r"Y_{\mathrm{out}}")  # a module's output on real rows ("y", Y: a matrix named midway)
 IGNORED = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 
 
@@ -246,7 +247,7 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
     output_node = next(n for n in graph.nodes if n.op == "output").args[0][0]
     stages = [] if exported.layers else [_lower_stage(context, values, "network", "Network", "f", model_input, "X",
                                                       [n for n in context.nodes if n.op == "call_function"
-                                                       and n not in context.static], output_node, "y", "Y")]
+                                                       and n not in context.static], output_node, *ROWS_OUTPUT)]
     if exported.layers:
         before, layers, after = _sections(context)
         _same_layers(context, layers)
@@ -263,7 +264,7 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
         values[leaving] = Stream(x)
         if after:
             stages.append(_lower_stage(context, values, "unembedding", "Unembedding", "U", x, "X^{(L)}", after,
-                                       output_node, *(("logits", "Z") if takes_tokens else ("y", "Y"))))
+                                       output_node, *(("logits", "Z") if takes_tokens else ROWS_OUTPUT)))
 
     positions = next((s for stage in stages for s in stage.extra_inputs if s.name == "p"), None)
     notes = [f"Traced from {exported.origin} with torch.export."]
