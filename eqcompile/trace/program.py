@@ -14,7 +14,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..arch.common import DIM_LATEX, DIM_PYTHON, d_ff, d_model, n_ctx, n_vocab, seq
-from ..errors import UnsupportedArchitecture
+from ..errors import ConfigError, UnsupportedArchitecture
 from ..load import Checkpoint
 from ..ops import d_head, n_head, n_kv_head
 from ..ops.partial_rope import d_rot
@@ -128,7 +128,7 @@ def _rope_base(config) -> float | None:
 def _sections(context: Context):
     """(embedding nodes, [nodes of layer i], unembedding nodes) by each node's module path."""
     prefix = f"m.{context.exported.layers_path}."
-    layers: list[list] = [[] for _ in range(context.exported.layers)]
+    layers: list[list] = [[] for _ in range(context.exported.traced_layers)]
     before, after = [], []
     for node in context.nodes:
         if node.op != "call_function" or node in context.static:
@@ -195,7 +195,7 @@ def _signature(context: Context, nodes: list, index: int, parameters: dict) -> l
     return [(str(node.target), describe(node.args), describe(tuple(node.kwargs.items()))) for node in nodes]
 
 
-def _layer_templates(context: Context, layers: list) -> dict[str, str]:
+def _layer_templates(context: Context, layers: list, checkpoint: Checkpoint) -> dict[str, str]:
     """Layer 0's checkpoint tensor names -> the name with its layer number as ``{layer}``."""
     names = {v: k for k, v in context.exported.program.graph_signature.inputs_to_parameters.items()}
     templates = {}
@@ -212,6 +212,10 @@ def _layer_templates(context: Context, layers: list) -> dict[str, str]:
                                         f"{context.exported.layers_path}.{index}.")]
             if context.exported.parameters[other] != template.format(layer=index):
                 raise UnsupportedArchitecture(f"layer {index}'s tensor names do not follow {template!r}")
+        for index in range(len(layers), context.exported.layers):  # layers not exported (truncate.py)
+            name = template.format(layer=index)
+            if name not in checkpoint.tensors or checkpoint.shape(name) != checkpoint.shape(tensor):
+                raise ConfigError(f"the checkpoint has no tensor {name!r} shaped as {tensor!r}")
         templates[tensor] = template
     return templates
 
@@ -251,7 +255,7 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
     if exported.layers:
         before, layers, after = _sections(context)
         _same_layers(context, layers)
-        context.templates = _layer_templates(context, layers)
+        context.templates = _layer_templates(context, layers, checkpoint)
         block_in, block_out = _boundary(layers[0], context.static, exported.parameters)
         _, leaving = _boundary(layers[-1], context.static, exported.parameters)
         x = MatrixSymbol("x", seq, d_model)
@@ -260,7 +264,7 @@ def build_program(exported: Exported, checkpoint: Checkpoint) -> Program:
                                        "t" if takes_tokens else "X", before, block_in, "x", "X^{(0)}"))
         values[block_in] = Stream(x)
         stages.append(_lower_stage(context, values, "block", "Transformer block", "B", x, "X^{($l)}", layers[0],
-                                   block_out, "x_next", "X^{($next)}", layers=len(layers)))
+                                   block_out, "x_next", "X^{($next)}", layers=exported.layers))
         values[leaving] = Stream(x)
         if after:
             stages.append(_lower_stage(context, values, "unembedding", "Unembedding", "U", x, "X^{(L)}", after,
