@@ -37,6 +37,16 @@ ARCHITECTURES = {  # model_type -> (config class, settings over SMALL)
     "opt": ("OPTConfig", dict(ffn_dim=40, word_embed_proj_dim=32)),
     "falcon": ("FalconConfig", dict(new_decoder_architecture=False, multi_query=True, parallel_attn=True)),
     "gptj": ("GPTJConfig", dict(rotary_dim=4)),  # interleaved rotary on 4 of each head's 8 features; gelu_new
+    # beyond the list (README's table): each passes as the ones above
+    "granite": ("GraniteConfig", dict(num_key_value_heads=2, embedding_multiplier=2.0, residual_multiplier=0.5,
+                                      attention_multiplier=0.2, logits_scaling=4.0)),  # logits / 4: a generic div
+    "cohere": ("CohereConfig", dict(num_key_value_heads=2)),  # interleaved rotary; LayerNorm written out
+    "starcoder2": ("Starcoder2Config", dict(num_key_value_heads=2)),
+    "phi": ("PhiConfig", dict(partial_rotary_factor=0.5)),
+    "biogpt": ("BioGptConfig", {}),
+    "glm": ("GlmConfig", dict(num_key_value_heads=2)),
+    "helium": ("HeliumConfig", dict(num_key_value_heads=2, head_dim=8)),
+    "smollm3": ("SmolLM3Config", dict(num_key_value_heads=2)),
 }
 DEFAULT_RUN = ("gpt_neox", "phi3", "gptj")  # the others run with -m slow (each costs an export)
 
@@ -171,3 +181,12 @@ def test_literal_expansion_of_a_traced_model(tmp_path, model_type, settings):
     numpy64 = import_module(model.to_python(tmp_path / "numpy", dtype="float64"), f"{model_type}_numpy64")
     tokens = [3, 1, 7, 2]
     np.testing.assert_allclose(np.array(literal.forward(tokens)), numpy64.forward(tokens), atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 2.0},
+                                     {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16}])
+def test_rope_scaling_is_refused_naming_it(tmp_path, scaling):
+    folder = make_checkpoint(tmp_path / "ckpt", "gpt_neox", rope_scaling=scaling)
+    with pytest.raises(UnsupportedArchitecture, match=f"does not lower RoPE scaling '{scaling['rope_type']}'"):
+        eqcompile.compile(folder)

@@ -104,7 +104,8 @@ def generic_listing(generic: dict, equations) -> str:
     found: dict[str, list[str]] = {}
     for eq in equations:
         for op in sp.preorder_traversal(eq.rhs):
-            if isinstance(op, AtenOp) and op in generic:
-                found.setdefault(op.name, []).append(generic[op])
+            if isinstance(op, AtenOp):  # as recorded, or with a matrix named midway put back (naming.py)
+                path = generic.get(op) or next(path for known, path in generic.items() if known.name == op.name)
+                found.setdefault(op.name, []).append(path)
     return "; ".join(f"{name} at {paths[0]}" + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
                      for name, paths in found.items())

@@ -91,7 +91,8 @@ class StageLowering(InterleavedRotary):
         import torch
 
         dtype = kwargs.get("dtype", next((a for a in args if isinstance(a, torch.dtype)), torch.float32))
-        return x if dtype == torch.float32 and isinstance(x, (Stream, Heads, SplitRows, Partial)) else NotImplemented
+        kept = isinstance(x, (Stream, Heads, SplitRows, Partial, Weight))  # Cohere casts its gain: a no-op here
+        return x if dtype == torch.float32 and kept else NotImplemented
 
     _type_as = _to
 

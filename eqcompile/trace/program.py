@@ -95,6 +95,9 @@ class Context:
 
     def rotary_kind(self, node, width: int) -> str | None:
         """"cos"/"sin" (half-split), "cos_pairs"/"sin_pairs" (interleaved) or None for a static table."""
+        if self.rope_scaled:
+            raise UnsupportedArchitecture(f"the tracer does not lower RoPE scaling {rope_type(self.config)!r} "
+                                          "(rope_parameters in config.json); only unscaled rotary embeddings")
         n = min(7, self.dims[n_ctx])  # GPT-J's table has n_ctx rows
         values = self.evaluate(node, n)
         if self.rope_base is None and not self.rope_scaled:  # a base the config does not state (GPT-J's 10000)
