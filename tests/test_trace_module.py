@@ -122,8 +122,9 @@ def test_the_weights_are_copied_at_trace_time(gpt, gpt_module):
 
 
 def test_mlp_with_layer_norm_and_residual(tmp_path):
-    module = randomized(ResidualMLP())
+    module = randomized(ResidualMLP()).train()
     compiled = eqcompile.trace(module, torch.zeros(4, 16))
+    assert module.training  # traced in eval mode, then left as it was
     program = compiled.program
     assert [s.name for s in program.stages] == ["network"] and program.interface == "rows"
     emitted = import_module(compiled.to_python(tmp_path), "traced_residual_mlp")

@@ -82,7 +82,7 @@ def export_checkpoint(checkpoint: Checkpoint) -> Exported:
     big = sum(info.nbytes for info in checkpoint.tensors.values()) > ALLOCATE_BELOW
     model = _model(checkpoint, empty=big)
     path, layers = layer_list(model)
-    fewer = fewer_layers(model, path, layers, checkpoint.config) if big else None
+    fewer = fewer_layers(model, path, layers) if big else None
     if fewer:
         model = _model(checkpoint, empty=True, overrides=fewer)
     names = _checkpoint_names(model, checkpoint)

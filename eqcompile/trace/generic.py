@@ -1,6 +1,6 @@
 """The fallback below the patterns: an aten op of :data:`~eqcompile.ops.generic.ATEN` that no
 pattern took is lowered as itself (an :class:`~eqcompile.ops.generic.AtenOp`), when its operands
-are matrices of the stream's rows, weights or numbers and its other arguments are the defaults the
+are matrices of the stream's rows, [d] weights or numbers and its other arguments are the defaults the
 table assumes. Every such op is recorded with its module path, for the notes and stderr."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sympy as sp
 
 from ..ops.generic import ATEN, AtenOp, arity
-from .naming import module_path
+from .naming import module_path, op_name
 from .values import Partial, Stream, Weight
 
 DEFAULTS = {"alpha": 1, "rounding_mode": None, "dtype": None, "memory_format": None}  # arguments that must be so
@@ -54,8 +54,6 @@ def lower_generically(lowering, node) -> Stream | None:
     """``node`` as an AtenOp of its operands, or None (then the caller refuses it, naming it)."""
     import torch.fx
 
-    from .lower import op_name
-
     name = op_name(node)
     bound = _bound(node) if name in ATEN else None
     chosen = _operand_names(name, bound) if bound is not None else None
@@ -91,7 +89,7 @@ def generic_value(lowering, node):
 def _operand(lowering, value, node):
     if isinstance(value, Stream):
         return value.expr
-    if isinstance(value, Weight) and len(value.shape) in (1, 2):
+    if isinstance(value, Weight) and len(value.shape) == 1:  # a [d] vector, read as a row [1, d]
         return lowering.names.parameter(value, node)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

@@ -21,7 +21,7 @@ from ..ops import (GELU, CausalMask, Embed, GELUTanh, GroupedHeads, HeadRMSNorm,
 from .generic import lower_generically
 from .idioms import gelu_tanh
 from .interleaved import InterleavedRotary
-from .naming import Names, module_path
+from .naming import Names, module_path, op_name
 from .statics import mask_kind, positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
 
@@ -29,11 +29,6 @@ IDENTITY = {"dropout", "alias", "contiguous", "clone", "detach", "lift_fresh_cop
 PARTS = {"slice", "chunk", "split", "split_with_sizes", "_assert_tensor_metadata"}  # a fused projection's users: folded
 SIN_TERMS = {"rotate_half": "sin", "rotate_every_two": "sin_pairs"}  # the rotated half's table
 ACTIVATIONS = {"silu": SiLU, "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
-
-
-def op_name(node) -> str:
-    """``aten.linear.default`` -> ``linear``; Python's ``getitem`` -> ``getitem``."""
-    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
 
 
 class StageLowering(InterleavedRotary):

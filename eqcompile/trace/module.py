@@ -82,13 +82,16 @@ def export_module(module, example_inputs, max_length: int = MAX_LENGTH) -> Expor
             return self.m(x)
 
     example, axis = _example(example_inputs)
-    module.eval()
+    training = module.training
+    module.eval()  # inference: dropout off (and back as it was after)
     length = torch.export.Dim("n", min=2, max=max(max_length, 3))
     try:
         program = torch.export.export(Wrapper(), (example,), dynamic_shapes={"x": {axis: length}})
     except Exception as e:  # torch raises many types; the user gets why, in one line
         raise UnsupportedArchitecture(f"torch.export cannot trace {type(module).__name__}: "
                                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    finally:
+        module.train(training)
     outputs = next(n for n in program.graph.nodes if n.op == "output").args[0]
     if len(outputs) != 1:
         raise UnsupportedArchitecture(f"{type(module).__name__} returns {len(outputs)} tensors; trace needs one")

@@ -19,6 +19,11 @@ from ..program import Equation, TensorRef
 from .values import Heads, Weight
 
 
+def op_name(node) -> str:
+    """``aten.linear.default`` -> ``linear``; Python's ``getitem`` -> ``getitem``."""
+    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
+
+
 def module_path(node) -> str:
     """The module a graph node comes from (``gpt_neox.layers.0.attention``): errors and names say it."""
     stack = node.meta.get("nn_module_stack") or {}
@@ -139,13 +144,11 @@ class Names:
         return Heads(folded, view.heads, width, 0, width)
 
     def parameter(self, weight: Weight, node) -> MatrixSymbol:
-        """A weight a generic op reads as it is stored (a [d] vector as a row [1, d]), named by its module."""
+        """A [d] weight a generic op reads as it is stored, as a row [1, d], named by its module."""
         leaf = weight.tensor.rsplit(".", 1)[-1]  # a parameter of its own (``self.scale``) by its name
         plain = leaf not in ("weight", "bias") and re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,20}", leaf)
         stem = self._unique(leaf if plain else self._role(node))
-        rows, cols = (1, *weight.shape) if len(weight.shape) == 1 else weight.shape
-        return self._param(f"W_{stem}", f"W_{{{_role_latex(stem)}}}", weight, self.context.dim(rows),
-                           self.context.dim(cols))
+        return self._param(f"W_{stem}", f"W_{{{_role_latex(stem)}}}", weight, 1, self.context.dim(weight.shape[0]))
 
     def norm_weights(self, gain: Weight, shift: Weight | None, node):
         suffix = "f" if self.stage == "unembedding" else str(self.counts.get("norm", 0) + 1)

@@ -22,7 +22,7 @@ def _alike(layers) -> bool:
     return all([(name, type(m), _settings(m)) for name, m in layer.named_modules()] == first for layer in layers[1:])
 
 
-def fewer_layers(model, layers_path: str, layers: int, config: dict) -> dict | None:
+def fewer_layers(model, layers_path: str, layers: int) -> dict | None:
     """config.json's settings for a model of TRACED_LAYERS layers that stands for all ``layers``,
     or None when a later layer could differ (then every layer is exported)."""
     if layers <= TRACED_LAYERS or not _alike(model.get_submodule(layers_path)):
