@@ -149,7 +149,7 @@ def jax_ratios(spec: dict, peers: dict) -> list[str]:
     for n in spec["lengths"]:
         lines.append(f"| forward, seq {n} | " + " | ".join(
             f"**{jax_run['forward'][str(n)]['best'] / peers[p]['forward'][str(n)]['best']:.2f}**" for p in others) + " |")
-    lines.append(f"| greedy decoding, tokens/s | " + " | ".join(
+    lines.append("| greedy decoding, tokens/s | " + " | ".join(
         f"**{peers[p]['decode']['best'] / jax_run['decode']['best']:.2f}**" for p in others) + " |")
     steps = jax_run["cached_steps"]["best"]
     lines += ["", f"JAX `step` with the prompt cached (donated cache): {new / steps:.1f} tokens/s; numpy's "

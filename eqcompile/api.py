@@ -27,6 +27,7 @@ from .program import Program
 from .sharding import MeshPlan, mesh_plan
 from .stats import Stats, stats
 from .tokenizer import Tokenizer, checkpoint_tokenizer
+from .trace.module import MAX_LENGTH, trace_module
 
 EXPANSION_LIMIT = 200_000  # scalar operations; beyond this --expand needs --force
 FORMS = ("standard", "circuits")  # the checkpoint's own weights, or its norms folded (eqcompile.fold)
@@ -192,3 +193,15 @@ def compile(source: str | Path, activation: str | None = None, pooling: str | No
     if form not in FORMS:
         raise ConfigError(f"unknown form {form!r} (choose {', '.join(FORMS)})")
     return CompiledModel(checkpoint, fold(program) if form == "circuits" else program, trust_tokenizer_pattern)
+
+
+def trace(module, example_inputs, max_length: int = MAX_LENGTH) -> CompiledModel:
+    """A torch ``nn.Module`` of one's own as a :class:`CompiledModel`, as :func:`compile` gives
+    for a checkpoint (needs the ``trace`` extra).
+
+    ``example_inputs``: one tensor, token ids ``[1, n]`` (the module returns logits ``[1, n, vocab]``:
+    a causal language model, with generation) or real rows ``[n, d]`` (the emitted ``forward(x)``
+    takes ``[n, d]``); n >= 2, traced as a length of 2 to ``max_length``. The weights are copied
+    out of the module now, into memory: training it further changes nothing compiled.
+    """
+    return CompiledModel(*trace_module(module, example_inputs, max_length))

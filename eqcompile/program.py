@@ -29,6 +29,7 @@ class Interface(StrEnum):
     CAUSAL_LM = "causal_lm"  # token ids [n] -> next-token logits [n, n_vocab]
     ENCODER = "encoder"  # token ids (and a padding mask, token types) -> hidden states [n, d]
     VECTOR = "vector"  # a real vector x -> a real vector y (an MLP)
+    ROWS = "rows"  # real rows x [n, d_model] -> outputs [n, k] (an nn.Module traced on real inputs)
 
 @dataclass(frozen=True)
 class TensorRef:
@@ -251,8 +252,8 @@ class Program:
 
     @property
     def takes_tokens(self) -> bool:
-        """Whether forward() takes token ids (the other interface takes a real vector)."""
-        return self.interface != Interface.VECTOR
+        """Whether forward() takes token ids (the other interfaces take real numbers)."""
+        return self.interface not in (Interface.VECTOR, Interface.ROWS)
 
     @property
     def params(self) -> list[tuple[Stage, Param]]:

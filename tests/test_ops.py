@@ -18,6 +18,8 @@ from eqcompile.ops import (ACTIVATIONS, GELU, OPS, CausalMask, Embed, FirstRows,
 from eqcompile.ops.activation import erf
 from eqcompile.ops.moe import MixtureOfExperts, top_k
 from eqcompile.ops.softcap import SoftCap, UnitOffset, attention_cap
+from eqcompile.ops.generic import AtenOp
+from eqcompile.ops.interleaved_rope import InterleavedRoPE
 from eqcompile.ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 
 n, d = sp.symbols("n d", integer=True, positive=True)
@@ -44,6 +46,7 @@ def example(op):
         Standardise: Standardise(X, epsilon), RMSScale: RMSScale(X, epsilon),
         SoftCap: SoftCap(S, attention_cap), UnitOffset: UnitOffset(g),
         MixtureOfExperts: MixtureOfExperts(X, W, top_k, sp.Tuple(sp.Tuple(W, W, W))),
+        AtenOp: AtenOp("clamp_min", X, 0.5), InterleavedRoPE: InterleavedRoPE(X, theta, t, d_head),
     }.get(op) or op(X)
 
 
@@ -82,6 +85,9 @@ GOLDEN = {
     UnitOffset: (r"\left(1 + \gamma\right)", "unit_offset(gamma)"),
     MixtureOfExperts: (r"\operatorname{MoE}_{K}\left(X;\, W, E_{1}, \dots, E_{1}\right)",
                        "mixture_of_experts(X, W, K, ((W, W, W),))"),
+    InterleavedRoPE: (r"\operatorname{RoPE}^{\mathrm{pairs}}_{\theta}\left(X;\, t\right)",
+                      "interleaved_rope(X, theta, t, d_head)"),
+    AtenOp: (r"\operatorname{clamp\_min}\left(X, 0.5\right)", "np.maximum(X, 0.5)"),
 }
 
 

@@ -46,7 +46,6 @@ def made(tmp_path_factory):
 def float64_exact(module, model):
     """In float64, transformers still computes RoPE's angles and Llama's RMSNorm in float32 (by design);
     both sides are switched to float64 so that the comparison measures the gradient, not that rounding."""
-    import transformers.models.llama.modeling_llama as llama
 
     def rotary(self, x, position_ids):
         angles = position_ids[..., None].double() * self.inv_freq.double()

@@ -15,13 +15,15 @@ from .head_norm import HeadRMSNorm
 from .norm_core import RMSScale, Standardise
 from .softcap import SoftCap, UnitOffset
 from .moe import MixtureOfExperts
+from .generic import AtenOp
+from .interleaved_rope import InterleavedRoPE
 
 __all__ = [
     "Embed", "FirstRows", "Linear", "LayerNorm", "RMSNorm", "Softmax", "CausalMask",
     "SplitHeads", "MergeHeads", "GELUTanh", "GELU", "ReLU", "Sigmoid", "SiLU", "QuickGELU", "Tanh",
     "RoPE", "RotaryFrequencies", "Llama3Frequencies", "GroupedHeads", "SlidingWindowMask",
     "PaddingMask", "MeanPool", "PartialRoPE", "HeadRMSNorm", "Standardise", "RMSScale", "SoftCap", "UnitOffset",
-    "MixtureOfExperts",
+    "MixtureOfExperts", "InterleavedRoPE", "AtenOp",
 ]
 OPS: tuple[type[MatrixOp], ...] = tuple(globals()[name] for name in __all__)
 ACTIVATIONS: tuple[type[Activation], ...] = tuple(op for op in OPS if issubclass(op, Activation))

@@ -204,7 +204,7 @@ class ActivationDerivative(MatrixOp):
         """σ' as the module computes it, constants to 17 digits: where σ' has one exp(u), it is written in
         s = 1 / (1 + exp(u)), which never overflows (exp(u)/(1 + exp(u))² would be inf/inf = nan for
         large u), and sympy checks that putting s back gives σ' exactly; returns (form, s's definition)."""
-        x, s = sp.Symbol("x"), sp.Symbol("s")
+        s = sp.Symbol("s")
         derivative = sp.nsimplify(cls.scalar_derivative(activation))
         powers = derivative.atoms(sp.exp)
         if len(powers) == 1 and not derivative.has(sp.tanh, sp.erf):

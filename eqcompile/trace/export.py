@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ConfigError, UnsupportedArchitecture
 from ..load import Checkpoint
 from .moe import stacked_names
+from .truncate import fewer_layers
 
 EXAMPLE_LENGTH = 4  # export needs an example of >= 2 tokens for a dynamic length
 ALLOCATE_BELOW = 256 * 2**20  # bytes of weights: smaller models are exported with (random) weights allocated
@@ -22,10 +23,18 @@ class Exported:
     model: object  # the transformers model (weights not allocated)
     parameters: dict[str, str]  # graph placeholder -> the checkpoint's tensor name
     buffers: dict[str, object]  # graph placeholder -> buffer tensor (real values, e.g. inv_freq)
-    layers_path: str  # "gpt_neox.layers": the ModuleList of the blocks
+    layers_path: str  # "gpt_neox.layers": the ModuleList of the blocks ("" for a model without one)
     layers: int
     # a fused experts' parameter (its first tensor's name) -> per expert, the tensors it stacks (Mixtral)
     stacked: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    config: object = None  # the sizes: transformers' config, or one read off a module's graph (trace.module)
+    origin: str = ""  # what was traced, for the notes: "transformers' GPTNeoXForCausalLM"
+    traced_layers: int = 0  # how many of the layers the graph holds (truncate.py), 0: all
+
+    def __post_init__(self):
+        self.config = self.config if self.config is not None else self.model.config
+        self.traced_layers = self.traced_layers or self.layers
+        self.origin = self.origin or f"transformers' {type(self.model).__name__}"
 
 
 def implementations(config) -> dict[str, str]:
@@ -42,7 +51,7 @@ def implementations(config) -> dict[str, str]:
     return options
 
 
-def _model(checkpoint: Checkpoint, empty: bool):
+def _model(checkpoint: Checkpoint, empty: bool, overrides: dict | None = None):
     import torch
     import transformers
 
@@ -50,7 +59,7 @@ def _model(checkpoint: Checkpoint, empty: bool):
     if not checkpoint.config or "model_type" not in checkpoint.config:
         raise UnsupportedArchitecture("the tracer needs a config.json with a model_type")
     try:
-        config = transformers.AutoConfig.for_model(**checkpoint.config)
+        config = transformers.AutoConfig.for_model(**{**checkpoint.config, **(overrides or {})})
         config.use_cache = False
         if empty:
             from accelerate import init_empty_weights  # keeps buffers (rotary inv_freq) real
@@ -87,8 +96,12 @@ def export_checkpoint(checkpoint: Checkpoint) -> Exported:
 
     # unallocated weights keep a big model's export in constant memory, but some models then make
     # their constants (Falcon's head indices) or buffers (GPT-J's sin/cos table) on the wrong device
-    size = sum(info.nbytes for info in checkpoint.tensors.values())
-    model = _model(checkpoint, empty=size > ALLOCATE_BELOW)
+    big = sum(info.nbytes for info in checkpoint.tensors.values()) > ALLOCATE_BELOW
+    model = _model(checkpoint, empty=big)
+    path, layers = layer_list(model)
+    fewer = fewer_layers(model, path, layers) if big else None
+    if fewer:
+        model = _model(checkpoint, empty=True, overrides=fewer)
     names = _checkpoint_names(model, checkpoint)
     stacked = stacked_names(model, names)
     names.update({name: parts[0][0] for name, parts in stacked.items()})
@@ -116,9 +129,8 @@ def export_checkpoint(checkpoint: Checkpoint) -> Exported:
                for placeholder, name in signature.inputs_to_buffers.items()}
     buffers.update({placeholder: program.constants[name]
                     for placeholder, name in signature.inputs_to_lifted_tensor_constants.items()})
-    path, layers = _layer_list(model)
     return Exported(program, model, parameters, buffers, path, layers,
-                    {parts[0][0]: parts for parts in stacked.values()})
+                    {parts[0][0]: parts for parts in stacked.values()}, traced_layers=layer_list(model)[1])
 
 
 def _checkpoint_names(model, checkpoint: Checkpoint) -> dict[str, str]:
@@ -145,7 +157,7 @@ def _checkpoint_names(model, checkpoint: Checkpoint) -> dict[str, str]:
     return names
 
 
-def _layer_list(model) -> tuple[str, int]:
+def layer_list(model) -> tuple[str, int]:
     """The ModuleList holding the blocks: the longest one (its length is the depth)."""
     import torch
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..arch.common import layer
+from ..arch.common import layer, n_ctx
 from ..errors import UnsupportedArchitecture
 from ..ops import CausalMask, SlidingWindowMask, window
 from ..ops.per_layer import layer_value
 from ..ops.rope import rope_theta
-from .naming import module_path
+from .interleaved import interleaved_kind, table_base
+from .naming import module_path, op_name
 from .statics import mask_kind, rotary_kind
 
 
@@ -34,8 +35,6 @@ def varying_statics(context, layers: list, signatures: list, shapes: list) -> di
 
 
 def _refuse(index: int, node):
-    from .lower import op_name
-
     raise UnsupportedArchitecture(f"layer {index} differs from layer 0 at {op_name(node)} ({module_path(node)}) "
                                   "beyond a mask or rotary table: the layers cannot be stated as one block")
 
@@ -84,9 +83,18 @@ class PerLayer:
         return SlidingWindowMask(scores, layer_value(window, sizes, layer))
 
     def rotary_kind(self, node, width: int) -> str | None:
+        """"cos"/"sin" (half-split), "cos_pairs"/"sin_pairs" (interleaved) or None for a static table,
+        the same in every layer (each with its own base where they differ: Gemma-3)."""
+        if self.rope_scaling:
+            raise UnsupportedArchitecture(f"the tracer does not lower RoPE scaling {self.rope_scaling!r} "
+                                          "(rope_parameters in config.json); only unscaled rotary embeddings")
+        n = min(7, self.dims[n_ctx])  # GPT-J's table has n_ctx rows
+        if self.rope_base is None:  # a base the config does not state (GPT-J's 10000)
+            self.rope_base = table_base(self.evaluator.array(node, n), n, width)
         bases = layer_bases(self.config, self.exported.layers, self.rope_base)
-        kinds = {rotary_kind(self.evaluator.array(each, 7), 7, base, width)
-                 for each, base in zip(self.per_layer(node), bases)}
+        tables = [self.evaluator.array(each, n) for each in self.per_layer(node)]
+        kinds = {rotary_kind(table, n, base, width) or interleaved_kind(table, n, base, width)
+                 for table, base in zip(tables, bases)}
         if len(kinds) != 1:
             return None
         if node in self.varying:

@@ -1,7 +1,8 @@
 """The pattern lowering: each aten node of one stage's section of the graph becomes a piece of a
 sympy equation, by a handler per op; multi-node idioms (RMSNorm written out, rotate_half) are
-matched through ``Partial`` values. A node no handler takes stops the lowering with its op and
-module path: never a guessed equation."""
+matched through ``Partial`` values. A node no handler takes is lowered as itself when the table of
+``ops/generic.py`` states it (``generic.py``), else stops the lowering with its op and module path:
+never a guessed equation."""
 
 from __future__ import annotations
 
@@ -18,26 +19,26 @@ from ..ops import (GELU, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, 
                    ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Tanh, d_head,
                    n_head, n_kv_head)
 from .eager import EagerPatterns
+from .generic import lower_generically
+from .idioms import gelu_tanh
+from .interleaved import InterleavedRotary
 from .moe import MoEPatterns
-from .naming import Names, module_path
+from .naming import Names, module_path, op_name
 from .statics import positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
 
 IDENTITY = {"dropout", "alias", "contiguous", "clone", "detach", "lift_fresh_copy"}
-PARTS = {"slice", "chunk", "split_with_sizes", "_assert_tensor_metadata"}  # a fused projection's users: folded
+PARTS = {"slice", "chunk", "split", "split_with_sizes", "_assert_tensor_metadata"}  # a fused projection's users: folded
+SIN_TERMS = {"rotate_half": "sin", "rotate_every_two": "sin_pairs"}  # the rotated half's table
 ACTIVATIONS = {"silu": SiLU, "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 
 
-def op_name(node) -> str:
-    """``aten.linear.default`` -> ``linear``; Python's ``getitem`` -> ``getitem``."""
-    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
-
-
-class StageLowering(EagerPatterns, MoEPatterns):
+class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
     """Lowers one section of the graph into a stage's equations (``names`` collects them)."""
 
     def __init__(self, context, names: Names, values: dict):
         self.context, self.names, self.values = context, names, values
+        self.generic_values: dict = {}  # a node a pattern took part-way -> its generic lowering
 
     def lower(self, nodes, output) -> MatrixSymbol:
         for node in nodes:
@@ -46,7 +47,9 @@ class StageLowering(EagerPatterns, MoEPatterns):
             args = [self.value(a) for a in node.args]
             kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
             result = next((result for handler in self._handlers(op_name(node))
-                           if (result := handler(self, node, *args, **kwargs)) is not NotImplemented), None)
+                           if (result := handler(self, node, *args, **kwargs)) is not NotImplemented), NotImplemented)
+            if result is NotImplemented:  # no pattern: the op as itself, if the table states it
+                result = lower_generically(self, node)
             if result is None:
                 self.refuse(node)
             if isinstance(result, Stream) and node is not output and self.context.fan_out(node) > 1 \
@@ -76,7 +79,7 @@ class StageLowering(EagerPatterns, MoEPatterns):
         args = ", ".join(type(self.value(a)).__name__ for a in node.args if not isinstance(a, (int, float)))
         raise UnsupportedArchitecture(
             f"cannot lower aten op {getattr(node.target, '__name__', node.target)} ({args}) at {module_path(node)}: "
-            "no pattern matches it")
+            "no pattern matches it, nor the table of ops lowered generically")
 
     # plumbing --------------------------------------------------------------------------------
     def _identity(self, node, x, *rest, **kwargs):
@@ -90,7 +93,8 @@ class StageLowering(EagerPatterns, MoEPatterns):
         import torch
 
         dtype = kwargs.get("dtype", next((a for a in args if isinstance(a, torch.dtype)), torch.float32))
-        return x if dtype == torch.float32 and isinstance(x, (Stream, Heads, SplitRows, Partial)) else NotImplemented
+        kept = isinstance(x, (Stream, Heads, SplitRows, Partial, Weight))  # Cohere casts its gain: a no-op here
+        return x if dtype == torch.float32 and kept else NotImplemented
 
     _type_as = _to
 
@@ -113,6 +117,12 @@ class StageLowering(EagerPatterns, MoEPatterns):
         if not isinstance(x, Stream) or not isinstance(weight, Weight):
             return NotImplemented
         return Stream(self.names.linear(self.names.named_input(x.expr), weight, bias, node))
+
+    def _addmm(self, node, bias, x, weight, beta=1, alpha=1):  # GPT-2's Conv1D: b + X W, W stored [in, out]
+        if not (isinstance(x, Stream) and isinstance(weight, Weight) and isinstance(bias, Weight)) or \
+                (beta, alpha) != (1, 1):
+            return NotImplemented
+        return Stream(self.names.linear(self.names.named_input(x.expr), weight, bias, node, stored_transposed=False))
 
     def _numpy_T(self, node, weight):
         return Partial("transposed", (weight,)) if isinstance(weight, Weight) else NotImplemented
@@ -145,7 +155,7 @@ class StageLowering(EagerPatterns, MoEPatterns):
     def _add(self, node, a, b, alpha=1):
         if isinstance(a, Partial) and a.kind == "mean_square" and isinstance(b, (int, float)):
             return Partial("mean_square_eps", (*a.parts, b))
-        if isinstance(a, Stream) and isinstance(b, Stream):  # a residual: the stream first, then the updates
+        if isinstance(a, Stream) and isinstance(b, Stream) and a.expr.shape == b.expr.shape:  # a residual
             terms = [t for x in (a, b) for t in (x.expr.args if isinstance(x.expr, sp.MatAdd) else (x.expr,))]
             terms.sort(key=lambda term: not self.names.is_stream(term))
             return Stream(sp.MatAdd(*terms, evaluate=False))
@@ -156,6 +166,8 @@ class StageLowering(EagerPatterns, MoEPatterns):
                     rotated = RoPE(view.base, self.names.frequencies(view.width), self.names.positions())
                     return Heads(rotated, view.heads, view.width, 0, view.width)
                 return Partial("rotated", (view,))
+            if b.parts[0] == view and kinds == {"cos_pairs", "sin_pairs"}:  # GPT-J's rotate_every_two
+                return self.interleaved(view)
         return NotImplemented
 
     def _mul(self, node, a, b):
@@ -164,18 +176,18 @@ class StageLowering(EagerPatterns, MoEPatterns):
                 return Partial("normalized", y.parts)
             if isinstance(x, Weight) and isinstance(y, Partial) and y.kind == "normalized":
                 return self._rms_norm(node, x, *y.parts)
-            if isinstance(y, Static) and isinstance(x, (Heads, Partial)):
-                view = x if isinstance(x, Heads) else x.parts[0] if x.kind == "rotate_half" else None
+            if isinstance(y, Static) and isinstance(x, (Heads, Partial, SplitRows)):
+                x = x.as_heads() if isinstance(x, SplitRows) else x
+                view = x if isinstance(x, Heads) else x.parts[0] if x.kind in SIN_TERMS else None
                 if view is None:
                     continue
                 kind = self.context.rotary_kind(y.node, view.stop - view.start)
-                wanted = "cos" if isinstance(x, Heads) else "sin"
-                if kind == wanted:
+                if kind in (("cos", "cos_pairs") if isinstance(x, Heads) else (SIN_TERMS[x.kind],)):
                     return Partial("rotation", (view, kind))
             if isinstance(x, Stream) and isinstance(y, (int, float)):
                 return Stream(sp.Float(y, 17) * x.expr) if y != 1 else x
-        if isinstance(a, Stream) and isinstance(b, Stream):
-            return Stream(HadamardProduct(a.expr, b.expr))
+        if isinstance(a, Stream) and isinstance(b, Stream) and a.expr.shape == b.expr.shape:
+            return Stream(gelu_tanh(a.expr, b.expr) or HadamardProduct(a.expr, b.expr))
         return NotImplemented
 
     def _rms_norm(self, node, weight: Weight, x, eps):
@@ -185,7 +197,8 @@ class StageLowering(EagerPatterns, MoEPatterns):
         return SplitRows(HeadRMSNorm(x.base, gain, eps, d_head), x.heads, x.width)  # each head on its own
 
     def _neg(self, node, x):
-        return Partial("negated", (x,)) if isinstance(x, Heads) else NotImplemented
+        odd = isinstance(x, Partial) and x.kind == "odd"  # rotate_every_two's -x[..., 1::2]
+        return Partial("negated", (x,)) if isinstance(x, Heads) or odd else NotImplemented
 
     def _cat(self, node, items, dim=0):
         if dim not in (-1, 3) or len(items) != 2:
@@ -206,6 +219,8 @@ class StageLowering(EagerPatterns, MoEPatterns):
                 frequencies = self.names.frequencies(view.stop, partial=True)
                 rotated = PartialRoPE(view.base, frequencies, self.names.positions(), d_head)
                 return Heads(rotated, view.heads, view.width, 0, view.width)
+        if isinstance(first, Partial) and first.kind == "rotated_pairs" and isinstance(second, Heads):
+            return self.interleaved_with_rest(first, second)
         return NotImplemented
 
     def _gelu(self, node, x, approximate="none"):
@@ -253,6 +268,8 @@ class StageLowering(EagerPatterns, MoEPatterns):
             return NotImplemented
         if isinstance(x, SplitRows):
             return Heads(x.base, x.heads, x.width, 0, x.width)
+        if isinstance(x, Heads) and x.rows_first and x.whole:  # rotated before the heads moved forward (GPT-J)
+            return Heads(x.base, x.heads, x.width, 0, x.width)
         if isinstance(x, Attended) and not x.transposed:
             return Attended(x.expr, x.heads, True)
         return NotImplemented
@@ -273,6 +290,10 @@ class StageLowering(EagerPatterns, MoEPatterns):
         bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         return Pieces(tuple(self._columns(node, x, a, b) for a, b in zip(bounds, bounds[1:])))
 
+    def _split(self, node, x, size, dim=0):
+        width = x.stop - x.start if isinstance(x, Heads) else int(node.args[0].meta["val"].shape[-1])
+        return self._split_with_sizes(node, x, [min(size, width - start) for start in range(0, width, size)], dim)
+
     def _index(self, node, x, indices):
         """Falcon's key and value heads out of the fused projection: x[:, :, [k]]."""
         if not isinstance(x, SplitRows) or len(indices) != 3 or indices[:2] != [None, None] \
@@ -292,6 +313,8 @@ class StageLowering(EagerPatterns, MoEPatterns):
         if isinstance(x, SplitRows) and dim == 2 and step == 1:  # a range of heads
             first, last = slice(start, end).indices(x.heads)[:2]
             return self._head_range(x, first, last)
+        if dim in (-1, rank - 1) and step == 2:
+            return self.pairs_part(x, start, end)
         if dim not in (-1, rank - 1) or step != 1:
             return NotImplemented
         width = x.stop - x.start if isinstance(x, Heads) else int(node.args[0].meta["val"].shape[-1])
@@ -300,6 +323,8 @@ class StageLowering(EagerPatterns, MoEPatterns):
     def _columns(self, node, x, start: int, stop: int, fold: bool = True):
         """Features start:stop of every head (of a stream's rows): a fused projection's part becomes
         a projection of its own."""
+        if isinstance(x, SplitRows):  # [1, n, heads, w] before the transpose (GPT-J rotates there)
+            x = x.as_heads()
         if isinstance(x, Heads):
             part = x.part(start, stop)
             return self.names.fold_heads(part) if fold else part

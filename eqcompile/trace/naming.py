@@ -18,10 +18,16 @@ from ..program import Equation, TensorRef
 from .values import Heads, Weight
 
 
+def op_name(node) -> str:
+    """``aten.linear.default`` -> ``linear``; Python's ``getitem`` -> ``getitem``."""
+    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
+
+
 def module_path(node) -> str:
     """The module a graph node comes from (``gpt_neox.layers.0.attention``): errors and names say it."""
     stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0].removeprefix("m.") if stack else "(model)"
+    path = list(stack.values())[-1][0] if stack else "m"
+    return "(model)" if path == "m" else path.removeprefix("m.")  # "m": the exported wrapper's model
 
 
 ROLES = {"q_proj": "Q", "query": "Q", "k_proj": "K", "key": "K", "v_proj": "V", "value": "V", "o_proj": "O",
@@ -30,7 +36,7 @@ ROLES = {"q_proj": "Q", "query": "Q", "k_proj": "K", "key": "K", "v_proj": "V", 
          "lm_head": "U", "embed_out": "U", "w1": "gate", "w3": "up", "w2": "down",
          "gate": "r"}  # a module named "gate" is a mixture of experts' router
 OUTPUT_LEAVES = {"dense", "c_proj", "proj"}  # "O" inside attention, "out" inside an MLP
-FUSED = {"query_key_value": ("Q", "K", "V"), "qkv_proj": ("Q", "K", "V"), "c_attn": ("Q", "K", "V"),
+FUSED = {"query_key_value": ("Q", "K", "V"), "qkv_proj": ("Q", "K", "V"), "qkv": ("Q", "K", "V"), "c_attn": ("Q", "K", "V"),
          "Wqkv": ("Q", "K", "V"), "gate_up_proj": ("gate", "up")}
 ATTENTION_PARENTS = ("attention", "self_attn", "attn", "self_attention")
 # stem -> LaTeX of an intermediate matrix ($l: the layer)
@@ -96,13 +102,14 @@ class Names:
             return "O" if parent in ATTENTION_PARENTS else "out"
         return re.sub(r"\W", "_", leaf) if re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,20}", leaf) else "lin"
 
-    def linear(self, x, weight: Weight, bias, node):
-
-        out, width = weight.shape
+    def linear(self, x, weight: Weight, bias, node, stored_transposed: bool = True):
+        """X W + b; ``stored_transposed``: the tensor is [out, in] (nn.Linear), else [in, out] (GPT-2's Conv1D)."""
+        out = weight.shape[0] if stored_transposed else weight.shape[1]
         role = self._role(node)
         stem = self._unique(role)
         cols = self.context.dim(out)
-        w = self._param(f"W_{stem}", f"W_{{{_role_latex(stem)}}}", weight, x.shape[1], cols, transpose=True)
+        w = self._param(f"W_{stem}", f"W_{{{_role_latex(stem)}}}", weight, x.shape[1], cols,
+                        transpose=stored_transposed)
         self.fused_leaf[w] = module_path(node).split(".")[-1]
         if bias is None:
             return Linear(x, w)
@@ -119,9 +126,10 @@ class Names:
         roles = FUSED.get(self.fused_leaf.get(fused, ""))
         role = self._unique(roles[index] if roles and index < len(roles) else f"part{index + 1}")
         width, start, stop = blocks
-        cols = self.context.dim(self.sources[fused][0].shape[0] // width * (stop - start))
-        w = self._param(f"W_{role}", f"W_{{{_role_latex(role)}}}", self.sources[fused][0], fused.shape[0], cols,
-                        transpose=True, blocks=blocks)
+        weight, transposed = self.sources[fused]
+        cols = self.context.dim(weight.shape[0 if transposed else 1] // width * (stop - start))
+        w = self._param(f"W_{role}", f"W_{{{_role_latex(role)}}}", weight, fused.shape[0], cols,
+                        transpose=transposed, blocks=blocks)
         if base.bias is None:
             return Linear(base.arg, w)
         b = self._param(f"b_{role}", f"b_{{{_role_latex(role)}}}", self.sources[base.bias][0], 1, cols,
@@ -134,6 +142,13 @@ class Names:
             return view
         width = view.stop - view.start
         return Heads(folded, view.heads, width, 0, width)
+
+    def parameter(self, weight: Weight, node) -> MatrixSymbol:
+        """A [d] weight a generic op reads as it is stored, as a row [1, d], named by its module."""
+        leaf = weight.tensor.rsplit(".", 1)[-1]  # a parameter of its own (``self.scale``) by its name
+        plain = leaf not in ("weight", "bias") and re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,20}", leaf)
+        stem = self._unique(leaf if plain else self._role(node))
+        return self._param(f"W_{stem}", f"W_{{{_role_latex(stem)}}}", weight, 1, self.context.dim(weight.shape[0]))
 
     def norm_weights(self, gain: Weight, shift: Weight | None, node):
         suffix = "f" if self.stage == "unembedding" else str(self.counts.get("norm", 0) + 1)
@@ -203,8 +218,20 @@ class Names:
     def finish(self, expr, name: str, latex: str) -> MatrixSymbol:
         symbol = MatrixSymbol(name, *expr.shape)
         self.equations.append(Equation(symbol, expr))
+        self._inline_single_uses()
         self.latex[name] = latex
         return symbol
+
+    def _inline_single_uses(self):
+        """Put back where it is used a matrix named only because its node had several users, when the
+        equations use it once (the others were fused away: gelu_new's x, in GELUTanh(x))."""
+        for eq in [eq for eq in self.equations if re.fullmatch(r"y(_\d+)?", eq.lhs.name)]:
+            uses = [other for other in self.equations if eq.lhs in other.rhs.free_symbols]
+            if len(uses) == 1 and sum(1 for node in sp.preorder_traversal(uses[0].rhs) if node == eq.lhs) == 1:
+                index = self.equations.index(uses[0])
+                self.equations[index] = Equation(uses[0].lhs, uses[0].rhs.xreplace({eq.lhs: eq.rhs}))
+                self.equations.remove(eq)
+                del self.latex[eq.lhs.name]
 
     def is_stream(self, expr) -> bool:
         return expr in self.streams

@@ -29,6 +29,7 @@ class Heads:
     start: int
     stop: int
     repeat: int = 1  # each head read by this many query heads in turn (transformers' repeat_kv)
+    rows_first: bool = False  # laid out [1, n, heads, w], before the transpose (GPT-J rotates there)
 
     @property
     def whole(self) -> bool:
@@ -45,6 +46,10 @@ class SplitRows:
     base: sp.Basic
     heads: int
     width: int
+
+    def as_heads(self) -> Heads:
+        """The same array as whole heads, still rows-first (GPT-J rotates them there)."""
+        return Heads(self.base, self.heads, self.width, 0, self.width, rows_first=True)
 
 
 @dataclass(frozen=True)
