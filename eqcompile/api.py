@@ -27,7 +27,7 @@ from .program import Program
 from .sharding import MeshPlan, mesh_plan
 from .stats import Stats, stats
 from .tokenizer import Tokenizer, checkpoint_tokenizer
-from .trace.module import MAX_LENGTH, trace_module
+from .tracer.module import MAX_LENGTH, trace_module
 
 EXPANSION_LIMIT = 200_000  # scalar operations; beyond this --expand needs --force
 FORMS = ("standard", "circuits")  # the checkpoint's own weights, or its norms folded (eqcompile.fold)

@@ -1,5 +1,5 @@
 """Which front end lowers a checkpoint: its hand-written family (``arch/``) when one takes its
-``model_type``, else the tracer (``trace/``, torch.export of transformers' model). Above both, so
+``model_type``, else the tracer (``tracer/``, torch.export of transformers' model). Above both, so
 that neither imports the other's choice.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from . import arch
 from .load import Checkpoint
 from .program import Program
-from .trace import TRACER
+from .tracer import TRACER
 
 
 def family_of(checkpoint: Checkpoint) -> arch.Family:

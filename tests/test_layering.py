@@ -18,7 +18,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [  # lowest first; each group: module
     {"load": ("eqcompile.load",)},  # file formats only
     {"ops and program": ("eqcompile.ops", "eqcompile.program")},
     # front ends: what a checkpoint holds -> the intermediate forms (Program, Tokenizer)
-    {"front ends": ("eqcompile.arch", "eqcompile.trace", "eqcompile.tokenizer")},
+    {"front ends": ("eqcompile.arch", "eqcompile.tracer", "eqcompile.tokenizer")},
     {"front end choice": ("eqcompile.frontend",),  # a hand-written family, else the tracer
      "transforms": ("eqcompile.fold",)},  # Program -> Program: the circuit form's folded weights
     {"analyses": ("eqcompile.stats", "eqcompile.expand", "eqcompile.diff", "eqcompile.train",

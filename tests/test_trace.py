@@ -146,7 +146,7 @@ def test_gptj_interleaved_rotary_and_greedy_generation(tmp_path):
 
 
 def test_an_op_without_a_pattern_is_refused_naming_it_and_its_module(neox, monkeypatch):
-    from eqcompile.trace.lower import StageLowering
+    from eqcompile.tracer.lower import StageLowering
 
     monkeypatch.delattr(StageLowering, "_gelu")
     with pytest.raises(UnsupportedArchitecture) as error:

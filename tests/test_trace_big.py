@@ -1,6 +1,6 @@
 """The tracer on big models: a 7B-shaped header-only checkpoint (its data a hole, load/sparse.py)
 of an architecture with no hand-written family compiles to LaTeX within the budget, and a big
-model is exported with two of its layers (trace/truncate.py) only when its layers are alike."""
+model is exported with two of its layers (tracer/truncate.py) only when its layers are alike."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ transformers = pytest.importorskip("transformers")
 import eqcompile  # noqa: E402
 from eqcompile.emit.python import import_module  # noqa: E402
 from eqcompile.load.sparse import write_sparse_checkpoint  # noqa: E402
-from eqcompile.trace import export  # noqa: E402
-from eqcompile.trace.truncate import fewer_layers  # noqa: E402
+from eqcompile.tracer import export  # noqa: E402
+from eqcompile.tracer.truncate import fewer_layers  # noqa: E402
 from eqcompile.verify import compare  # noqa: E402
 
 PYTHIA_7B = dict(model_type="gpt_neox", architectures=["GPTNeoXForCausalLM"], vocab_size=50432, hidden_size=4096,

@@ -26,7 +26,7 @@ import eqcompile  # noqa: E402
 from eqcompile import arch  # noqa: E402
 from eqcompile.api import CompiledModel  # noqa: E402
 from eqcompile.emit.python import import_module  # noqa: E402
-from eqcompile.trace import TRACER  # noqa: E402
+from eqcompile.tracer import TRACER  # noqa: E402
 from eqcompile.verify import compare  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-5

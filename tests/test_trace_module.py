@@ -150,10 +150,11 @@ def test_unusable_examples_are_refused_in_one_line(example, message):
         eqcompile.trace(ResidualMLP(), example)
 
 
-def test_the_package_stays_importable_beside_the_call():
-    import eqcompile.trace.lower as lower  # eqcompile.trace is the package, callable as trace(module, inputs)
+def test_the_tracer_package_stays_importable_beside_the_call():
+    import eqcompile.tracer.lower as lower  # the package is eqcompile.tracer; eqcompile.trace is the function
 
-    assert callable(eqcompile.trace) and lower.StageLowering and eqcompile.trace.TRACER.name == "traced"
+    assert eqcompile.trace is eqcompile.api.trace and lower.StageLowering
+
 
 class Unusual(nn.Module):
     """Ops no pattern takes, each in the table of generic ops (a norm of its own, a gated clamp)."""

@@ -2,9 +2,9 @@
 of each head's first d_rot, stacked as (-odd, even) and flattened) times a sin table, plus the
 features times a cos table, each angle repeated for both features of its pair (``repeat_interleave``).
 GPT-J rotates before it moves the heads forward (``[1, n, heads, w]``), so the views it rotates
-are rows-first :class:`~eqcompile.trace.values.Heads`.
+are rows-first :class:`~eqcompile.tracer.values.Heads`.
 
-A mixin of :class:`~eqcompile.trace.lower.StageLowering`: its handlers take the steps
+A mixin of :class:`~eqcompile.tracer.lower.StageLowering`: its handlers take the steps
 ``rotate_every_two`` adds; ``lower.py`` hands over the step-2 slices and the final sum and concat.
 """
 

@@ -98,7 +98,7 @@ def _operand(lowering, value, node):
 
 def generic_listing(generic: dict, equations) -> str:
     """Each op lowered generically that the equations still hold (an idiom may have absorbed some,
-    trace/idioms.py), and where: its first module path, and how many more places."""
+    tracer/idioms.py), and where: its first module path, and how many more places."""
     found: dict[str, list[str]] = {}
     for eq in equations:
         for op in sp.preorder_traversal(eq.rhs):

@@ -58,7 +58,7 @@ class Context(PerLayer):
         self._sizes = self._size_table(config)
         self.varying: dict = {}  # layer 0's static inputs that differ between layers -> each layer's
         self.notes: list[str] = []  # what the Program states besides its equations (per-layer constants)
-        self.generic: dict = {}  # AtenOp lowered generically -> its module path (trace/generic.py)
+        self.generic: dict = {}  # AtenOp lowered generically -> its module path (tracer/generic.py)
 
     def _size_table(self, config) -> list[tuple[int, sp.Expr, sp.Symbol | None, int | None]]:
         """(size, its symbol expression, the dim it defines, value) in order of preference."""
@@ -226,7 +226,7 @@ def _layer_templates(context: Context, layers: list, checkpoint: Checkpoint) -> 
 
 def _same_layers(context: Context, layers: list):
     """Refuse unless every layer's section is layer 0's up to the layer number and the static tables
-    it reads (a mask, a rotary table: ``context.varying``, trace/layers.py)."""
+    it reads (a mask, a rotary table: ``context.varying``, tracer/layers.py)."""
     state = context.exported.program.graph_signature.inputs_to_parameters
     signatures = [_signature(context, nodes, index, state) for index, nodes in enumerate(layers)]
     context.varying = varying_statics(context, layers, signatures,
