@@ -13,8 +13,8 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .attention import d_head
-from .base import add, i, j, mul, n, neg, ops
-from .partial_rope import d_rot
+from .base import add, i, j, mul, n, neg
+from .partial_rope import PartialRoPE, d_rot
 from .rope import RotaryOp
 
 
@@ -62,14 +62,7 @@ class InterleavedRoPE(RotaryOp):
                     out[r, start + 2 * f + 1] = add(mul(second, cos), mul(first, sin))
         return out
 
-    def cost(self, ev):
-        """As PartialRoPE's: the rotated features only, 2 len(θ) of every head."""
-        rows, cols = ev.size(self)
-        half = ev.size(self.frequencies)[1]
-        rotated = cols // int(ev.number(self.head_width)) * 2 * half
-        angles = rows * half
-        return ev.cost(self.arg) + ops(mul=angles + 2 * rows * rotated, add=rows * rotated, neg=rows * rotated // 2,
-                                       cos=angles, sin=angles)
+    cost = PartialRoPE.cost  # the same operations on the same features: 2 len(θ) of every head
 
     @classmethod
     def definition(cls):  # one head's block of columns; every head is turned the same way

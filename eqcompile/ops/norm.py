@@ -22,6 +22,13 @@ def rms_norm(x, gamma, eps):  # [n, d] -> [n, d]
     return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * gamma
 
 
+def row_moments(X):
+    """(μ_i, σ_i, their definitions): each row's mean and its deviation, as LayerNorm states them."""
+    mu, sigma = sp.IndexedBase("mu")[i], sp.IndexedBase("sigma")[i]
+    return mu, sigma, [(mu, sp.Sum(X[i, k], (k, 1, m)) / m),
+                       (sigma**2, sp.Sum(sp.Add(X[i, k], -mu, evaluate=False) ** 2, (k, 1, m)) / m)]
+
+
 class LayerNorm(MatrixOp):
     """LayerNorm: normalise each row (epsilon inside the root), then apply gain and shift."""
 
@@ -65,14 +72,13 @@ class LayerNorm(MatrixOp):
     @classmethod
     def definition(cls):
         X = MatrixSymbol("X", n, m)
-        mu, sigma = sp.IndexedBase("mu")[i], sp.IndexedBase("sigma")[i]
+        mu, sigma, moments = row_moments(X)
         gamma, beta = sp.IndexedBase("gamma")[j], sp.IndexedBase("beta")[j]
         ln = cls(X, MatrixSymbol("gamma", 1, m), MatrixSymbol("beta", 1, m), epsilon)
         return [
             (ln[i, j], sp.Add(gamma * sp.Add(X[i, j], -mu, evaluate=False) / sp.sqrt(sigma**2 + epsilon), beta,
                              evaluate=False)),
-            (mu, sp.Sum(X[i, k], (k, 1, m)) / m),
-            (sigma**2, sp.Sum(sp.Add(X[i, k], -mu, evaluate=False) ** 2, (k, 1, m)) / m),
+            *moments,
         ]
 
 

@@ -8,7 +8,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .base import MatrixOp, add, i, j, k, m, mul, n, neg, ops
-from .norm import epsilon
+from .norm import epsilon, row_moments
 
 
 def standardise(x, eps):  # [n, d] -> [n, d]
@@ -52,12 +52,8 @@ class Standardise(MatrixOp):
     @classmethod
     def definition(cls):
         X = MatrixSymbol("X", n, m)
-        mu, sigma = sp.IndexedBase("mu")[i], sp.IndexedBase("sigma")[i]
-        return [
-            (cls(X, epsilon)[i, j], sp.Add(X[i, j], -mu, evaluate=False) / sp.sqrt(sigma**2 + epsilon)),
-            (mu, sp.Sum(X[i, k], (k, 1, m)) / m),
-            (sigma**2, sp.Sum(sp.Add(X[i, k], -mu, evaluate=False) ** 2, (k, 1, m)) / m),
-        ]
+        mu, sigma, moments = row_moments(X)
+        return [(cls(X, epsilon)[i, j], sp.Add(X[i, j], -mu, evaluate=False) / sp.sqrt(sigma**2 + epsilon)), *moments]
 
 
 class RMSScale(MatrixOp):

@@ -11,9 +11,9 @@ import numpy as np
 import sympy as sp
 
 from ..arch.common import d_model
-from ..ops import GroupedHeads, HeadRMSNorm, RMSNorm, Softmax, SplitHeads, d_head, n_head, n_kv_head
+from ..ops import HeadRMSNorm, RMSNorm, d_head
 from ..ops.softcap import SoftCap, UnitOffset, attention_cap, final_cap
-from .values import Attended, Heads, Partial, SplitRows, Static, Stream, Weight
+from .values import Heads, Partial, SplitRows, Static, Stream, Weight
 
 
 class EagerPatterns:
@@ -102,28 +102,4 @@ class EagerPatterns:
         q, k, scale, cap = scores.parts
         if not (k.heads * k.repeat == q.heads == v.heads * v.repeat):
             return NotImplemented
-        queries, keys, values = (self.names.materialize(x.base, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
-        self.names.cache(keys, values)
-        if k.heads == q.heads:
-            keys, values = SplitHeads(keys, n_head), SplitHeads(values, n_head)
-        else:
-            groups = self.context.constant(n_kv_head, k.heads)
-            keys, values = (GroupedHeads(x, groups, n_head) for x in (keys, values))
-        result = self.context.mask(self.names, _capped(_factor(scale, q.width) * SplitHeads(queries, n_head) * keys.T,
-                                                       cap), mask, False)
-        if result is NotImplemented:
-            return NotImplemented
-        weights = self.names.materialize(Softmax(result), "a")
-        return Attended(weights * values, q.heads)
-
-
-def _capped(scores, cap):
-    return scores if cap is None else SoftCap(scores, cap)
-
-
-def _factor(scale: float, width: int) -> sp.Expr:
-    """The scores' scale: 1/sqrt(d_head), 1/sqrt(s) for another whole s (Gemma's query_pre_attn_scalar)."""
-    if math.isclose(scale, 1 / math.sqrt(width), rel_tol=1e-12):
-        return sp.Integer(1) / sp.sqrt(d_head)
-    square = round(scale ** -2)
-    return sp.Integer(1) / sp.sqrt(square) if math.isclose(scale, square ** -0.5, rel_tol=1e-12) else sp.Float(scale, 17)
+        return self.attention(q, k, v, scale, mask, False, cap)

@@ -18,6 +18,7 @@ from ..errors import UnsupportedArchitecture
 from ..ops import (GELU, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
                    ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Tanh, d_head,
                    n_head, n_kv_head)
+from ..ops.softcap import SoftCap
 from .eager import EagerPatterns
 from .generic import lower_generically
 from .idioms import gelu_tanh
@@ -342,6 +343,10 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
             return NotImplemented
         if not all(x.heads * x.repeat == q.heads or x.heads == 1 for x in (k, v)) and not enable_gqa:
             return NotImplemented  # (one key/value head is broadcast to all: multi-query attention)
+        return self.attention(q, k, v, 1 / math.sqrt(q.width) if scale is None else scale, mask, is_causal)
+
+    def attention(self, q: Heads, k: Heads, v: Heads, scale: float, mask, is_causal: bool, cap=None):
+        """softmax(mask(cap(c Q Kᵀ))) V over the heads, keys and values cached: sdpa's and the written-out form."""
         queries, keys, values = (self.names.materialize(x.base, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
         self.names.cache(keys, values)
         if q.heads == k.heads:
@@ -349,13 +354,17 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
         else:
             groups = self.context.constant(n_kv_head, k.heads)
             keys, values = (GroupedHeads(x, groups, n_head) for x in (keys, values))
-        scale = 1 / math.sqrt(q.width) if scale is None else scale
-        factor = sp.Integer(1) / sp.sqrt(d_head) if math.isclose(scale, 1 / math.sqrt(q.width), rel_tol=1e-12) \
-            else sp.Float(scale, 17)
-        scores = factor * SplitHeads(queries, n_head) * keys.T
-        masked = self.context.mask(self.names, scores, mask, is_causal)
+        scores = scale_factor(scale, q.width) * SplitHeads(queries, n_head) * keys.T
+        masked = self.context.mask(self.names, scores if cap is None else SoftCap(scores, cap), mask, is_causal)
         if masked is NotImplemented:
             return NotImplemented
         weights = self.names.materialize(Softmax(masked), "a")
         return Attended(weights * values, q.heads)
 
+
+def scale_factor(scale: float, width: int) -> sp.Expr:
+    """The scores' scale: 1/sqrt(d_head), 1/sqrt(s) for another whole s (Gemma's query_pre_attn_scalar)."""
+    if math.isclose(scale, 1 / math.sqrt(width), rel_tol=1e-12):
+        return sp.Integer(1) / sp.sqrt(d_head)
+    square = round(scale ** -2)
+    return sp.Integer(1) / sp.sqrt(square) if math.isclose(scale, square ** -0.5, rel_tol=1e-12) else sp.Float(scale, 17)
