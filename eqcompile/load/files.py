@@ -28,14 +28,20 @@ _SHOWN = reprlib.Repr()
 _SHOWN.maxstring = _SHOWN.maxother = 80
 
 
-def read_bytes(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
-    """The whole file, if it is a regular file of at most ``limit`` bytes."""
+def regular_file(path: Path) -> os.stat_result:
+    """``path``'s status, if it is a regular file (opening a FIFO waits for a writer; a device never ends)."""
     try:
         info = os.stat(path)  # follows symlinks: the target is what gets read
     except OSError as e:
         raise CheckpointError(f"{path.name}: cannot read ({e.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
         raise CheckpointError(f"{path.name}: not a regular file (a FIFO, device or folder is never read)")
+    return info
+
+
+def read_bytes(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The whole file, if it is a regular file of at most ``limit`` bytes."""
+    info = regular_file(path)
     if info.st_size > limit:
         raise CheckpointError(f"{path.name}: {info.st_size:,} bytes, over the {limit:,}-byte limit for this file")
     with open(path, "rb") as f:
