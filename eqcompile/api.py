@@ -17,7 +17,7 @@ from .emit.expanded import expansion_latex, expansion_python
 from .expand import Expansion, expand
 from .emit.files import write_bytes, write_text
 from .emit.pdf import build_pdf
-from .emit.python import write_module
+from .emit.python import write_module, write_source_only
 from .emit.tokenizer_latex import tokenizer_latex
 from .errors import ConfigError, TooLarge
 from .load import Checkpoint
@@ -106,9 +106,7 @@ class CompiledModel:
         ``expand=True`` writes the literal equation as a pure-Python ``model.py`` (math only).
         """
         if expand:
-            path = Path(folder) / "model.py"
-            write_text(path, expansion_python(self.expand(seq, force)))
-            return path
+            return write_source_only(Path(folder), expansion_python(self.expand(seq, force)))
         tokenizer, unsupported = self._tokenizer
         if unsupported:
             warnings.warn(f"model.py gets no encode/decode: {unsupported}", stacklevel=2)
