@@ -3,7 +3,6 @@ folder of outputs replaced as one set (:func:`output_set`)."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -105,7 +104,7 @@ def _replace_in_place(staging: Path, folder: Path, owned: frozenset[str]) -> Non
 
 
 def _exchange(first: Path, second: Path) -> bool:
-    """Swap two folders in one step (Linux's renameat2 RENAME_EXCHANGE); False where unsupported."""
+    """Swap two folders in one step (Linux's renameat2 RENAME_EXCHANGE); False if it cannot."""
     import ctypes
 
     try:
@@ -113,12 +112,8 @@ def _exchange(first: Path, second: Path) -> bool:
     except (OSError, AttributeError):
         return False
     here, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
-    if renameat2(here, os.fsencode(first), here, os.fsencode(second), exchange) == 0:
-        return True
-    error = ctypes.get_errno()
-    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the kernel or filesystem cannot
-        return False
-    raise OSError(error, os.strerror(error), str(second))
+    # any refusal (an old kernel or a filesystem without it, a mount point) leaves both as they were
+    return renameat2(here, os.fsencode(first), here, os.fsencode(second), exchange) == 0
 
 
 def _holds_cwd(folder: Path) -> bool:
