@@ -194,3 +194,12 @@ def test_a_file_where_the_folder_should_be(tmp_path, bare):
     (tmp_path / "out").write_text("x")
     with pytest.raises(EqcompileError, match="is not a folder"):
         eqcompile.compile(bare).to_python(tmp_path / "out")
+
+
+def test_without_an_exchange_the_set_is_moved_in(tmp_path, bare, monkeypatch):
+    """Where the kernel or filesystem cannot swap folders, the set is still replaced whole."""
+    out = tmp_path / "out"
+    run(SAMPLE, "--python", out)
+    monkeypatch.setattr(files, "_exchange", lambda first, second: False)
+    run(bare, "--python", out)
+    assert sorted(os.listdir(out)) == ["model.py", "weights.safetensors"] and not leftovers(out)
