@@ -19,7 +19,7 @@ from .expand import Expansion, expand
 from .fold import fold
 from .emit.files import write_bytes, write_text
 from .emit.pdf import build_pdf
-from .emit.python import write_module
+from .emit.python import write_module, write_source_only
 from .emit.tokenizer_latex import tokenizer_latex
 from .errors import ConfigError, EqcompileError, TooLarge
 from .load import Checkpoint
@@ -129,9 +129,7 @@ class CompiledModel:
         if expand and train:
             raise EqcompileError("--train writes the numpy module's training functions: drop --expand")
         if expand:
-            path = Path(folder) / "model.py"
-            write_text(path, expansion_python(self.expand(seq, force)))
-            return path
+            return write_source_only(Path(folder), expansion_python(self.expand(seq, force)))
         tokenizer, unsupported = self._tokenizer
         if unsupported:
             warnings.warn(f"model.py gets no encode/decode: {unsupported}", stacklevel=2)

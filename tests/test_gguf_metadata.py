@@ -7,6 +7,7 @@ these defects), from a tiny valid Llama: each test changes one key or one table 
 from __future__ import annotations
 
 import os
+import re
 import struct
 import time
 
@@ -101,6 +102,7 @@ def run_cli(*args):
 def assert_one_line_refusal(result, seconds, *words):
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert result.stderr.count("\n") == 1 and result.stdout == "", result.stderr
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.stderr), result.stderr
     assert all(word in result.stderr for word in words), result.stderr
     assert seconds < 10
 
@@ -151,6 +153,14 @@ def test_verify_passes_on_the_handwritten_file(tmp_path):
     pytest.importorskip("transformers")
     result, _ = run_cli("verify", write(tmp_path))
     assert result.exit_code == 0, result.output
+
+
+def test_a_300kb_general_name_is_named_before_tex_runs(tmp_path):
+    """pdflatex failed on it ("Unable to read an entire line"), reported as exit 1."""
+    metadata = {**base_metadata(), "general.name": (STRING, "n" * 300_000)}
+    result, seconds = run_cli(write(tmp_path, metadata), "--tex", tmp_path / "a.tex")
+    assert_one_line_refusal(result, seconds, "metadata general.name:", "more than TeX reads on one line")
+    assert not (tmp_path / "a.tex").exists()
 
 
 def deep_array(depth: int) -> tuple[int, bytes]:

@@ -77,6 +77,18 @@ def test_duplicate_names_in_json_keep_one_and_still_fail_cleanly(tmp_path):
     assert_clean_failure(write_file(tmp_path / "m.safetensors", None, b"\0" * 8, raw_header=raw), tmp_path / "o.tex")
 
 
+@pytest.mark.parametrize("raw, names", [  # each was a ValueError (exit 1) or a name no terminal could print
+    (b'{"a": {"dtype": "F32", "shape": [1' + b"0" * 5000 + b'], "data_offsets": [0, 4]}}',
+     "a.shape[0] is an integer of 5001 digits"),
+    (b'{"a\\ud800": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', "holds a lone surrogate"),
+    (b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", "JSON nested 5001 levels deep (the limit is 64), under the key 'a'"),
+])
+def test_unreadable_json_in_a_safetensors_header(tmp_path, raw, names):
+    path = write_file(tmp_path / "m.safetensors", None, b"\0" * 8, raw_header=raw)
+    result = CliRunner().invoke(main, [str(path), "--latex"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and names in result.output, result.output
+
+
 def test_a_hundred_thousand_tiny_tensors(tmp_path):
     header = {f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(100_000)}
     assert_clean_failure(write_file(tmp_path / "m.safetensors", header, b"\0" * 100_000), tmp_path / "o.tex")

@@ -156,12 +156,15 @@ def test_a_config_nested_thousands_deep_is_refused(gpt2_folder, tmp_path, comman
 
 def test_a_5000_digit_integer_in_the_config_is_refused(gpt2_folder):
     write_config(gpt2_folder, json.dumps(GPT2).replace('"n_embd": 4', '"n_embd": 1' + "0" * 4999))
-    assert_refused(gpt2_folder, "--latex", mentions="config.json: invalid JSON (an integer of 5000 digits")
+    assert_refused(gpt2_folder, "--latex", mentions="config.json: n_embd is an integer of 5000 digits")
 
 
-def test_a_lone_surrogate_in_the_config_is_refused(gpt2_folder):
+@pytest.mark.parametrize("command", ["--latex", "--html"])
+def test_a_lone_surrogate_in_the_config_is_refused(gpt2_folder, tmp_path, command):
     write_config(gpt2_folder, json.dumps({**GPT2, "architectures": ["GPT2\\ud800"]}).replace("\\\\", "\\"))
-    assert_refused(gpt2_folder, "--latex", mentions="config.json: a string holds a lone surrogate")
+    assert_refused(gpt2_folder, command, *([tmp_path / "m.html"] if command == "--html" else []),
+                   mentions="config.json: architectures[0] holds a lone surrogate (\\ud800)")  # was exit 1 (--html)
+    assert not (tmp_path / "m.html").exists()
 
 
 def test_a_dangling_config_link_is_an_error_not_a_missing_config(gpt2_folder):

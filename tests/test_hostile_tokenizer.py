@@ -140,6 +140,28 @@ def test_vocab_json_as_a_list(tmp_path):
     assert_refused(folder, tmp_path / "out", "vocab.json is a list, expected an object of token -> id")
 
 
+@pytest.mark.parametrize("file, text, names", [  # each was a RecursionError or ValueError: exit 1
+    ("tokenizer.json", '{"model": ' + "[" * 5000 + "]" * 5000 + "}", "tokenizer.json: JSON nested 5001 levels deep"),
+    ("tokenizer.json", '{"model": {"type": "BPE", "vocab": {"a": 1' + "0" * 5000 + "}}}",
+     "tokenizer.json: model.vocab.a is an integer of 5001 digits"),
+    ("vocab.json", "[" * 5000 + "]" * 5000, "vocab.json: JSON nested 5000 levels deep"),
+    ("vocab.json", '{"a": 0, "b": 1' + "0" * 5000 + "}", "vocab.json: b is an integer of 5001 digits"),
+])
+def test_deep_nesting_and_huge_integers_in_tokenizer_files(tmp_path, file, text, names):
+    files = {file: text} if file == "tokenizer.json" else {file: text, "merges.txt": "a b\n"}
+    assert_refused(checkpoint(tmp_path / "ckpt", files), tmp_path / "out", names)
+
+
+def test_a_far_vocabulary_id_is_refused_within_bounds(tmp_path):
+    """One entry {"far": 200000000} in a 10 KB file: 24 s, 6.4 GB and a 1 GB tokenizer_data.json before."""
+    from test_hostile_config import assert_refused_within_bounds
+
+    folder = checkpoint(tmp_path / "ckpt", {"tokenizer.json": mutated(lambda s: s["model"]["vocab"].update(
+        far=200_000_000))})
+    assert_refused_within_bounds(folder, "--python", tmp_path / "py", mentions="model.vocab['far'] is 200000000")
+    assert not (tmp_path / "py").exists()
+
+
 def test_merges_txt_not_utf8(tmp_path):
     folder = checkpoint(tmp_path / "ckpt", {"vocab.json": '{"a": 0, "b": 1, "ab": 2}',
                                             "merges.txt": b"a b\n\xff\xfe\n"})

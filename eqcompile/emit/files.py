@@ -1,9 +1,11 @@
-"""Writing outputs safely: temp file then rename, so a failure never leaves half a file."""
+"""Writing outputs safely: temp file then rename, so a failure never leaves half a file, and a
+folder of outputs replaced as one set (:func:`output_set`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import shutil
 import struct
 import tempfile
@@ -13,6 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..errors import EqcompileError
 
 
 @contextmanager
@@ -32,26 +35,106 @@ def atomic_output(path: Path, mode: str = "w"):
 
 
 @contextmanager
-def staging_folder(folder: Path, owned: Iterable[str] = ()):
-    """A temporary folder beside ``folder`` whose files move into it only if the block succeeds.
+def output_set(folder: Path, owned: Iterable[str]):
+    """A staging folder beside ``folder``; what the block writes there replaces, as one set, the
+    files named in ``owned`` (eqcompile's outputs) that ``folder`` held.
 
-    Each file is renamed into place (atomic per file); on failure nothing of the run remains. The
-    ``owned`` names the block did not write are then removed from ``folder``, so the folder holds
-    this run's set of outputs and no file of an earlier run's (a tokenizer the model lost, say).
+    Nothing reaches ``folder`` unless the block succeeds, so a failure leaves the previous set as
+    it was; and no owned file of an earlier run survives beside the new ones (a tokenizer the model
+    lost, weights a ``--expand`` module does not read). A folder holding nothing but eqcompile's
+    files is swapped for the staging folder in one step (Linux's RENAME_EXCHANGE): a reader sees
+    the old set or the new, never a mix. Files that are not eqcompile's are never removed: a folder
+    that holds some keeps them, and eqcompile's own are replaced there file by file (see
+    :func:`_replace_in_place`).
     """
     folder = Path(folder)
+    if folder.is_symlink() and folder.is_dir():
+        folder = folder.resolve()  # the folder the user linked to is where the outputs go
+    if folder.exists() and not folder.is_dir():
+        raise EqcompileError(f"{folder} is not a folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         yield staging
-        folder.mkdir(exist_ok=True)
-        written = sorted(staging.iterdir())
-        for item in written:
-            os.replace(item, folder / item.name)
-        for stale in set(owned) - {item.name for item in written}:
-            (folder / stale).unlink(missing_ok=True)  # a symlink goes, never its target
+        owned = frozenset(owned)
+        with _signals_held():  # a few renames: SIGINT or SIGTERM waits for them, never splits them
+            _publish(staging, folder, owned)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, folder: Path, owned: frozenset[str]) -> None:
+    mode = folder.stat().st_mode & 0o7777 if folder.is_dir() else 0o777 & ~_umask()
+    os.chmod(staging, mode)  # mkdtemp made it private
+    if not os.path.lexists(folder):
+        try:
+            os.rename(staging, folder)
+            return
+        except OSError:  # another writer made it meanwhile
+            pass
+    ours = all(entry in owned for entry in os.listdir(folder)) and not _holds_cwd(folder)
+    if ours and _exchange(staging, folder):
+        for entry in os.listdir(staging):  # staging now holds the previous set
+            if entry not in owned:  # a file someone put there while we wrote: theirs, so kept
+                os.rename(staging / entry, folder / entry)
+        return
+    _replace_in_place(staging, folder, owned)
+
+
+def _replace_in_place(staging: Path, folder: Path, owned: frozenset[str]) -> None:
+    """Move the new set into ``folder`` beside files that are not eqcompile's, and the previous set
+    aside; on any failure, the previous set is put back as it was."""
+    aside = Path(tempfile.mkdtemp(prefix=".previous.", dir=staging))
+    new = [entry for entry in os.listdir(staging) if staging / entry != aside]
+    moved, placed = [], []
+    try:
+        for name in sorted(owned):
+            if os.path.lexists(folder / name):  # a symlink goes aside, never its target
+                os.rename(folder / name, aside / name)
+                moved.append(name)
+        for name in new:
+            os.rename(staging / name, folder / name)
+            placed.append(name)
+    except BaseException:
+        for name in placed:
+            os.rename(folder / name, staging / name)
+        for name in moved:
+            os.rename(aside / name, folder / name)
+        raise
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two folders in one step (Linux's renameat2 RENAME_EXCHANGE); False if it cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None).renameat2
+    except (OSError, AttributeError):
+        return False
+    here, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
+    # any refusal (an old kernel or a filesystem without it, a mount point) leaves both as they were
+    return renameat2(here, os.fsencode(first), here, os.fsencode(second), exchange) == 0
+
+
+def _holds_cwd(folder: Path) -> bool:
+    """Whether the process works inside ``folder`` (swapping it would leave the shell in a removed folder)."""
+    return Path.cwd().resolve().is_relative_to(folder.resolve())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def _signals_held():
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -25,9 +25,9 @@ from ..ops.base import numpy_source
 from ..program import Program
 from ..sharding import split_table
 from ..tokenizer import Tokenizer
-from .files import staging_folder, write_text
+from .files import output_set, write_text
 from .numpy_printer import ModulePrinter
-from .python import _stage_function, module_context, write_module
+from .python import OUTPUTS, _stage_function, module_context, write_module_files
 from .templates import render_template
 
 EXTRA = "jax"  # pip install "eqcompile[jax]"
@@ -108,8 +108,7 @@ def write_jax_module(program: Program, checkpoint: Checkpoint, folder: Path,
     if importlib.util.find_spec("jax") is None:
         raise UnsupportedForJax(f'--jax needs JAX, the "{EXTRA}" extra: pip install "eqcompile[{EXTRA}]"')
     source = module_source(program, dtype)  # refuses an unsupported model before anything is written
-    folder = Path(folder)
-    write_module(program, checkpoint, folder, tokenizer=tokenizer)
-    with staging_folder(folder) as staging:
+    with output_set(folder, OUTPUTS) as staging:  # the numpy module's files and this one, as one set
+        write_module_files(program, checkpoint, staging, tokenizer=tokenizer)
         write_text(staging / "model_jax.py", source)
-    return folder / "model_jax.py"
+    return Path(folder) / "model_jax.py"

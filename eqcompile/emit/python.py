@@ -13,12 +13,13 @@ from ..ops.base import numpy_source
 from ..progress import progress_bar
 from ..program import Program, Stage
 from ..tokenizer import Tokenizer
-from .files import staging_folder, write_safetensors, write_text
+from .files import output_set, write_safetensors, write_text
 from .numpy_printer import ModulePrinter
 from .templates import render_template
 from .tokenizer_module import DATA_FILE, MODULE_FILE, write_tokenizer
 
-OUTPUTS = ("model.py", "weights.safetensors", MODULE_FILE, DATA_FILE)  # what a run owns in its folder
+# what a run owns in its folder: replaced as one set, the files of it a run does not write removed
+OUTPUTS = ("model.py", "weights.safetensors", MODULE_FILE, DATA_FILE, "model_jax.py")
 
 
 def module_source(program: Program, tokenizer: bool = False) -> str:
@@ -119,28 +120,41 @@ def _forward_calls(program: Program, weights: str) -> list[str]:
 def write_module(program: Program, checkpoint: Checkpoint, folder: Path, dtype: str = "float32",
                  tokenizer: Tokenizer | None = None, train: bool = False) -> Path:
     """Write ``folder/model.py`` and ``folder/weights.safetensors`` (and, given a tokenizer,
-    ``tokenizer.py`` with the ``tokenizer_data.json`` it reads); return the module's path. The files
-    of :data:`OUTPUTS` this run does not write (an earlier run's tokenizer) are removed.
+    ``tokenizer.py`` with the ``tokenizer_data.json`` it reads); return the module's path. They
+    replace the earlier run's :data:`OUTPUTS` as one set (``files.output_set``).
 
     ``dtype="float64"`` stores the weights (float32 values, widened exactly; folded ones rounded
     once from float64) as float64, so the module computes in float64: a second implementation to
     measure rounding against. ``train`` appends the training functions (:mod:`eqcompile.train.module`).
     """
-    folder = Path(folder)
-    with staging_folder(folder, OUTPUTS) as staging:  # nothing reaches ``folder`` unless every file is written
-        if tokenizer is not None:
-            write_tokenizer(tokenizer, staging)
-        plan = {binding.key: binding for binding in program.bindings()}
-        shapes = [(key, program.numeric_shape(binding.param.symbol)) for key, binding in plan.items()]
-        write_safetensors(staging / "weights.safetensors", shapes, lambda key: plan[key].read(checkpoint, program, dtype),
-                          progress_bar(shapes, "weights"), dtype)
-        source = module_source(program, tokenizer is not None)
-        if train:
-            from ..train.module import training_source
+    with output_set(folder, OUTPUTS) as staging:  # nothing reaches ``folder`` unless every file is written
+        write_module_files(program, checkpoint, staging, dtype, tokenizer, train)
+    return Path(folder) / "model.py"
 
-            source += training_source(program, checkpoint)
+
+def write_module_files(program: Program, checkpoint: Checkpoint, folder: Path, dtype: str = "float32",
+                       tokenizer: Tokenizer | None = None, train: bool = False) -> None:
+    """:func:`write_module`'s files, written straight into ``folder`` (a staging folder)."""
+    if tokenizer is not None:
+        write_tokenizer(tokenizer, folder)
+    plan = {binding.key: binding for binding in program.bindings()}
+    shapes = [(key, program.numeric_shape(binding.param.symbol)) for key, binding in plan.items()]
+    write_safetensors(folder / "weights.safetensors", shapes, lambda key: plan[key].read(checkpoint, program, dtype),
+                      progress_bar(shapes, "weights"), dtype)
+    source = module_source(program, tokenizer is not None)
+    if train:
+        from ..train.module import training_source
+
+        source += training_source(program, checkpoint)
+    write_text(folder / "model.py", source)
+
+
+def write_source_only(folder: Path, source: str) -> Path:
+    """``folder/model.py`` alone (the literal expansion reads no weights file), replacing the
+    earlier run's :data:`OUTPUTS` as one set: its weights and tokenizer do not stay behind."""
+    with output_set(folder, OUTPUTS) as staging:
         write_text(staging / "model.py", source)
-    return folder / "model.py"
+    return Path(folder) / "model.py"
 
 
 def import_module(path: Path, name: str = "eqcompile_emitted"):

@@ -129,7 +129,7 @@ def _from_files(source: str, files: list[Path], folder: Path) -> Checkpoint:
     tensors: dict[str, TensorInfo] = {}
     metadata: dict[str, str] = {}
     for path in files:
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():  # a FIFO or a dangling link: read_header says which
             raise CheckpointError(f"missing file: {path}")
         found, meta = read_header(path)
         for name in found:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError
 from .base import Checkpoint, EmbeddedTokenizer
+from .files import regular_file
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # version 1 used 32-bit counts and is long obsolete
@@ -204,9 +205,9 @@ class _Cursor:
 
 def _read_header(path: Path) -> tuple[GGUFMetadata, list[tuple[str, str, tuple[int, ...], int, int]]]:
     """The metadata, and per tensor (name, ggml type, shape in row-major order, data offset, byte count)."""
+    size = regular_file(path).st_size
     try:
         with open(path, "rb") as f:
-            size = path.stat().st_size
             if size < 24:
                 raise CheckpointError(f"{path.name}: not a GGUF file (shorter than its 24-byte preamble)")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buffer:

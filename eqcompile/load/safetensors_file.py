@@ -7,7 +7,6 @@ Data is read on demand with ``np.memmap``; bfloat16, which numpy lacks, is widen
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
+from .files import parse_json, regular_file
 
 # safetensors dtype tag -> (numpy dtype of the stored bits, bytes per element)
 DTYPES: dict[str, tuple[str, int]] = {
@@ -44,8 +44,8 @@ class TensorInfo:
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and validate the header of ``path``; return its tensors and its ``__metadata__``."""
+    size = regular_file(path).st_size
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -60,9 +60,9 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             raw = f.read(header_len)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # deep nesting: RecursionError
+    try:  # bounded like every JSON a checkpoint brings: nesting, integer length, lone surrogates
+        header = parse_json(raw.decode("utf-8"), f"{path.name}: not a safetensors file (header is not JSON)")
+    except UnicodeDecodeError:
         raise CheckpointError(f"{path.name}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name}: not a safetensors file (header is not a JSON object)")

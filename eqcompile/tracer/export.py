@@ -68,7 +68,7 @@ def _model(checkpoint: Checkpoint, empty: bool, overrides: dict | None = None):
                 model = transformers.AutoModelForCausalLM.from_config(config, **implementations(config))
         else:
             model = transformers.AutoModelForCausalLM.from_config(config, **implementations(config))
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # anything transformers raises on a stranger's config: a refusal, not a crash
         reason = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
         raise UnsupportedArchitecture(f"transformers cannot build it: {reason}") from None
     return model.to(torch.float32).eval()
