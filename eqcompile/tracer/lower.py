@@ -20,7 +20,7 @@ from ..ops import (GELU, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, 
                    n_head, n_kv_head)
 from ..ops.softcap import SoftCap
 from .eager import EagerPatterns
-from .generic import lower_generically
+from .generic import generic_value, lower_generically
 from .idioms import gelu_tanh
 from .interleaved import InterleavedRotary
 from .moe import MoEPatterns
@@ -58,6 +58,8 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
                 result = Stream(self.names.materialize(result.expr))
             self.values[node] = result
         final = self.values.get(output)
+        if isinstance(final, Partial):  # a pattern begun at the very end (Granite's logits / s): the op as itself
+            final = generic_value(self, output)
         if not isinstance(final, Stream):
             raise UnsupportedArchitecture(f"the stage ending at {module_path(output)} does not end in a matrix")
         return final.expr

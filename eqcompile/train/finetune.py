@@ -86,7 +86,7 @@ def write_checkpoint(compiled, tensors: dict[str, np.ndarray], out: Path) -> Non
     and tokenizer files beside it; nothing reaches ``out`` unless all of it is written."""
     from safetensors.numpy import save
 
-    from ..emit.files import staging_folder
+    from ..emit.files import output_set
 
     checkpoint = compiled.checkpoint
     if checkpoint.config is None or checkpoint.folder is None:
@@ -94,7 +94,7 @@ def write_checkpoint(compiled, tensors: dict[str, np.ndarray], out: Path) -> Non
     arrays = {name: np.ascontiguousarray(tensors[name] if name in tensors else checkpoint.tensor(name),
                                          dtype=np.float32) for name in checkpoint.tensors}
     owned = ("model.safetensors", "config.json", *TOKENIZER_FILES)
-    with staging_folder(Path(out), owned) as staging:
+    with output_set(Path(out), owned) as staging:
         (staging / "model.safetensors").write_bytes(save(arrays, metadata={"format": "pt"}))
         config = {**checkpoint.config, **{key: "float32" for key in ("torch_dtype", "dtype") if key in checkpoint.config}}
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
