@@ -193,6 +193,17 @@ def stage_blocks(program: Program, stage: Stage, unroll: bool,
 
 
 @dataclass(frozen=True)
+class TrainingBlocks:
+    """The training section of ``--train`` (made by ``eqcompile.train.latex``): loss, backward, updates."""
+
+    stages: list[StageBlock]  # the loss, then each stage's backward from the last stage to the first
+    updates_intro: str  # LaTeX prose, its math in $…$
+    updates: list[EquationLine]  # SGD and AdamW
+    updates_note: str  # LaTeX prose
+    ops: list[str]  # each vector-Jacobian product's summary, LaTeX prose
+
+
+@dataclass(frozen=True)
 class CircuitBlock:
     """The circuit form's attention, head by head (``--form circuits``)."""
 

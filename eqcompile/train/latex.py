@@ -9,7 +9,7 @@ from string import Template
 
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
-from ..emit.latex import EquationLine, EquationPrinter, align, printer_for
+from ..emit.latex import EquationLine, EquationPrinter, StageBlock, TrainingBlocks, align, printer_for
 from ..emit.text import tex_escape
 from ..ops.backward import BACKWARD_OPS
 from ..program import Program, _layer_fill
@@ -17,19 +17,18 @@ from .derive import BackwardStage, bar
 from .loss import LOSS_OPS
 from .program import TrainingProgram, training_program
 
-UPDATES = r"""\paragraph{Updates.} With $\theta$ every parameter, $g = \bar\theta$ its gradient (a weight read in two
-places, such as tied embeddings $W_E$, gets the sum of both gradients), $\eta$ the learning rate and $t$ the step:
-\begin{align*}
-\text{SGD:}\quad \theta_{t} &= \theta_{t-1} - \eta\, g_t \\
-\text{AdamW:}\quad \theta'_{t} &= \theta_{t-1} (1 - \eta \lambda) \\
-m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t, \qquad m_0 = 0 \\
-v_t &= \beta_2 v_{t-1} + (1 - \beta_2)\, g_t \odot g_t, \qquad v_0 = 0 \\
-\hat m_t &= m_t / (1 - \beta_1^{t}), \qquad \hat v_t = v_t / (1 - \beta_2^{t}) \\
-\theta_t &= \theta'_{t} - \eta\, \hat m_t \oslash \bigl(\sqrt{\hat v_t} + \epsilon\bigr)
-\end{align*}
-as \texttt{torch.optim.AdamW} takes them (defaults $\beta_1 = 0.9$, $\beta_2 = 0.999$, $\epsilon = 10^{-8}$,
-weight decay $\lambda = 0.01$; the decay is decoupled: it scales $\theta$, not $g$).
-"""
+UPDATES_INTRO = r"""With $\theta$ every parameter, $g = \bar\theta$ its gradient (a weight read in two
+places, such as tied embeddings $W_E$, gets the sum of both gradients), $\eta$ the learning rate and $t$ the step:"""
+UPDATE_LINES = [
+    EquationLine(r"\text{SGD:}\quad \theta_{t}", r"\theta_{t-1} - \eta\, g_t"),
+    EquationLine(r"\text{AdamW:}\quad \theta'_{t}", r"\theta_{t-1} (1 - \eta \lambda)"),
+    EquationLine("m_t", r"\beta_1 m_{t-1} + (1 - \beta_1)\, g_t, \qquad m_0 = 0"),
+    EquationLine("v_t", r"\beta_2 v_{t-1} + (1 - \beta_2)\, g_t \odot g_t, \qquad v_0 = 0"),
+    EquationLine(r"\hat m_t", r"m_t / (1 - \beta_1^{t}), \qquad \hat v_t = v_t / (1 - \beta_2^{t})"),
+    EquationLine(r"\theta_t", r"\theta'_{t} - \eta\, \hat m_t \oslash \bigl(\sqrt{\hat v_t} + \epsilon\bigr)"),
+]
+UPDATES_NOTE = r"""as \texttt{torch.optim.AdamW} takes them (defaults $\beta_1 = 0.9$, $\beta_2 = 0.999$, $\epsilon = 10^{-8}$,
+weight decay $\lambda = 0.01$; the decay is decoupled: it scales $\theta$, not $g$)."""
 
 
 class GradientPrinter(EquationPrinter):
@@ -49,23 +48,34 @@ def _printer(program: Program, stage, names: dict) -> GradientPrinter:
 
 def training_latex(program: Program) -> str:
     """A fragment (amsmath, amssymb): loss, backward stages from the last to the first, updates, VJP ops."""
-    training = training_program(program)
+    blocks = training_blocks(program)
     parts = [r"\paragraph{Training.} A gradient $\partial L / \partial X$ is written $\bar X$; each stage's "
              r"backward sends the gradient of its output to its input and its parameters by the chain rule."]
-    parts.append(_loss(program, training))
-    for backward in training.backward[1:]:
-        parts.append(_backward_block(program, backward))
-    parts.append(UPDATES)
-    parts.append(_op_list(training))
+    for block in blocks.stages:
+        title = tex_escape(block.title) + (rf" ${block.symbol}$, for ${block.scope}$" if block.scope else "")
+        parts.append(rf"\paragraph{{{title}.}}" + "\n" + align(block.lines))
+    parts.append(rf"\paragraph{{Updates.}} {blocks.updates_intro}" + "\n" + align(blocks.updates)
+                 + blocks.updates_note + "\n")
+    items = [rf"\item {summary}" for summary in blocks.ops]
+    parts.append("\\paragraph{Vector-Jacobian products.}\n\\begin{itemize}\n" + "\n".join(items) + "\n\\end{itemize}\n")
     return "\n".join(parts)
 
 
-def _loss(program: Program, training: TrainingProgram) -> str:
+def training_blocks(program: Program) -> TrainingBlocks:
+    """The training section's content, for ``--latex --train`` and the appendix (``--pdf/--tex/--html --train``).
+
+    Raises :class:`TrainingUnsupported` for a model it cannot differentiate (an encoder)."""
+    training = training_program(program)
+    stages = [_loss(program, training)] + [_backward_block(program, backward) for backward in training.backward[1:]]
+    return TrainingBlocks(stages, UPDATES_INTRO, UPDATE_LINES, UPDATES_NOTE, _op_summaries(training))
+
+
+def _loss(program: Program, training: TrainingProgram) -> StageBlock:
     stage, backward = training.loss, training.backward[0]
     names = _names(program, backward, "l")
     printer = _printer(program, stage, names)
     lines = [EquationLine(printer._print(eq.lhs), printer._print(eq.rhs)) for eq in stage.equations + backward.equations]
-    return r"\paragraph{Loss.}" + "\n" + align(lines)
+    return StageBlock("loss", "Loss", "", "", None, lines)
 
 
 def _names(program: Program, backward: BackwardStage, layer: str) -> dict:
@@ -82,17 +92,14 @@ def _names(program: Program, backward: BackwardStage, layer: str) -> dict:
     return names
 
 
-def _backward_block(program: Program, backward: BackwardStage) -> str:
+def _backward_block(program: Program, backward: BackwardStage) -> StageBlock:
     stage = backward.forward
     printer = _printer(program, stage, _names(program, backward, "l"))
     lines = [EquationLine(printer._print(eq.lhs), printer._print(eq.rhs)) for eq in backward.equations]
-    title = f"{tex_escape(stage.title)}, backward"
-    if stage.layers:
-        title += rf" ${stage.letter}^{{(l)}}$, for $l = L, \dots, 1$"
-    return rf"\paragraph{{{title}.}}" + "\n" + align(lines)
+    symbol, scope = (rf"{stage.letter}^{{(l)}}", r"l = L, \dots, 1") if stage.layers else ("", "")
+    return StageBlock(f"{stage.name}-backward", f"{stage.title}, backward", symbol, scope, None, lines)
 
 
-def _op_list(training: TrainingProgram) -> str:
+def _op_summaries(training: TrainingProgram) -> list[str]:
     used = {type(op) for b in training.backward for eq in b.equations for op in eq.rhs.atoms(*BACKWARD_OPS, *LOSS_OPS)}
-    items = [rf"\item {op.summary_latex}" for op in (*LOSS_OPS, *BACKWARD_OPS) if op in used]
-    return "\\paragraph{Vector-Jacobian products.}\n\\begin{itemize}\n" + "\n".join(items) + "\n\\end{itemize}\n"
+    return [op.summary_latex for op in (*LOSS_OPS, *BACKWARD_OPS) if op in used]
