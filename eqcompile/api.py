@@ -144,13 +144,21 @@ class CompiledModel:
 
     def appendix(self, title: str | None = None, author: str = "", numbers: bool = False,
                  cost: appendix_emitter.Table | None = None,
-                 decorate: latex_emitter.Decorate | None = None, unroll: bool = False) -> appendix_emitter.Appendix:
+                 decorate: latex_emitter.Decorate | None = None, unroll: bool = False,
+                 train: bool = False) -> appendix_emitter.Appendix:
         """The content of the PDF/HTML appendix. Reads every weight once, for the statistics.
 
         ``numbers`` adds the literal matrices (tiny models only); ``cost`` a cost summary table;
-        ``unroll`` writes every layer's equations and weights out rather than the block once.
+        ``unroll`` writes every layer's equations and weights out rather than the block once;
+        ``train`` adds the loss, the backward equations and the updates (``eqcompile.train``).
         """
-        return appendix_emitter.build(self.checkpoint, self.program, title, author, numbers, decorate, cost, unroll)
+        training = None
+        if train:
+            from .train.latex import training_blocks
+
+            training = training_blocks(self.program)  # refuses an encoder before any weight is read
+        return appendix_emitter.build(self.checkpoint, self.program, title, author, numbers, decorate, cost, unroll,
+                                      training)
 
     def tex(self, path: str | Path, fragment: bool = False, **options) -> Path:
         """Write the appendix as a LaTeX document, or as an ``\\input``-able fragment."""

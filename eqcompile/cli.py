@@ -99,7 +99,7 @@ def main():
     eqcompile verify MODEL [--seq N]
     eqcompile diff A B [--json | --latex] [-o FILE] [--pdf FILE] [--full-spectrum]
     eqcompile circuits MODEL [--json] [--top K]
-    eqcompile MODEL --latex --train | --python DIR --train   (loss, backward, SGD/AdamW)
+    eqcompile MODEL --latex --train | --python DIR --train | --pdf FILE --train   (loss, backward, SGD/AdamW)
     eqcompile train MODEL DATA.txt [--steps N] [--lr X] -o OUT/
     (compile and verify take --activation NAME for an mlp model, --pooling mean for a bert one)
 
@@ -143,8 +143,8 @@ form_option = click.option(
 @click.option("--force", is_flag=True, help="Expand even beyond the size limit.")
 @click.option("--dtype", type=click.Choice(["float32", "float64", "bfloat16"]), default="float32", show_default=True,
               help="Weights (and so arithmetic) of the emitted module: float64 for --python, bfloat16 for --jax.")
-@click.option("--train", is_flag=True, help="Add training: with --latex the loss, the backward equations and the "
-              "SGD/AdamW updates; with --python loss, loss_and_grad, sgd_step and adamw_step in model.py.")
+@click.option("--train", is_flag=True, help="Add training: with --latex (and in --pdf, --tex, --html) the loss, the backward "
+              "equations and the SGD/AdamW updates; with --python loss, loss_and_grad, sgd_step and adamw_step in model.py.")
 @click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the appendix (model card, equations, symbols with statistics) as a PDF.")
 @click.option("--tex", "tex_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -177,11 +177,11 @@ def compile_command(model, want_latex, output, level, standalone, unroll, python
         _fail("error: --jax computes in float32 or bfloat16, not float64", 2)
     if (title is not None or author or numbers) and not appendix_paths:
         _fail("error: --title, --author and --numbers apply to --pdf, --tex and --html", 2)
-    if train and not want_latex and python_dir is None:
-        _fail("error: --train applies to --latex and --python", 2)
+    if train and not want_latex and python_dir is None and not appendix_paths:
+        _fail("error: --train applies to --latex, --python, --pdf, --tex and --html", 2)
     if train and form != "standard":
         _fail("error: --train differentiates the model as stored; it does not combine with --form circuits", 2)
-    options = dict(title=title, author=author, numbers=numbers)
+    options = dict(title=title, author=author, numbers=numbers, train=train)
 
     def work():
         compiled = api.compile(model, activation=activation, pooling=pooling,
