@@ -11,6 +11,7 @@ from pathlib import Path
 from . import arch, frontend
 from .circuits import Circuits, measure
 from .emit import appendix as appendix_emitter
+from .emit.circuit_tables import CircuitFigures, circuit_figures
 from .emit import html as html_emitter
 from .emit import latex as latex_emitter
 from .emit.expanded import PACKAGES as EXPANSION_PACKAGES
@@ -21,7 +22,7 @@ from .emit.files import write_bytes, write_text
 from .emit.pdf import build_pdf
 from .emit.python import write_module, write_source_only
 from .emit.tokenizer_latex import tokenizer_latex
-from .errors import ConfigError, EqcompileError, TooLarge
+from .errors import ConfigError, EqcompileError, TooLarge, UnsupportedArchitecture
 from .load import Checkpoint
 from .program import Program
 from .sharding import MeshPlan, mesh_plan
@@ -84,8 +85,19 @@ class CompiledModel:
         return stats(self.program, self.weight_bytes(), seq)
 
     def circuits(self, top: int = 8) -> Circuits:
-        """Each head's QK/OV singular values, ranks, copying score, and the composition scores (numeric)."""
-        return measure(self.program, self.checkpoint, top)
+        """Each head's QK/OV singular values, ranks, copying score, and the composition scores (numeric),
+        on the stored weights: the circuit form's program is lowered again without its folding."""
+        stored = frontend.lower(self.checkpoint) if self.program.form == "circuits" else self.program
+        return measure(stored, self.checkpoint, top)
+
+    def _circuit_figures(self) -> CircuitFigures | None:
+        """The circuit form's per-head table for the appendix; none for a model without attention heads."""
+        if self.program.form != "circuits":
+            return None
+        try:
+            return circuit_figures(self.circuits())
+        except UnsupportedArchitecture:
+            return None
 
     def mesh_plan(self, data: int, model: int, dtype_bytes: int = 4) -> MeshPlan:
         """What the JAX module's placement puts on each device of a ``data`` x ``model`` mesh (shapes only)."""
@@ -150,7 +162,8 @@ class CompiledModel:
         ``numbers`` adds the literal matrices (tiny models only); ``cost`` a cost summary table;
         ``unroll`` writes every layer's equations and weights out rather than the block once.
         """
-        return appendix_emitter.build(self.checkpoint, self.program, title, author, numbers, decorate, cost, unroll)
+        return appendix_emitter.build(self.checkpoint, self.program, title, author, numbers, decorate, cost, unroll,
+                                      self._circuit_figures())
 
     def tex(self, path: str | Path, fragment: bool = False, **options) -> Path:
         """Write the appendix as a LaTeX document, or as an ``\\input``-able fragment."""
