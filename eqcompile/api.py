@@ -22,7 +22,7 @@ from .emit.files import write_bytes, write_text
 from .emit.pdf import build_pdf
 from .emit.python import write_module, write_source_only
 from .emit.tokenizer_latex import tokenizer_latex
-from .errors import ConfigError, EqcompileError, TooLarge, UnsupportedArchitecture
+from .errors import ConfigError, EqcompileError, TooLarge
 from .load import Checkpoint
 from .program import Program
 from .sharding import MeshPlan, mesh_plan
@@ -91,13 +91,8 @@ class CompiledModel:
         return measure(stored, self.checkpoint, top)
 
     def _circuit_figures(self) -> CircuitFigures | None:
-        """The circuit form's per-head table for the appendix; none for a model without attention heads."""
-        if self.program.form != "circuits":
-            return None
-        try:
-            return circuit_figures(self.circuits())
-        except UnsupportedArchitecture:
-            return None
+        """The circuit form's per-head table for the appendix (every family fold accepts has heads)."""
+        return circuit_figures(self.circuits()) if self.program.form == "circuits" else None
 
     def mesh_plan(self, data: int, model: int, dtype_bytes: int = 4) -> MeshPlan:
         """What the JAX module's placement puts on each device of a ``data`` x ``model`` mesh (shapes only)."""
