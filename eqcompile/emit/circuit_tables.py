@@ -50,14 +50,12 @@ def _spectrum(circuit) -> tuple[str, str, str]:
 
 def strongest_pairs(circuits: Circuits, mode: str, count: int) -> list[CompositionPair]:
     """The ``count`` highest ``mode``-composition scores, highest first (as the text table ranks them)."""
-    ranked = sorted(((score, l1, h1, l2, h2) for l1, by_head in enumerate(circuits.composition[mode])
-                     for h1, by_layer in enumerate(by_head) for l2, row in enumerate(by_layer)
-                     for h2, score in enumerate(row) if score is not None), reverse=True)
     return [CompositionPair(mode.upper(), f"({l1 + 1}, {h1 + 1})", f"({l2 + 1}, {h2 + 1})", f"{score:.3f}")
-            for score, l1, h1, l2, h2 in ranked[:count]]
+            for score, l1, h1, l2, h2 in circuits.strongest(mode, count)]
 
 
 def circuit_figures(circuits: Circuits) -> CircuitFigures:
+    """The appendix's rows: one per head, then the strongest pairs of each kind (none for one layer)."""
     heads = [HeadRow(l + 1, h + 1, _spectrum(head.qk), _spectrum(head.ov),
                      "" if head.ov.copying is None else f"{head.ov.copying:.3f}")
              for l, layer in enumerate(circuits.layers) for h, head in enumerate(layer)]
