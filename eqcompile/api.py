@@ -11,6 +11,7 @@ from pathlib import Path
 from . import arch, frontend
 from .circuits import Circuits, measure
 from .emit import appendix as appendix_emitter
+from .emit.circuit_tables import CircuitFigures, circuit_figures
 from .emit import html as html_emitter
 from .emit import latex as latex_emitter
 from .emit.expanded import PACKAGES as EXPANSION_PACKAGES
@@ -84,8 +85,14 @@ class CompiledModel:
         return stats(self.program, self.weight_bytes(), seq)
 
     def circuits(self, top: int = 8) -> Circuits:
-        """Each head's QK/OV singular values, ranks, copying score, and the composition scores (numeric)."""
-        return measure(self.program, self.checkpoint, top)
+        """Each head's QK/OV singular values, ranks, copying score, and the composition scores (numeric),
+        on the stored weights: the circuit form's program is lowered again without its folding."""
+        stored = frontend.lower(self.checkpoint) if self.program.form == "circuits" else self.program
+        return measure(stored, self.checkpoint, top)
+
+    def _circuit_figures(self) -> CircuitFigures | None:
+        """The circuit form's per-head table for the appendix (every family fold accepts has heads)."""
+        return circuit_figures(self.circuits()) if self.program.form == "circuits" else None
 
     def mesh_plan(self, data: int, model: int, dtype_bytes: int = 4) -> MeshPlan:
         """What the JAX module's placement puts on each device of a ``data`` x ``model`` mesh (shapes only)."""
@@ -158,7 +165,7 @@ class CompiledModel:
 
             training = training_blocks(self.program)  # refuses an encoder before any weight is read
         return appendix_emitter.build(self.checkpoint, self.program, title, author, numbers, decorate, cost, unroll,
-                                      training)
+                                      training, self._circuit_figures())
 
     def tex(self, path: str | Path, fragment: bool = False, **options) -> Path:
         """Write the appendix as a LaTeX document, or as an ``\\input``-able fragment."""

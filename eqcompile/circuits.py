@@ -105,12 +105,16 @@ class Circuits:
                 copying = "" if head.ov.copying is None else f"{head.ov.copying:>8.3f}"
                 lines.append(f"{l:>5} {h:>4}  {qk}  {ov} {copying}".rstrip())
         for mode in MODES if len(self.layers) > 1 else ():
-            ranked = sorted(((score, l1, h1, l2, h2) for l1, by_head in enumerate(self.composition[mode])
-                             for h1, by_layer in enumerate(by_head) for l2, row in enumerate(by_layer)
-                             for h2, score in enumerate(row) if score is not None), reverse=True)
-            pairs = "  ".join(f"L{l1}H{h1}→L{l2}H{h2} {score:.3f}" for score, l1, h1, l2, h2 in ranked[:strongest])
+            pairs = "  ".join(f"L{l1}H{h1}→L{l2}H{h2} {score:.3f}"
+                              for score, l1, h1, l2, h2 in self.strongest(mode, strongest))
             lines.append(f"{mode.upper()}-composition, strongest: {pairs}")
         return "\n".join(lines)
+
+    def strongest(self, mode: str, count: int) -> list[tuple[float, int, int, int, int]]:
+        """The ``count`` highest ``mode``-composition scores as (score, l1, h1, l2, h2), highest first."""
+        return sorted(((score, l1, h1, l2, h2) for l1, by_head in enumerate(self.composition[mode])
+                       for h1, by_layer in enumerate(by_head) for l2, row in enumerate(by_layer)
+                       for h2, score in enumerate(row) if score is not None), reverse=True)[:count]
 
 
 @dataclass(frozen=True)

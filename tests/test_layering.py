@@ -36,6 +36,7 @@ RENDERS = {  # by design: a renderer imports the result type of the analysis it 
     ("eqcompile.train.module", "eqcompile.train"),  # the training Program: backward stages, loss ops
     ("eqcompile.train.latex", "eqcompile.train"),
     ("eqcompile.emit.jax", "eqcompile.sharding"),  # model_jax.py's SPLIT is the placement split_table derives
+    ("eqcompile.emit.circuit_tables", "eqcompile.circuits"),  # the appendix's table of each head's figures
 }
 DEBT: set[tuple[str, str]] = set()  # imports that break the layering today; none left (issue 14)
 

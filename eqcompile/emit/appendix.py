@@ -17,6 +17,7 @@ from ..errors import ConfigError, TeXInputError
 from ..load import Checkpoint
 from ..program import Program
 from ..weight_statistics import Statistics  # noqa: F401  (re-exported: the appendix's statistics)
+from .circuit_tables import CircuitFigures
 from .latex import (CircuitBlock, Decorate, EquationLine, OpBlock, StageBlock, TrainingBlocks, circuit_blocks, composition_lines, dimension_latex, op_blocks,
                     printer_for, source_latex, stage_blocks)
 from .model_card import CardRow, model_card, tokenizer_card
@@ -72,16 +73,19 @@ class Appendix:
     matrices: list[MatrixPiece] | None = None
     circuits: list[CircuitBlock] | None = None  # --form circuits: the attention head by head, the logits' paths
     training: TrainingBlocks | None = None  # --train: the loss, the backward stages, SGD and AdamW
+    circuit_figures: CircuitFigures | None = None  # --form circuits: each head's figures (stored weights)
 
 
 def build(checkpoint: Checkpoint, program: Program, title: str | None = None, author: str = "",
           numbers: bool = False, decorate: Decorate | None = None, cost: Table | None = None,
-          unroll: bool = False, training: TrainingBlocks | None = None) -> Appendix:
+          unroll: bool = False, training: TrainingBlocks | None = None,
+          circuit_figures: CircuitFigures | None = None) -> Appendix:
     """The appendix of a compiled model. Reads every weight once (statistics); ``numbers`` prints them.
 
     ``decorate`` wraps each weight's symbol in the equations (the HTML viewer makes them hoverable);
     ``cost`` is a program-level cost summary to include as it is; ``unroll`` writes every layer out;
     ``training`` is the section ``eqcompile.train.latex.training_blocks`` makes, included as it is.
+    ``circuit_figures`` (each head's, on the stored weights) are tabulated beside the circuit form's equations.
     """
     bindings = program.bindings()
     if numbers:
@@ -122,6 +126,7 @@ def build(checkpoint: Checkpoint, program: Program, title: str | None = None, au
         matrices=[piece for b in bindings for piece in matrix_pieces(checkpoint, program, b)] if numbers else None,
         circuits=circuit_blocks(program, decorate) if program.form == "circuits" else None,
         training=training,
+        circuit_figures=circuit_figures,
     )
 
 
