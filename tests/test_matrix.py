@@ -2,11 +2,12 @@
 
 Rows: a tiny random checkpoint of each family in each container (a ``.safetensors`` file with its
 config.json beside it, the folder, a sharded index of two shards, and for the Llama family GGUF in
-five storage formats), and the two real checkpoints the test extra installs (SmolLM2-135M's GGUF,
+five storage formats), the two real checkpoints the test extra installs (SmolLM2-135M's GGUF,
 all-MiniLM-L6-v2's folder), and a random GPT-NeoX and Gemma-2 folder that only the tracer compiles.
-Columns: the commands. Each cell exits 0 with a plausible output, or refuses in one line that names why
-(exit 2); never "internal error", never a traceback. Numeric agreement itself is each family's own tests' business; here ``verify`` must report ok on every row.
-The default run holds a share of the cells (``in_default_run``); ``-m slow`` runs the rest.
+Columns: the commands. Each cell exits 0 with a plausible output, or refuses in one line that names
+why (exit 2); never "internal error", never a traceback. Numeric agreement itself is each family's
+own tests' business; here ``verify`` must report ok on every row. The default run holds a share of
+the cells (``in_default_run``); ``-m slow`` runs the rest.
 """
 
 from __future__ import annotations
