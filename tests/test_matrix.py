@@ -2,11 +2,12 @@
 
 Rows: a tiny random checkpoint of each family in each container (a ``.safetensors`` file with its
 config.json beside it, the folder, a sharded index of two shards, and for the Llama family GGUF in
-five storage formats), and the two real checkpoints the test extra installs (SmolLM2-135M's GGUF,
-all-MiniLM-L6-v2's folder). Columns: the commands. Each cell exits 0 with a plausible output, or
-refuses in one line that names why (exit 2); never "internal error", never a traceback. Numeric
-agreement itself is each family's own tests' business; here ``verify`` must report ok on every row.
-The default run holds a share of the cells (``in_default_run``); ``-m slow`` runs the rest.
+five storage formats), the two real checkpoints the test extra installs (SmolLM2-135M's GGUF,
+all-MiniLM-L6-v2's folder), and a random GPT-NeoX and Gemma-2 folder that only the tracer compiles.
+Columns: the commands. Each cell exits 0 with a plausible output, or refuses in one line that names
+why (exit 2); never "internal error", never a traceback. Numeric agreement itself is each family's
+own tests' business; here ``verify`` must report ok on every row. The default run holds a share of
+the cells (``in_default_run``); ``-m slow`` runs the rest.
 """
 
 from __future__ import annotations
@@ -42,9 +43,14 @@ MAKERS = {  # family -> how to save its tiny checkpoint in a folder
     "bert": lambda folder: _make_bert(folder),
     "mlp": lambda folder: _make_mlp(folder),
 }
+TRACED = {  # issue 15: no hand-written family, so traced from transformers (a folder each: the export costs)
+    "gpt_neox": lambda folder: _make_traced(folder, "test_trace", "gpt_neox"),  # parallel residual, partial RoPE
+    "gemma2": lambda folder: _make_traced(folder, "test_trace_gemma", "gemma2"),  # windows per layer, soft caps
+}
 MLP_WIDTHS = (4, 16, 4)
 ROWS = [f"{family}-{container}" for family in MAKERS for container in CONTAINERS] + \
-       [f"llama-gguf-{fmt}" for fmt in GGUF_FORMATS] + ["smollm2-gguf", "minilm-folder"]
+       [f"llama-gguf-{fmt}" for fmt in GGUF_FORMATS] + ["smollm2-gguf", "minilm-folder"] + \
+       [f"{family}-folder" for family in TRACED]
 SEQ = 3  # tokens of every numeric run: short, so that the exact evaluation takes a moment
 LATEX_SYMBOLS = {  # family -> level -> what its LaTeX must contain
     "gpt2": {"model": r"f_\theta &= U \circ B^{(L)}", "layer": r"\operatorname{LN}",
@@ -56,8 +62,12 @@ LATEX_SYMBOLS = {  # family -> level -> what its LaTeX must contain
     "mlp": {"model": r"f_\theta &= f_{2} \circ f_{1}", "layer": r"W_{1} x + b_{1}", "index": r"\paragraph{GELU.}"},
 }
 LATEX_SYMBOLS["mistral"] = LATEX_SYMBOLS["qwen2"] = LATEX_SYMBOLS["llama"]
+LATEX_SYMBOLS["gpt_neox"] = {"model": r"f_\theta &= U \circ B^{(L)}", "layer": r"\operatorname{RoPE}",
+                             "index": r"\paragraph{PartialRoPE.}"}
+LATEX_SYMBOLS["gemma2"] = {"model": r"f_\theta &= U \circ B^{(L)}", "layer": r"\operatorname{cap}",
+                           "index": r"\paragraph{SoftCap.}"}
 OPERATORS = {"gpt2": "LN", "llama": "RMSNorm", "mistral": "RMSNorm", "qwen2": "RMSNorm", "bert": "LN",
-             "mlp": "GELU"}  # one each family's HTML page names (its symbols carry links there)
+             "mlp": "GELU", "gpt_neox": "LN", "gemma2": "RMSNorm"}  # one each family's HTML page names
 
 
 def _make_bert(folder: Path) -> Path:
@@ -70,6 +80,11 @@ def _make_mlp(folder: Path) -> Path:
     from test_mlp import save_mlp
 
     return save_mlp(folder, MLP_WIDTHS, "gelu")[1]
+
+
+def _make_traced(folder: Path, test_module: str, model_type: str) -> Path:
+    """The tracer tests' random checkpoint (skipped without torch and transformers)."""
+    return importlib.import_module(test_module).make_checkpoint(folder, model_type)
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -142,12 +157,13 @@ def source(tmp_path_factory):
 
     def make(row: str) -> Source:
         family, container = row.split("-", 1)
+        makers = {**MAKERS, **TRACED}
         if row == "smollm2-gguf":
             return _smollm2()
         if row == "minilm-folder":
             return _minilm()
         if container == "folder":
-            folder = MAKERS[family](tmp_path_factory.mktemp(family) / "ckpt")
+            folder = makers[family](tmp_path_factory.mktemp(family) / "ckpt")
             return source_of(folder, folder, family, [folder / "model.safetensors"])
         folder = get(f"{family}-folder").path  # the file, the shards and the GGUF files hold its weights
         if container == "file":  # the loader reads config.json beside the file
@@ -189,10 +205,13 @@ def succeeded(result) -> None:
     assert "internal error" not in result.stderr and "Traceback" not in result.output
 
 
+TRACED_NOTE = "eqcompile: no hand-written family for model_type"  # the tracer's one line before its output
+
+
 def refused(result, *words: str) -> None:
-    """Exit 2 and one line on stderr that says why."""
+    """Exit 2 and one line on stderr that says why (after the tracer's note on a traced row)."""
     assert result.exit_code == 2, (result.exit_code, result.stderr[-2000:], result.exception)
-    lines = result.stderr.splitlines()
+    lines = [line for line in result.stderr.splitlines() if not line.startswith(TRACED_NOTE)]
     assert len(lines) == 1 and lines[0].startswith("eqcompile: error:"), result.stderr
     assert all(word in lines[0] for word in words), lines[0]
 
@@ -206,7 +225,8 @@ def check_latex(level: str):
 
 def check_stats(source: Source, result, out: Path) -> None:
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.stdout.splitlines())
-    assert rows["family"] == source.family or source.family == "llama" and rows["family"] in ("mistral", "qwen2")
+    family = "traced" if source.family in TRACED else source.family
+    assert rows["family"] == family or family == "llama" and rows["family"] in ("mistral", "qwen2")
     assert int(rows["parameters"].replace(",", "")) == source.parameters
 
 
@@ -332,7 +352,15 @@ REFUSALS = {  # (row, command) -> words of the one-line refusal; every other cel
     ("smollm2-gguf", "circuits-exact"): ("minutes", "--force"),
     **{(row, f"circuits-{kind}"): words for row, words in
        [*((f"bert-{c}", ("post-norm",)) for c in CONTAINERS), ("minilm-folder", ("post-norm",)),
-        *((f"mlp-{c}", ("circuits", "mlp")) for c in CONTAINERS)] for kind in ("latex", "verify", "exact")},
+        *((f"mlp-{c}", ("circuits", "mlp")) for c in CONTAINERS),
+        *((f"{family}-folder", ("circuits", "traced")) for family in TRACED)] for kind in ("latex", "verify", "exact")},
+}
+KNOWN_FAILURES = {  # (row, command) -> why; strict: the cell fails until it is fixed
+    **{("gemma2-folder", command): "stats counts the tied embedding twice (a traced W_U is its own parameter)"
+       for command in ("stats", "stats-json")},
+}
+TRACED_DEFAULT = {  # each traced cell exports the model (seconds): the default run holds these, the rest is -m slow
+    ("gpt_neox-folder", "latex-layer"), ("gemma2-folder", "latex-layer"), ("gpt_neox-folder", "circuits-latex"),
 }
 REAL = ("smollm2-gguf", "minilm-folder")
 DEFAULT_EXTRAS = {  # beyond the rule in in_default_run: one cell each of the expensive kinds
@@ -353,6 +381,8 @@ def in_default_run(row: str, command: str) -> bool:
     tensor through the container); each family's folder with every command but the costly three
     (PDF, --exact, --expand), which run on a few rows (DEFAULT_EXTRAS).
     """
+    if row.removesuffix("-folder") in TRACED:
+        return (row, command) in TRACED_DEFAULT
     if command in ("latex-layer", "stats", "stats-json") or \
             command.startswith("latex") and (row.endswith("-folder") or row in REAL):
         return True
@@ -367,6 +397,8 @@ def cells():
     for row in ROWS:
         for command in COMMANDS:
             marks = [] if in_default_run(row, command) else [pytest.mark.slow]
+            if (row, command) in KNOWN_FAILURES:
+                marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[row, command], strict=True))
             yield pytest.param(row, command, marks=marks, id=f"{row}-{command}")
 
 

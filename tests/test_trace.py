@@ -133,6 +133,13 @@ def test_neox_greedy_generation_matches_transformers(neox, neox_compiled, tmp_pa
     assert_greedy_generation_matches(neox, neox_compiled, tmp_path / "out", "traced_neox_generate")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["phi3", "opt", "falcon"])  # the issue's others: neox above, Gemma-2 and
+def test_greedy_generation_matches_transformers(tmp_path, model_type):  # Mixtral in test_trace_gemma.py
+    folder = make_checkpoint(tmp_path / "ckpt", model_type)
+    assert_greedy_generation_matches(folder, eqcompile.compile(folder), tmp_path / "out", f"traced_{model_type}_gen")
+
+
 def test_gptj_interleaved_rotary_and_greedy_generation(tmp_path):
     """GPT-J rotates adjacent feature pairs (rotate_every_two) of each head's first rotary_dim
     features, with a base its code hard-codes (read off the sin/cos table), and writes gelu_new out."""

@@ -54,6 +54,9 @@ class JaxModulePrinter(ModulePrinter, JaxPrinter):
     def _print_MatrixOp(self, expr):
         return expr._numpycode(self)
 
+    def _print_LayerValue(self, expr):  # the layer l is a Python int in the unrolled loop: a table lookup
+        return expr._numpycode(self)
+
     def _print_CausalMask(self, expr):
         return f"cache.causal_mask({self._print(expr.arg)})" if self.cached else expr._numpycode(self)
 

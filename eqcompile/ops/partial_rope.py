@@ -21,7 +21,7 @@ d_rot = sp.Symbol("d_rot", integer=True, positive=True)  # features of a head th
 def partial_rope(x, theta, positions, d_head):  # [n, heads * d_head]: each head's first 2 len(theta) features turned
     heads = x.reshape(x.shape[0], -1, d_head)  # [n, heads, d_head]
     rotary = 2 * theta.shape[-1]
-    turned = rope(np.ascontiguousarray(heads[..., :rotary]).reshape(x.shape[0], -1), theta, positions)
+    turned = rope(heads[..., :rotary].reshape(x.shape[0], -1), theta, positions)  # reshape copies the slice
     return np.concatenate([turned.reshape(x.shape[0], -1, rotary), heads[..., rotary:]], axis=-1).reshape(x.shape)
 
 
