@@ -7,7 +7,7 @@ on tiny models; so the figures for large models can be trusted without building 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
@@ -15,7 +15,7 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 from .ops import Embed, MatrixOp, Softmax, is_per_head, n_head
 from .ops.base import Cost
 from .ops.per_layer import LayerValue
-from .program import Program
+from .program import Program, TensorRef
 
 CHARS_PER_OPERATION = 32  # LaTeX characters per operation of the literal equation (measured: see tests)
 CHARS_PER_PAGE = 4000  # dense display math on an A4 page at 10 pt
@@ -119,9 +119,14 @@ def stats(program: Program, dtype_bytes: float, seq: int | None = None) -> Stats
     seq = seq or program.max_seq
     lookups = _row_lookups(program)
     parameters = weight_bytes = 0
-    for param in (binding.param for binding in program.bindings()):
+    stored = set()  # the stored numbers counted: a tied matrix read both ways round is one parameter set
+    for binding in program.bindings():
+        param, source = binding.param, binding.source
         rows, cols = (int(sp.sympify(s).xreplace(program.dims)) for s in param.symbol.shape)
-        parameters += rows * cols
+        numbers = replace(source, transpose=False) if isinstance(source, TensorRef) else source
+        if numbers not in stored:
+            stored.add(numbers)
+            parameters += rows * cols
         weight_bytes += (cols if param.symbol in lookups else rows * cols) * dtype_bytes
     counts = operation_counts(program, seq)
     total = sum(counts.values())

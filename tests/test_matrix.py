@@ -355,10 +355,6 @@ REFUSALS = {  # (row, command) -> words of the one-line refusal; every other cel
         *((f"mlp-{c}", ("circuits", "mlp")) for c in CONTAINERS),
         *((f"{family}-folder", ("circuits", "traced")) for family in TRACED)] for kind in ("latex", "verify", "exact")},
 }
-KNOWN_FAILURES = {  # (row, command) -> why; strict: the cell fails until it is fixed
-    **{("gemma2-folder", command): "stats counts the tied embedding twice (a traced W_U is its own parameter)"
-       for command in ("stats", "stats-json")},
-}
 TRACED_DEFAULT = {  # each traced cell exports the model (seconds): the default run holds these, the rest is -m slow
     ("gpt_neox-folder", "latex-layer"), ("gemma2-folder", "latex-layer"), ("gpt_neox-folder", "circuits-latex"),
 }
@@ -397,8 +393,6 @@ def cells():
     for row in ROWS:
         for command in COMMANDS:
             marks = [] if in_default_run(row, command) else [pytest.mark.slow]
-            if (row, command) in KNOWN_FAILURES:
-                marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[row, command], strict=True))
             yield pytest.param(row, command, marks=marks, id=f"{row}-{command}")
 
 
