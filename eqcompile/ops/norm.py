@@ -29,6 +29,15 @@ def row_moments(X):
                        (sigma**2, sp.Sum(sp.Add(X[i, k], -mu, evaluate=False) ** 2, (k, 1, m)) / m)]
 
 
+def row_standardiser(ev, x, r: int, eps):
+    """(μ, 1/√(σ² + ε)) of row r, named as the literal expansion writes them (LayerNorm, Standardise)."""
+    width = x.cols
+    mean = ev.name("mu", mul(sp.Rational(1, width), add(*x.row(r))), r)
+    centred = [add(x[r, c], neg(mean)) for c in range(width)]
+    var = ev.name("var", mul(sp.Rational(1, width), add(*(sp.Pow(e, 2, evaluate=False) for e in centred))), r)
+    return mean, ev.name("r", sp.Pow(add(var, eps), sp.Rational(-1, 2), evaluate=False), r)
+
+
 class LayerNorm(MatrixOp):
     """LayerNorm: normalise each row (epsilon inside the root), then apply gain and shift."""
 
@@ -56,10 +65,7 @@ class LayerNorm(MatrixOp):
         eps, width = ev.number(self.args[3]), x.cols
         out = sp.zeros(x.rows, width)
         for r in range(x.rows):
-            mean = ev.name("mu", mul(sp.Rational(1, width), add(*x.row(r))), r)
-            centred = [add(x[r, c], neg(mean)) for c in range(width)]
-            var = ev.name("var", mul(sp.Rational(1, width), add(*(sp.Pow(e, 2, evaluate=False) for e in centred))), r)
-            scale = ev.name("r", sp.Pow(add(var, eps), sp.Rational(-1, 2), evaluate=False), r)
+            mean, scale = row_standardiser(ev, x, r, eps)
             for c in range(width):
                 out[r, c] = add(mul(gamma[0, c], add(x[r, c], neg(mean)), scale), beta[0, c])
         return out

@@ -8,7 +8,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .base import MatrixOp, add, i, j, k, m, mul, n, neg, ops
-from .norm import epsilon, row_moments
+from .norm import epsilon, row_moments, row_standardiser
 
 
 def standardise(x, eps):  # [n, d] -> [n, d]
@@ -37,10 +37,7 @@ class Standardise(MatrixOp):
         x, eps, width = ev.shared(self.arg), ev.number(self.args[1]), ev.size(self.arg)[1]
         out = sp.zeros(x.rows, width)
         for r in range(x.rows):
-            mean = ev.name("mu", mul(sp.Rational(1, width), add(*x.row(r))), r)
-            centred = [add(x[r, c], neg(mean)) for c in range(width)]
-            var = ev.name("var", mul(sp.Rational(1, width), add(*(sp.Pow(e, 2, evaluate=False) for e in centred))), r)
-            scale = ev.name("r", sp.Pow(add(var, eps), sp.Rational(-1, 2), evaluate=False), r)
+            mean, scale = row_standardiser(ev, x, r, eps)
             for c in range(width):
                 out[r, c] = mul(add(x[r, c], neg(mean)), scale)
         return out
