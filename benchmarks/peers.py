@@ -36,11 +36,16 @@ import numpy as np
 from measure import copy_bandwidth, describe_blas, sgemm_peak, timings
 
 
-def numpy_model(spec: dict):
-    path = Path(spec["model_py"])
-    module_spec = importlib.util.spec_from_file_location("model", path)
+def _module_from(path: Path, name: str):
+    """An emitted module imported from its file (eqcompile itself stays unimported here)."""
+    module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    return module
+
+
+def numpy_model(spec: dict):
+    module = _module_from(Path(spec["model_py"]), "model")
 
     def generate(prompt, new):
         return module.generate(prompt, new, seed=0, temperature=0)
@@ -101,10 +106,7 @@ def onnxruntime_model(spec: dict):
 
 
 def jax_model(spec: dict):
-    path = Path(spec["model_jax_py"])
-    module_spec = importlib.util.spec_from_file_location("model_jax", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = _module_from(Path(spec["model_jax_py"]), "model_jax")
 
     def generate(prompt, new):
         return module.generate(prompt, new, seed=0, temperature=0)
