@@ -126,6 +126,22 @@ def llama3(llama3_reference):
     return from_tokenizer_json(json.loads(llama3_reference.to_str()))
 
 
+@pytest.fixture(scope="module")
+def qwen2_reference(llama3_reference):
+    """transformers' own Qwen2Tokenizer (NFC, its regex Split, ByteLevel without regex, specials
+    kept out of normalization) over the small BPE trained above: Qwen2's layout, a smaller vocabulary."""
+    transformers = pytest.importorskip("transformers")
+    model = json.loads(llama3_reference.to_str())["model"]
+    qwen2 = transformers.Qwen2Tokenizer(vocab=model["vocab"], merges=[tuple(pair) for pair in model["merges"]])
+    qwen2.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    return qwen2.backend_tokenizer
+
+
+@pytest.fixture(scope="module")
+def qwen2(qwen2_reference):
+    return from_tokenizer_json(json.loads(qwen2_reference.to_str()))
+
+
 def assert_same(ours, reference, text: str) -> None:
     expected = reference.encode(text)
     assert ours.encode(text) == expected.ids, text
@@ -203,6 +219,23 @@ def test_llama3_style_adds_bos_and_reads_special_tokens(llama3, llama3_reference
     ids = llama3.encode("hi<|end_of_text|>")
     assert ids[0] == bos and ids[-1] == eos and bos >= len(llama3.vocab)
     assert llama3.decode(ids) == "hi"
+
+
+# --- Qwen2 (transformers' Qwen2Tokenizer) --------------------------------------------------------
+
+def test_qwen2_layout_normalizes_and_matches_reference_on_the_corpus(qwen2, qwen2_reference):
+    assert qwen2.data["normalizer"] == "NFC"
+    for text in CORPUS.values():
+        assert_same(qwen2, qwen2_reference, text)
+    decomposed = "cafe\u0301 <|im_start|>e\u0301<|im_end|>"  # é written as e + combining acute
+    assert qwen2.encode(decomposed) == qwen2.encode("caf\u00e9 <|im_start|>\u00e9<|im_end|>")
+    assert_same(qwen2, qwen2_reference, decomposed)
+
+
+@PROPERTY
+@given(text=st.one_of(VALID_TEXT, TRICKY_TEXT))
+def test_qwen2_layout_matches_reference_on_random_text(qwen2, qwen2_reference, text):
+    assert_same(qwen2, qwen2_reference, text)
 
 
 @PROPERTY
@@ -298,7 +331,7 @@ def test_character_level_sample_matches_reference():
 @pytest.mark.parametrize("change, message", [
     (lambda s: s["model"].update(type="WordPiece"), "WordPiece is not supported"),
     (lambda s: s["model"].update(type="Unigram"), "Unigram is not supported"),
-    (lambda s: s.update(normalizer={"type": "NFC"}), "normalizer NFC"),
+    (lambda s: s.update(normalizer={"type": "Lowercase"}), "normalizer Lowercase"),
     (lambda s: s.update(pre_tokenizer={"type": "Whitespace"}), "Whitespace"),
     (lambda s: s.update(decoder={"type": "WordPiece"}), "decoder WordPiece"),
     (lambda s: s["model"].update(byte_fallback=True), "byte fallback"),
@@ -392,7 +425,7 @@ def test_emitted_source_is_standalone_and_identical(request, tmp_path, which):
     imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(source))
                 if isinstance(node, (ast.Import, ast.ImportFrom))
                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module)])}
-    assert imported == {"heapq", "json", "re", "pathlib"}
+    assert imported == {"heapq", "json", "re", "pathlib", "unicodedata"}  # the standard library only
     emitted = exec_emitted(source, tmp_path)
     for text in CORPUS.values():
         ids = reference.encode(text).ids

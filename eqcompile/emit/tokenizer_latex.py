@@ -63,6 +63,7 @@ def _byte_level_bpe(tokenizer: Tokenizer, size: int) -> list[str]:
         r"$(a_r, b_r) \mapsto a_r b_r$ ranked $r = 1, \dots, M$. For a string $s$:",
         r"\begin{enumerate}",
         *_added_item(data["added_tokens"]),
+        *_normalization_item(data),
         _pre_tokenization_item(data),
         r"\item \emph{Bytes to symbols.} Each piece $w$ is written in UTF-8, $w = b_1 \cdots b_k$, and "
         r"each byte becomes one symbol, $x = (\beta(b_1), \dots, \beta(b_k))$, where $\beta$ keeps the "
@@ -99,6 +100,14 @@ def _added_item(added: list[dict]) -> list[str]:
     return [rf"\item \emph{{Added tokens.}} Each occurrence in $s$ of {which} "
             rf"({examples}) is cut out, "
             r"leftmost and longest first, and stands for its own id; the stretches between go on."]
+
+
+def _normalization_item(data: dict) -> list[str]:
+    """The item on Unicode normalization, when the tokenizer normalizes (Qwen2: NFC)."""
+    if "normalizer" not in data:
+        return []
+    return [rf"\item \emph{{Normalization.}} Each stretch is put in Unicode normalization form "
+            rf"{tex_escape(data['normalizer'])} (by the Unicode {tex_escape(data['unicode_version'])} tables)."]
 
 
 def _pre_tokenization_item(data: dict) -> str:

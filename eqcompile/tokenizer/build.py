@@ -107,7 +107,8 @@ def _check_byte_symbols(merges: list[tuple[str, str]]) -> None:
 
 def build(model: str, vocab: dict[str, int], merges: list[tuple[str, str]], steps: list[dict], *, where: str,
           added_tokens: list[dict] = (), prefix: list[int] = (), suffix: list[int] = (),
-          unk: str | None = None, fuse_unk: bool = False, ignore_merges: bool = False) -> Tokenizer:
+          unk: str | None = None, fuse_unk: bool = False, ignore_merges: bool = False,
+          normalizer: str | None = None) -> Tokenizer:
     """Validate and pack everything into the runtime's data. ``where`` names the vocabulary's key
     in errors; ``added_tokens`` are already checked (:func:`added_token`)."""
     if not vocab:
@@ -137,6 +138,8 @@ def build(model: str, vocab: dict[str, int], merges: list[tuple[str, str]], step
         "unk": vocab.get(unk) if unk is not None else None, "fuse_unk": fuse_unk,
         "ignore_merges": ignore_merges, "decoder": "byte_level" if model == "BPE" else "fuse",
     }
+    if normalizer is not None:  # a Unicode form (NFC, ...): the key is absent when there is none
+        data["normalizer"] = normalizer
     try:
         return Tokenizer(data)
     except Exception as e:  # a regex re cannot compile, say

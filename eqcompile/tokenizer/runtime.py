@@ -11,6 +11,7 @@ regexes already translated to Python's ``re`` syntax and passed through the patt
 import heapq
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 # Unicode's White_Space property (PropList.txt, unchanged since Unicode 6.3): what Oniguruma's and
@@ -46,7 +47,7 @@ def split_isolated(regex: re.Pattern, text: str) -> list[str]:
 class Tokenizer:
     """τ: text -> token ids and its inverse, from the data ``eqcompile.tokenizer`` packs.
 
-    ``encode``: cut out added tokens, pre-tokenize each remaining stretch with the regexes, map
+    ``encode``: cut out added tokens, normalize the rest if the tokenizer says so, pre-tokenize each remaining stretch with the regexes, map
     each piece's UTF-8 bytes to symbols, apply merges lowest rank first (leftmost on a tie), look
     the symbols up. ``decode``: symbols back to bytes, bytes to text (invalid UTF-8 -> U+FFFD).
     """
@@ -63,14 +64,16 @@ class Tokenizer:
         added = data["added_tokens"]
         self.added = {token["id"]: token["content"] for token in added}
         self.special = {token["content"] for token in added if token["special"]}
-        # tokenizers looks for the added tokens kept out of normalization first, then for the others;
-        # in each pass the leftmost match wins, and the longest among those starting there
-        self.added_passes = []
+        # tokenizers looks for the added tokens kept out of normalization first, normalizes what is
+        # left (a Unicode form such as Qwen2's NFC, if any), then looks for the others; in each pass
+        # the leftmost match wins, and the longest among those starting there
+        self.normal_form = data.get("normalizer")
+        self.added_passes = {}
         for normalized in (False, True):
             tokens = {t["content"]: t for t in added if t["normalized"] == normalized}
             if tokens:
                 longest_first = sorted(tokens, key=len, reverse=True)
-                self.added_passes.append((re.compile("|".join(map(re.escape, longest_first))), tokens))
+                self.added_passes[normalized] = (re.compile("|".join(map(re.escape, longest_first))), tokens)
         self.byte_symbols = {b: ord(c) for b, c in bytes_to_unicode().items()}  # a str.translate table
         self.symbol_bytes = {c: b for b, c in bytes_to_unicode().items()}
         self.cache: dict[str, list[int]] = {}
@@ -115,11 +118,16 @@ class Tokenizer:
             return token.encode("utf-8")
 
     def _split_added(self, text: str) -> list[tuple[str, int | None]]:
-        """``text`` as (stretch, None) and (added token, its id) in order."""
+        """``text`` as (normalized stretch, None) and (added token, its id) in order."""
         pieces = [(text, None)] if text else []
-        for regex, tokens in self.added_passes:
-            pieces = [part for piece in pieces for part in
-                      ([piece] if piece[1] is not None else self._split_on(piece[0], regex, tokens))]
+        for normalized in (False, True):
+            if normalized and self.normal_form:
+                pieces = [(unicodedata.normalize(self.normal_form, piece), None) if added is None else (piece, added)
+                          for piece, added in pieces]
+            if normalized in self.added_passes:
+                regex, tokens = self.added_passes[normalized]
+                pieces = [part for piece in pieces for part in
+                          ([piece] if piece[1] is not None else self._split_on(piece[0], regex, tokens))]
         return pieces
 
     def _split_on(self, text: str, regex: re.Pattern, tokens: dict) -> list[tuple[str, int | None]]:

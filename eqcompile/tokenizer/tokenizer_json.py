@@ -14,6 +14,7 @@ from .runtime import Tokenizer
 FILE = "tokenizer.json"
 ROOT = "tokenizer.json: "  # the prefix of its keys in errors
 SHOWN_CHARS = 120  # of an unsupported part, in its error
+UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")  # normalizers that are unicodedata.normalize's forms (Qwen2: NFC)
 
 
 def from_tokenizer_json(source: str | Path | dict, trust_pattern: bool = False) -> Tokenizer:
@@ -26,8 +27,9 @@ def from_tokenizer_json(source: str | Path | dict, trust_pattern: bool = False) 
     if kind not in ("BPE", "WordLevel"):
         raise ConfigError(f"tokenizer model {_shown(kind)} is not supported (byte-level BPE and WordLevel are)")
     normalizer = optional(spec, "normalizer", dict, ROOT)
-    if normalizer is not None:
-        raise ConfigError(f"tokenizer normalizer {_shown(normalizer.get('type'))} is not supported")
+    if normalizer is not None and normalizer.get("type") not in UNICODE_FORMS:
+        raise ConfigError(f"tokenizer normalizer {_shown(normalizer.get('type'))} is not supported "
+                          f"(the Unicode forms {', '.join(UNICODE_FORMS)} are)")
     decoder = (optional(spec, "decoder", dict, ROOT) or {}).get("type")
     if decoder != {"BPE": "ByteLevel", "WordLevel": "Fuse"}[kind]:
         raise ConfigError(f"decoder {_shown(decoder)} is not supported for a {kind} tokenizer")
@@ -44,7 +46,8 @@ def from_tokenizer_json(source: str | Path | dict, trust_pattern: bool = False) 
     steps = _pre_tokenizer_steps(optional(spec, "pre_tokenizer", dict, ROOT), kind == "BPE", trust_pattern)
     return build(kind, vocab, merges, steps, where="tokenizer.json: model.vocab", added_tokens=added,
                  prefix=prefix, suffix=suffix, unk=unk, fuse_unk=bool(model.get("fuse_unk")),
-                 ignore_merges=bool(model.get("ignore_merges")))
+                 ignore_merges=bool(model.get("ignore_merges")),
+                 normalizer=normalizer["type"] if normalizer is not None else None)
 
 
 def _shown(value) -> str:
