@@ -43,7 +43,7 @@ def test_traced_jax_module_matches_transformers_and_numpy(tmp_path, name, source
         tokens = rng.integers(0, source.SMALL["vocab_size"], length)
         logits = np.asarray(jax_module.forward(tokens))
         assert logits.dtype == np.float32
-        for reference in (source.transformers_logits(folder, tokens), numpy_module.forward(tokens)):
+        for reference in (test_trace.transformers_logits(folder, tokens), numpy_module.forward(tokens)):
             max_abs, max_rel, ok = compare(logits, reference, ATOL, RTOL)
             assert ok, (name, length, max_abs, max_rel)
     prompt = rng.integers(0, source.SMALL["vocab_size"], 4).tolist()

@@ -77,7 +77,7 @@ def module_source(program: Program, dtype: str = "float32") -> str:
         raise UnsupportedForJax(f"--jax computes in {' or '.join(DTYPES)}, not {dtype}")
     functions = []
     for op in _ops_computed(program):
-        functions += [f for f in op.numpy_functions if f not in functions]
+        functions += [f for f in op.jax_functions or op.numpy_functions if f not in functions]
     stages = [_stage_function(program, stage, JaxModulePrinter(program.dim_python, bool(stage.cached)),
                               fused=False) for stage in program.stages]
     parameters = {stage.name: {p.name: p.key for p in stage.params} for stage in program.stages}

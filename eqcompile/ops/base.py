@@ -5,7 +5,9 @@ that keeps three meanings side by side:
 
 * ``_latex(printer)``: how it is written in an equation (sympy's ``LatexPrinter`` calls it);
 * ``_numpycode(printer)``: how the emitted module computes it (our ``NumPyPrinter`` calls it),
-  usually a call to one of ``numpy_functions``, whose source is copied into the emitted module;
+  usually a call to one of ``numpy_functions``, whose source is copied into the emitted module
+  (``model_jax.py`` copies the same functions onto ``jax.numpy``, or ``jax_functions`` and calls
+  them from ``_jaxcode`` where ``jax.jit`` needs other code: fixed shapes);
 * ``definition()``: what it means, element by element, as sympy equations ``(lhs, rhs)`` in index
   notation (printed at ``--level index``);
 * ``explicit(ev)``: its value as an explicit matrix of scalar expressions (the literal expansion,
@@ -32,6 +34,7 @@ class MatrixOp(MatrixExpr):
     """Base class of the canonical ops; subclasses set ``shape`` and the three meanings."""
 
     numpy_functions: ClassVar[tuple[Callable, ...]] = ()
+    jax_functions: ClassVar[tuple[Callable, ...]] = ()  # model_jax.py's, where they differ (see above)
     # the docstring's first line as LaTeX prose, its math in math mode ("" when it has no math)
     summary_latex: ClassVar[str] = ""
 

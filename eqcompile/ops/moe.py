@@ -18,17 +18,30 @@ n_experts = sp.Symbol("n_experts", integer=True, positive=True)
 MOE_LATEX = {top_k: "K", n_experts: r"n_{\mathrm{experts}}"}
 
 
-def mixture_of_experts(x, router, k, experts):  # [n, d] -> [n, d]: each token through its k chosen experts only
+def route(x, router, k):  # [n, d] -> the k experts each row chose [n, k] and their weights [n, k]
     probabilities = softmax(x @ router)  # [n, n_experts]
-    chosen = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]  # [n, k]: the k most probable
+    chosen = np.argsort(-probabilities, axis=-1, stable=True)[:, :k]  # the k most probable, ties in order
     weights = np.take_along_axis(probabilities, chosen, axis=-1)
-    weights = weights / weights.sum(axis=-1, keepdims=True)  # [n, k], renormalised
+    return chosen, weights / weights.sum(axis=-1, keepdims=True)  # renormalised
+
+
+def mixture_of_experts(x, router, k, experts):  # [n, d] -> [n, d]: each token through its k chosen experts only
+    chosen, weights = route(x, router, k)
     y = np.zeros((x.shape[0], experts[0][2].shape[1]), dtype=x.dtype)
     for expert, (gate, up, down) in enumerate(experts):
         rows, slot = np.nonzero(chosen == expert)  # the tokens that chose this expert, and in which place
         if rows.size:
             h = x[rows]
             y[rows] += weights[rows, slot][:, None] * ((silu(h @ gate) * (h @ up)) @ down)
+    return y
+
+
+def mixture_of_experts_every_row(x, router, k, experts):  # the same sum with fixed shapes, as jax.jit needs:
+    chosen, weights = route(x, router, k)  # every expert runs on every row, weighted 0 where not chosen
+    y = np.zeros((x.shape[0], experts[0][2].shape[1]), dtype=x.dtype)
+    for expert, (gate, up, down) in enumerate(experts):
+        share = (weights * (chosen == expert)).sum(axis=-1, keepdims=True)  # [n, 1]
+        y = y + share * ((silu(x @ gate) * (x @ up)) @ down)
     return y
 
 
@@ -40,7 +53,8 @@ class MixtureOfExperts(MatrixOp):
                      r"(\operatorname{softmax}(x W_r))$, $w$ renormalised to sum to 1, and expert $e$ "
                      r"$E_e(x) = (\operatorname{SiLU}(x W_{\mathrm{gate},e}) \odot x W_{\mathrm{up},e}) "
                      r"W_{\mathrm{down},e}$.")
-    numpy_functions = (softmax, silu, mixture_of_experts)
+    numpy_functions = (softmax, silu, route, mixture_of_experts)
+    jax_functions = (softmax, silu, route, mixture_of_experts_every_row)
 
     @property
     def router(self):
@@ -60,10 +74,13 @@ class MixtureOfExperts(MatrixOp):
         return (rf"\operatorname{{MoE}}_{{{printer._print(self.args[2])}}}\left({printer._print(self.arg)};\, "
                 rf"{printer._print(self.router)}, {first}, \dots, {last}\right)")
 
-    def _numpycode(self, printer):
+    def _numpycode(self, printer, function: str = "mixture_of_experts"):
         experts = ", ".join("(" + ", ".join(printer._print(w) for w in expert) + ")" for expert in self.experts)
-        return f"mixture_of_experts({printer._print(self.arg)}, {printer._print(self.router)}, " \
+        return f"{function}({printer._print(self.arg)}, {printer._print(self.router)}, " \
                f"{printer._print(self.args[2])}, ({experts},))"
+
+    def _jaxcode(self, printer):
+        return self._numpycode(printer, "mixture_of_experts_every_row")
 
     def explicit(self, ev):
         raise UnsupportedArchitecture("--expand: a mixture of experts chooses its experts by their values, "
