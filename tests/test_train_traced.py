@@ -1,6 +1,6 @@
 """Training on traced models: the emitted loss_and_grad of a traced GPT-NeoX (partial rotary, fused
-per-head QKV), Phi-3 (fused QKV and gate-up) and Gemma-2 (1 + γ gains, soft caps, sliding-window and
-global layers) against torch.autograd on transformers' own model, as tests/test_train.py does for
+per-head QKV), Phi-3 (fused QKV and gate-up), Gemma-2 (1 + γ gains, soft caps, sliding-window and
+global layers), Qwen3 (per-head RMSNorm) and GPT-J (interleaved rotary) against torch.autograd on transformers' own model, as tests/test_train.py does for
 the hand-written families.
 
 Tolerance: every parameter's gradient to ``TOLERANCE`` of the largest entry of torch's gradient for
@@ -27,7 +27,9 @@ from test_train import assert_gradients_match, torch_loss_and_grads  # noqa: E40
 
 TOLERANCE = 1e-5
 MAKERS = {"gpt_neox": test_trace.make_checkpoint, "phi3": test_trace.make_checkpoint,
-          "gemma2": test_trace_gemma.make_checkpoint}
+          "gemma2": test_trace_gemma.make_checkpoint,
+          "qwen3": test_trace.make_checkpoint,  # HeadRMSNorm, grouped-query attention
+          "gptj": test_trace.make_checkpoint}  # InterleavedRoPE on part of each head
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=() if name == "gpt_neox" else pytest.mark.slow)
@@ -60,3 +62,12 @@ def test_traced_model_trains_through_the_cli(tmp_path):
     tokens = np.random.default_rng(2).integers(0, 61, 10)
     moved, before = module.sgd_step(tensors, tokens, 0.05)
     assert module.loss(tokens, moved) < before
+
+
+@pytest.mark.slow
+def test_mixture_of_experts_training_is_refused_in_one_line(tmp_path):
+    folder = test_trace_gemma.make_checkpoint(tmp_path / "ckpt", "mixtral")
+    result = CliRunner().invoke(main, [str(folder), "--python", str(tmp_path / "out"), "--train"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("eqcompile: error: no backward for MixtureOfExperts")
+    assert not (tmp_path / "out" / "model.py").exists()
