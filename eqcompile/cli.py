@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 import warnings
+from functools import partial
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .arch.bert import POOLINGS
 from .emit.appendix import PACKAGES
 from .emit.latex import LEVELS
 from .terminal import terminal_text
-from .errors import EqcompileError, TeXError
+from .errors import EqcompileError, Notice, TeXError
 
 
 class DefaultToCompile(click.Group):
@@ -53,8 +54,13 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning as one line, its text (which may quote the checkpoint) escaped for the terminal."""
+def _show_warning(message, category, filename, lineno, file=None, line=None, notices=None) -> None:
+    """A warning as one line, its text (which may quote the checkpoint) escaped for the terminal; a
+    :class:`~eqcompile.errors.Notice` held in ``notices`` until the command has worked."""
+    if issubclass(category, Notice) and notices is not None:
+        text = " ".join(str(message).split())
+        notices.extend([] if text in notices else [text])
+        return
     click.echo(f"eqcompile: warning: {terminal_text(' '.join(str(message).split()))}", err=True)
 
 
@@ -69,10 +75,14 @@ def _guarded(work, not_the_input: int = 1):
     for ``diff``, where 1 means "different" and every trouble is 2.
     """
     signal.signal(signal.SIGTERM, _interrupt)
+    notices: list[str] = []
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
-            return work()
+            warnings.showwarning = partial(_show_warning, notices=notices)
+            result = work()
+        for notice in notices:
+            click.echo(f"eqcompile: {terminal_text(notice)}", err=True)
+        return result
     except TeXError as e:  # the generated document or the TeX installation, not the input
         _fail(f"error: {e}", not_the_input)
     except EqcompileError as e:

@@ -1,6 +1,11 @@
 """Typed errors. The CLI turns every one of them into a one-line message and exit code 2."""
 
 
+class Notice(UserWarning):
+    """Something the user should know about a command that worked (the model was traced): the CLI
+    says it once the command has succeeded, so that a refusal stays one line."""
+
+
 class EqcompileError(Exception):
     """Base class: a problem with the user's input, not a bug in eqcompile."""
 

@@ -23,6 +23,20 @@ if TYPE_CHECKING:
 
 
 
+def select_part(array, rows, columns, transpose, blocks):  # a TensorRef's part of a stored tensor
+    if rows:
+        array = array[rows[0]:rows[1]]
+    if columns:
+        array = array[..., columns[0]:columns[1]]
+    if transpose:
+        array = array.T
+    if blocks:  # entries start:stop of every width along the last axis
+        width, start, stop = blocks
+        grouped = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
+        array = grouped[..., start:stop].reshape(*array.shape[:-1], -1)
+    return array
+
+
 class Interface(StrEnum):
     """What the emitted ``forward`` takes and returns (templates/forward_<interface>.py.j2)."""
 
@@ -54,17 +68,7 @@ class TensorRef:
 
     def select(self, array):
         """The parameter's numbers out of the stored tensor's (an array with ``[...]`` and ``.T``)."""
-        if self.rows:
-            array = array[self.rows[0]:self.rows[1]]
-        if self.columns:
-            array = array[..., self.columns[0]:self.columns[1]]
-        if self.transpose:
-            array = array.T
-        if self.blocks:
-            width, start, stop = self.blocks
-            grouped = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
-            array = grouped[..., start:stop].reshape(*array.shape[:-1], -1)
-        return array
+        return select_part(array, self.rows, self.columns, self.transpose, self.blocks)
 
     def read(self, checkpoint: Checkpoint, transpose: bool = True) -> np.ndarray:
         """The parameter's numbers (float32): the stored tensor through :meth:`select`; with

@@ -20,6 +20,7 @@ from eqcompile.ops.moe import MixtureOfExperts, top_k
 from eqcompile.ops.softcap import SoftCap, UnitOffset, attention_cap
 from eqcompile.ops.generic import AtenOp
 from eqcompile.ops.interleaved_rope import InterleavedRoPE
+from eqcompile.ops.yarn import YarnFrequencies, ramp_end, ramp_start
 from eqcompile.ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 
 n, d = sp.symbols("n d", integer=True, positive=True)
@@ -47,6 +48,7 @@ def example(op):
         SoftCap: SoftCap(S, attention_cap), UnitOffset: UnitOffset(g),
         MixtureOfExperts: MixtureOfExperts(X, W, top_k, sp.Tuple(sp.Tuple(W, W, W))),
         AtenOp: AtenOp("clamp_min", X, 0.5), InterleavedRoPE: InterleavedRoPE(X, theta, t, d_head),
+        YarnFrequencies: YarnFrequencies(theta, rope_factor, ramp_start, ramp_end),
     }.get(op) or op(X)
 
 
@@ -88,6 +90,8 @@ GOLDEN = {
     InterleavedRoPE: (r"\operatorname{RoPE}^{\mathrm{pairs}}_{\theta}\left(X;\, t\right)",
                       "interleaved_rope(X, theta, t, d_head)"),
     AtenOp: (r"\operatorname{clamp\_min}\left(X, 0.5\right)", "np.maximum(X, 0.5)"),
+    YarnFrequencies: (r"\operatorname{YaRN}_{rope_{factor}, yarn_{low}, yarn_{high}}\left(\theta\right)",
+                      "yarn_frequencies(theta, rope_factor, yarn_low, yarn_high)"),
 }
 
 

@@ -119,6 +119,9 @@ def test_neox_cli_latex_and_verify(neox):
     assert "traced transformers' GPTNeoXForCausalLM" in result.stderr and result.stderr.count("\n") == 1
     result = runner.invoke(main, ["verify", str(neox), "--seq", "3", "--seq", "9"])
     assert result.exit_code == 0, result.output
+    refused = runner.invoke(main, ["verify", str(neox), "--seq", "999"])  # refused after the lowering
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1, refused.stderr  # the refusal alone
+    assert refused.stderr.startswith("eqcompile: error: --seq 999 exceeds the context length")
 
 
 def assert_greedy_generation_matches(folder: Path, compiled, out: Path, name: str):
@@ -176,6 +179,9 @@ TINY = dict(vocab_size=8, hidden_size=8, intermediate_size=12, num_hidden_layers
     ("gpt_neox", dict(rotary_pct=0.5)),  # PartialRoPE
     pytest.param("qwen3", dict(num_key_value_heads=1, head_dim=4), marks=pytest.mark.slow),  # HeadRMSNorm
     pytest.param("gptj", dict(rotary_dim=4), marks=pytest.mark.slow),  # InterleavedRoPE, the whole head
+    pytest.param("qwen3", dict(num_key_value_heads=1, head_dim=8, rope_parameters=dict(  # YaRN: r = 0, 1/3, 2/3, 1
+        rope_type="yarn", factor=4.0, original_max_position_embeddings=8, beta_fast=2.0, beta_slow=0.05,
+        rope_theta=100.0)), marks=pytest.mark.slow, id="qwen3-yarn"),
 ])
 def test_literal_expansion_of_a_traced_model(tmp_path, model_type, settings):
     """--expand on a traced Program: the counts of the built expansion equal the analytic ones
@@ -190,10 +196,50 @@ def test_literal_expansion_of_a_traced_model(tmp_path, model_type, settings):
     np.testing.assert_allclose(np.array(literal.forward(tokens)), numpy64.forward(tokens), atol=1e-6, rtol=0)
 
 
+ROPE_ORIGINAL = 8  # original_max_position_embeddings: LENGTHS' 16 lies past it
+SCALINGS = {  # rope_type -> (its parameters, what the LaTeX of θ states)
+    "linear": ({"rope_type": "linear", "factor": 2.0}, r"\theta &= \frac{1}{s}"),
+    "llama3": ({"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": ROPE_ORIGINAL}, r"\theta &= \operatorname{llama3}_{s, "),
+    # base 100: the ramp runs over indices 0..3 of 4 frequencies (r = 0, 1/3, 2/3, 1), not a step
+    "yarn": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ROPE_ORIGINAL,
+              "beta_fast": 2.0, "beta_slow": 0.05, "rope_theta": 100.0}, r"\theta &= \operatorname{YaRN}_{s, "),
+}
+
+
+@pytest.mark.parametrize("model_type, scaling", [
+    ("qwen3", "yarn"), ("olmo2", "llama3"),  # whole heads rotated: YaRN's attention factor on them
+    *(pytest.param(t, s, marks=pytest.mark.slow) for t, s in [  # (phi3 takes only longrope, refused below)
+        ("olmo2", "linear"), ("qwen3", "linear"), ("qwen3", "llama3"),
+        ("gpt_neox", "llama3"), ("stablelm", "linear"), ("gpt_neox", "yarn")])])  # partial rotary
+def test_rope_scaling_matches_transformers(tmp_path, model_type, scaling):
+    """The scaled frequencies (and YaRN's factor on cos and sin) as transformers computes them, at
+    lengths within and past the original context; the LaTeX states the scaling and its constants."""
+    parameters, stated = SCALINGS[scaling]
+    parameters = {"rope_theta": 10000.0, **parameters}
+    if model_type in ("gpt_neox", "stablelm", "gptj") and scaling == "yarn":
+        parameters["attention_factor"] = 1.0  # the factor on a partial rotary is refused (below)
+    folder = make_checkpoint(tmp_path / "ckpt", model_type, rope_parameters=parameters)
+    compiled = eqcompile.compile(folder)
+    latex = compiled.latex()
+    assert stated in latex and "$s = " in latex
+    assert ("m_{\\mathrm{YaRN}} \\operatorname{RoPE}" in latex) == (scaling == "yarn" and model_type == "qwen3")
+    module = import_module(compiled.to_python(tmp_path / "out"), f"scaled_{model_type}_{scaling}")
+    rng = np.random.default_rng(0)
+    for length in LENGTHS:
+        tokens = rng.integers(0, SMALL["vocab_size"], length)
+        max_abs, max_rel, ok = compare(module.forward(tokens), transformers_logits(folder, tokens), ATOL, RTOL)
+        assert ok, (model_type, scaling, length, max_abs, max_rel)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 2.0},
-                                     {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16}])
-def test_rope_scaling_is_refused_naming_it(tmp_path, scaling):
-    folder = make_checkpoint(tmp_path / "ckpt", "gpt_neox", rope_scaling=scaling)
-    with pytest.raises(UnsupportedArchitecture, match=f"does not lower RoPE scaling '{scaling['rope_type']}'"):
+@pytest.mark.parametrize("model_type, parameters, why", [
+    ("qwen3", {"rope_type": "dynamic", "factor": 2.0}, "RoPE scaling 'dynamic': its frequencies depend on"),
+    ("phi3", {"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4,
+              "original_max_position_embeddings": ROPE_ORIGINAL}, "RoPE scaling 'longrope': its frequencies"),
+    ("gpt_neox", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ROPE_ORIGINAL},
+     "YaRN's attention factor on a partial rotary embedding")])
+def test_rope_scaling_chosen_by_length_is_refused_naming_it(tmp_path, model_type, parameters, why):
+    folder = make_checkpoint(tmp_path / "ckpt", model_type, rope_parameters={"rope_theta": 10000.0, **parameters})
+    with pytest.raises(UnsupportedArchitecture, match=why):
         eqcompile.compile(folder)

@@ -339,6 +339,8 @@ def test_every_backward_op_prints_in_both_printers():
     from eqcompile.ops import SiLU, n_head, n_kv_head
     from eqcompile.ops.backward import (ActivationDerivative, ColumnSum, GroupSum, LayerNormGainGrad, LayerNormGrad,
                                         RMSNormGainGrad, RMSNormGrad, ScatterAdd, SoftmaxGrad)
+    from eqcompile.ops.backward import HeadRMSNormGainGrad, HeadRMSNormGrad
+    from eqcompile.ops.softcap import SoftCapGrad
     from eqcompile.train.loss import CrossEntropyGrad, MeanSquaredError, NextTokenCrossEntropy
 
     n, d, v = sp.symbols("n d v", integer=True, positive=True)
@@ -370,6 +372,14 @@ def test_every_backward_op_prints_in_both_printers():
          r"_{t_{i+1}}", "cross_entropy(Z, t)"),
         (MeanSquaredError(y, target), r"\frac{1}{d} \left\lVert y - y_{target} \right\rVert^{2}",
          "mean_squared_error(y, y_target)"),
+        (SoftCapGrad(X, sp.Symbol("c"), G), r"G \odot \left(1 - \tanh^{2}\left(X / c\right)\right)",
+         "soft_cap_grad(X, c, G)"),
+        (HeadRMSNormGrad(X, gamma, eps, d, G),
+         r"\operatorname{\partial_X RMSNorm_h}\left(X;\, \gamma;\, \epsilon;\, d\right)^{\top} \left[G\right]",
+         "head_rms_norm_grad(X, gamma, epsilon, d, G)"),
+        (HeadRMSNormGainGrad(X, eps, d, G),
+         r"\operatorname{\partial_\gamma RMSNorm_h}\left(X;\, \epsilon;\, d\right)^{\top} \left[G\right]",
+         "head_rms_norm_gain_grad(X, epsilon, d, G)"),
     ]
     for op, latex, code in cases:
         assert EquationPrinter()._print(op) == latex, type(op).__name__

@@ -13,6 +13,15 @@ import sympy as sp
 
 from .activation import ActivationDerivative
 from .base import MatrixOp, operator, ops
+from .softcap import SoftCapGrad
+
+
+def head_rms_norm_grad(x, gamma, eps, d_head, g):  # [n, heads * d_head]: rms_norm_grad within each head
+    return rms_norm_grad(x.reshape(-1, d_head), gamma, eps, g.reshape(-1, d_head)).reshape(x.shape)
+
+
+def head_rms_norm_gain_grad(x, eps, d_head, g):  # [1, d_head]: rms_norm_gain_grad over every row of every head
+    return rms_norm_gain_grad(x.reshape(-1, d_head), eps, g.reshape(-1, d_head))
 
 
 def softmax_grad(a, g):  # [..., n, m]: the VJP of a = softmax(s) over the last axis
@@ -224,5 +233,41 @@ class RMSNormGainGrad(NormGrad):
         return ops(add=d, mul=3 * d + 1, sqrt=1, div=1)
 
 
+class HeadRMSNormGrad(RMSNormGrad):
+    """HeadRMSNorm's VJP for X: RMSNorm's, within each head's d_head features."""
+
+    summary_latex = r"HeadRMSNorm's VJP for $X$: RMSNorm's, within each head's $d_{\mathrm{head}}$ features."
+    latex_name, function = r"\partial_X RMSNorm_h", "head_rms_norm_grad"
+    numpy_functions = (rms_norm_grad, head_rms_norm_grad)
+
+    @property
+    def shape(self):
+        return self.args[-1].shape
+
+    def cost(self, ev):  # RMSNorm's per row, per head
+        rows, cols = ev.size(self.args[-1])
+        width = int(ev.number(self.args[-2]))
+        return ev.cost(self.args[-1]) + self.per_row(width) * (rows * (cols // width))
+
+
+class HeadRMSNormGainGrad(RMSNormGainGrad):
+    """HeadRMSNorm's VJP for its gain γ [1, d_head]: RMSNorm's, summed over the rows and the heads."""
+
+    summary_latex = (r"HeadRMSNorm's VJP for its gain: $\bar\gamma = \mathbf{1}^{\top} (G \odot X / r)$ over "
+                     r"every row of every head.")
+    latex_name, function = r"\partial_\gamma RMSNorm_h", "head_rms_norm_gain_grad"
+    numpy_functions = (rms_norm_gain_grad, head_rms_norm_gain_grad)
+
+    @property
+    def shape(self):
+        return (sp.Integer(1), self.args[-2])
+
+    def cost(self, ev):  # per row and head, then the sum of those rows
+        rows, cols = ev.size(self.args[-1])
+        width = int(ev.number(self.args[-2]))
+        units = rows * (cols // width)
+        return ev.cost(self.args[-1]) + self.per_row(width) * units + ops(add=(units - 1) * width)
+
+
 BACKWARD_OPS = (SoftmaxGrad, ColumnSum, ScatterAdd, GroupSum, LayerNormGrad, LayerNormGainGrad, RMSNormGrad,
-                RMSNormGainGrad, ActivationDerivative)
+                RMSNormGainGrad, HeadRMSNormGrad, HeadRMSNormGainGrad, SoftCapGrad, ActivationDerivative)

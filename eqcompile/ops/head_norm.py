@@ -29,6 +29,13 @@ class HeadRMSNorm(MatrixOp):
     def _numpycode(self, printer):
         return self._call(printer, "head_rms_norm", *self.args)
 
+    def vjp(self, grad, output):
+        """X̄, γ̄ by RMSNorm's Jacobian within each head (``backward.py``)."""
+        from .backward import HeadRMSNormGainGrad, HeadRMSNormGrad
+
+        x, gamma, eps, width = self.args
+        return [(x, HeadRMSNormGrad(x, gamma, eps, width, grad)), (gamma, HeadRMSNormGainGrad(x, eps, width, grad))]
+
     def explicit(self, ev):
         value, gamma, eps = ev.value(self.arg), ev.value(self.args[1]), ev.number(self.args[2])
         # its input's compound entries named "v", not "u" as ev.shared would: RoPE, applied to this

@@ -46,6 +46,10 @@ class InterleavedRoPE(RotaryOp):
     def _numpycode(self, printer):
         return self._call(printer, "interleaved_rope", self.arg, self.frequencies, self.positions, self.head_width)
 
+    def vjp(self, grad, output):
+        """X̄ = RoPE^pairs_{−θ}(G; p): each pair turned back, the other features passed through."""
+        return [(self.arg, InterleavedRoPE(grad, -self.frequencies, self.positions, self.head_width))]
+
     def explicit(self, ev):
         """Per position i and frequency k the angle φ = p_i θ_k, its cos and sin (named once, shared
         by every head); each head's pair (x_{2k-1}, x_{2k}) turned by φ, the other features copied."""

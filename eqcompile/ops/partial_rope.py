@@ -39,6 +39,10 @@ class PartialRoPE(RotaryOp):
     def _numpycode(self, printer):
         return self._call(printer, "partial_rope", self.arg, self.frequencies, self.positions, self.head_width)
 
+    def vjp(self, grad, output):
+        """X̄ = PartialRoPE_{−θ}(G; p): the rotated features turned back, the others passed through."""
+        return [(self.arg, PartialRoPE(grad, -self.frequencies, self.positions, self.head_width))]
+
     def explicit(self, ev):
         """As RoPE's expansion, on the first d_rot features of each head; the others are copied."""
         x, theta, positions = ev.shared(self.arg), ev.shared(self.frequencies), ev.value(self.positions)

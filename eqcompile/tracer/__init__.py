@@ -6,10 +6,10 @@ only when a checkpoint has no hand-written family (``pip install 'eqcompile[trac
 
 from __future__ import annotations
 
-import sys
+import warnings
 
 from ..arch import Family
-from ..errors import UnsupportedArchitecture
+from ..errors import Notice, UnsupportedArchitecture
 from ..load import Checkpoint
 from ..program import Program
 
@@ -40,9 +40,8 @@ def lower(checkpoint: Checkpoint) -> Program:
     except UnsupportedArchitecture as e:
         raise UnsupportedArchitecture(f"unsupported architecture {model_type!r} (supported: {supported_types()}; "
                                       f"others through the tracer): {e}") from None
-    # said once it worked, so that a refusal stays one line
-    print(f"eqcompile: no hand-written family for model_type {model_type!r}: traced transformers' "
-          f"{type(exported.model).__name__} with torch.export", file=sys.stderr)
+    warnings.warn(Notice(f"no hand-written family for model_type {model_type!r}: traced transformers' "
+                         f"{type(exported.model).__name__} with torch.export"), stacklevel=2)
     return program
 
 

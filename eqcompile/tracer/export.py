@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ConfigError, UnsupportedArchitecture
 from ..load import Checkpoint
 from .moe import stacked_names
+from .rotary import refuse_length_dependent
 from .truncate import fewer_layers
 
 EXAMPLE_LENGTH = 4  # export needs an example of >= 2 tokens for a dynamic length
@@ -98,6 +99,7 @@ def export_checkpoint(checkpoint: Checkpoint) -> Exported:
     # their constants (Falcon's head indices) or buffers (GPT-J's sin/cos table) on the wrong device
     big = sum(info.nbytes for info in checkpoint.tensors.values()) > ALLOCATE_BELOW
     model = _model(checkpoint, empty=big)
+    refuse_length_dependent(model.config)
     path, layers = layer_list(model)
     fewer = fewer_layers(model, path, layers) if big else None
     if fewer:

@@ -20,15 +20,18 @@ from .values import Heads, Partial, SplitRows
 TOLERANCE = 1e-6  # the tables are float32: cos and sin of angles p θ, both computed as torch computes them
 
 
-def interleaved_kind(values: np.ndarray, n: int, base: float | None, width: int) -> str | None:
+def interleaved_kind(values: np.ndarray, n: int, base: float | None, width: int, scaling=None) -> str | None:
     """"cos_pairs" or "sin_pairs" when ``values`` (n rows of ``width``, any size-1 axes) is that of
-    the angles p_i θ_k with each angle repeated for the two features of its pair; None otherwise."""
+    the angles p_i θ_k with each angle repeated for the two features of its pair (θ and the table
+    as ``scaling`` rescales them); None otherwise."""
     if base is None or values.size != n * width or values.shape[-1] != width:
         return None
-    angles = np.repeat(np.arange(n, dtype=np.float32)[:, None] * rope_frequencies(base, width), 2, axis=-1)
+    theta, amplitude = (scaling.frequencies(base, width), scaling.amplitude) if scaling else \
+        (rope_frequencies(base, width), 1.0)
+    angles = np.repeat(np.arange(n, dtype=np.float32)[:, None] * theta, 2, axis=-1)
     table = values.reshape(n, width)
     for kind, function in (("cos_pairs", np.cos), ("sin_pairs", np.sin)):
-        if np.max(np.abs(table - function(angles))) <= TOLERANCE:
+        if np.max(np.abs(table - amplitude * function(angles))) <= TOLERANCE:
             return kind
     return None
 
@@ -87,8 +90,8 @@ class InterleavedRotary:
         """cos-term + sin-term of ``view``: the whole head turned, or (a part) waiting for the concat."""
         if not view.whole:
             return Partial("rotated_pairs", (view,))
-        rotated = InterleavedRoPE(view.base, self.names.frequencies(view.width), self.names.positions(),
-                                  d_head)
+        rotated = self.context.rotated(InterleavedRoPE(view.base, self.names.frequencies(view.width),
+                                                       self.names.positions(), d_head), whole=True)
         return Heads(rotated, view.heads, view.width, 0, view.width, rows_first=view.rows_first)
 
     def interleaved_with_rest(self, first, second):
@@ -97,6 +100,6 @@ class InterleavedRotary:
         if not (view.base == second.base and view.start == 0 and second.start == view.stop and
                 second.stop == view.width):
             return NotImplemented
-        rotated = InterleavedRoPE(view.base, self.names.frequencies(view.stop, partial=True), self.names.positions(),
-                                  d_head)
+        rotated = self.context.rotated(InterleavedRoPE(view.base, self.names.frequencies(view.stop, partial=True),
+                                                       self.names.positions(), d_head), whole=False)
         return Heads(rotated, view.heads, view.width, 0, view.width, rows_first=view.rows_first)

@@ -14,6 +14,7 @@ from ..ops.per_layer import layer_value
 from ..ops.rope import rope_theta
 from .interleaved import interleaved_kind, table_base
 from .naming import module_path, op_name
+from .rotary import RotaryScaling, read_scaling
 from .statics import mask_kind, rotary_kind
 
 
@@ -52,8 +53,7 @@ def layer_bases(config, count: int, default: float | None) -> list[float | None]
     params = getattr(config, "rope_parameters", None) or {}
     types = getattr(config, "layer_types", None) or []
     if len(types) == count and all(isinstance(params.get(kind), dict) for kind in types):
-        return [float(params[kind]["rope_theta"]) if params[kind].get("rope_type", "default") == "default"
-                else None for kind in types]
+        return [float(params[kind]["rope_theta"]) for kind in types]  # one scaling for all (tracer/rotary.py)
     return [default] * count
 
 
@@ -85,21 +85,27 @@ class PerLayer:
     def rotary_kind(self, node, width: int) -> str | None:
         """"cos"/"sin" (half-split), "cos_pairs"/"sin_pairs" (interleaved) or None for a static table,
         the same in every layer (each with its own base where they differ: Gemma-3)."""
-        if self.rope_scaling:
-            raise UnsupportedArchitecture(f"the tracer does not lower RoPE scaling {self.rope_scaling!r} "
-                                          "(rope_parameters in config.json); only unscaled rotary embeddings")
+        scaling = self.rotary_scaling
         n = min(7, self.dims[n_ctx])  # GPT-J's table has n_ctx rows
         if self.rope_base is None:  # a base the config does not state (GPT-J's 10000)
             self.rope_base = table_base(self.evaluator.array(node, n), n, width)
         bases = layer_bases(self.config, self.exported.layers, self.rope_base)
         tables = [self.evaluator.array(each, n) for each in self.per_layer(node)]
-        kinds = {rotary_kind(table, n, base, width) or interleaved_kind(table, n, base, width)
+        kinds = {rotary_kind(table, n, base, width, scaling) or interleaved_kind(table, n, base, width, scaling)
                  for table, base in zip(tables, bases)}
         if len(kinds) != 1:
             return None
         if node in self.varying:
             self.layer_bases = bases
         return kinds.pop()
+
+    @property
+    def rotary_scaling(self) -> RotaryScaling:
+        return read_scaling(self.config)
+
+    def rotated(self, rotation, whole: bool):
+        """A rotary op's output as the model uses it: times YaRN's attention factor where it has one."""
+        return self.rotary_scaling.scaled(rotation, whole, self.constant)
 
     def rope_base_expr(self):
         """The rotary base: b, or b^(l) when the layers' bases differ (Gemma-3's local and global layers)."""

@@ -166,7 +166,8 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
             (view, kinds) = a.parts[0], {a.parts[1], b.parts[1]}
             if b.parts[0] == view and kinds == {"cos", "sin"}:
                 if view.whole:
-                    rotated = RoPE(view.base, self.names.frequencies(view.width), self.names.positions())
+                    rotated = self.context.rotated(RoPE(view.base, self.names.frequencies(view.width),
+                                                        self.names.positions()), whole=True)
                     return Heads(rotated, view.heads, view.width, 0, view.width)
                 return Partial("rotated", (view,))
             if b.parts[0] == view and kinds == {"cos_pairs", "sin_pairs"}:  # GPT-J's rotate_every_two
@@ -220,7 +221,8 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
             if view.base == second.base and view.start == 0 and second.start == view.stop and \
                     second.stop == view.width:
                 frequencies = self.names.frequencies(view.stop, partial=True)
-                rotated = PartialRoPE(view.base, frequencies, self.names.positions(), d_head)
+                rotated = self.context.rotated(PartialRoPE(view.base, frequencies, self.names.positions(), d_head),
+                                               whole=False)
                 return Heads(rotated, view.heads, view.width, 0, view.width)
         if isinstance(first, Partial) and first.kind == "rotated_pairs" and isinstance(second, Heads):
             return self.interleaved_with_rest(first, second)

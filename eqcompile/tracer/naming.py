@@ -10,7 +10,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..arch.common import layer, param, seq
-from ..ops import LayerNorm, Linear, MergeHeads, RMSNorm, RotaryFrequencies, Softmax, epsilon, window
+from ..ops import LayerNorm, Linear, MergeHeads, RMSNorm, Softmax, epsilon, window
 from ..ops.partial_rope import d_rot
 from ..ops.attention import d_head
 from ..errors import UnsupportedArchitecture
@@ -180,7 +180,9 @@ class Names:
             self.context.constant(d_rot, width)
         theta = MatrixSymbol("theta", 1, size / 2)
         if not any(eq.lhs == theta for eq in self.prelude):
-            self.prelude.append(Equation(theta, RotaryFrequencies(base, size)))
+            scaling = self.context.rotary_scaling  # RoPE scaling, if any (tracer/rotary.py)
+            self.prelude.append(Equation(theta, scaling.expression(self.context.constant, base, self.context.rope_base,
+                                                                   size, width)))
             self.latex["theta"] = self._superscript(r"\theta") if base.has(layer) else r"\theta"
         return theta
 

@@ -22,17 +22,20 @@ from ..ops.moe import MOE_LATEX
 from ..ops.partial_rope import d_rot
 from ..ops.per_layer import LayerValue
 from ..ops.softcap import CAP_LATEX
+from ..ops.yarn import YARN_LATEX
 from ..program import Interface, Program, Stage
 from .export import Exported
 from .generic import generic_listing
 from .lower import StageLowering
 from .naming import Names, module_path, op_name
 from .layers import PerLayer, varying_statics
+from .rotary import rope_parameters
 from .statics import Evaluator, static_nodes
 from .values import Stream, Tokens, Weight
 
-DIM_LATEX = {**DIM_LATEX, d_rot: r"d_{\mathrm{rot}}", **CAP_LATEX, **MOE_LATEX}
-DIM_PYTHON = {**DIM_PYTHON, d_rot: "d_rot", **{symbol: symbol.name for symbol in (*CAP_LATEX, *MOE_LATEX)}}
+DIM_LATEX = {**DIM_LATEX, d_rot: r"d_{\mathrm{rot}}", **CAP_LATEX, **MOE_LATEX, **YARN_LATEX}
+DIM_PYTHON = {**DIM_PYTHON, d_rot: "d_rot",
+              **{symbol: symbol.name for symbol in (*CAP_LATEX, *MOE_LATEX, *YARN_LATEX)}}
 ROWS_OUTPUT = ("y_out", r"Y_{\mathrm{out}}")  # a module's output on real rows ("y", Y: a matrix named midway)
 IGNORED = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 
@@ -53,7 +56,6 @@ class Context(PerLayer):
         self.config = config
         self.dims: dict[sp.Symbol, int | float] = {}
         self.rope_base = _rope_base(config)
-        self.rope_scaling = "" if rope_type(config) == "default" else rope_type(config)  # refused: not lowered yet
         self.window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
         self._sizes = self._size_table(config)
         self.varying: dict = {}  # layer 0's static inputs that differ between layers -> each layer's
@@ -109,21 +111,10 @@ class Context(PerLayer):
         return self.templates[tensor]
 
 
-def rope_type(config) -> str:
-    """The config's RoPE scaling ("default": none; "linear", "llama3", "yarn", ...)."""
-    params = getattr(config, "rope_parameters", None) or {}
-    if isinstance(params, dict) and "full_attention" in params:
-        params = params["full_attention"]
-    return str(params.get("rope_type", "default")) if isinstance(params, dict) else "default"
-
-
 def _rope_base(config) -> float | None:
-    params = getattr(config, "rope_parameters", None) or {}
-    if isinstance(params, dict) and "full_attention" in params:
-        params = params["full_attention"]
-    base = params.get("rope_theta") if isinstance(params, dict) else None
+    base = rope_parameters(config).get("rope_theta")
     base = base if base is not None else getattr(config, "rope_theta", None)
-    return float(base) if base is not None and rope_type(config) == "default" else None
+    return float(base) if base is not None else None
 
 
 def _sections(context: Context):

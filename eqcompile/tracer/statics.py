@@ -65,16 +65,19 @@ def positions_offset(values: np.ndarray, n: int) -> int | None:
     return offset if offset >= 0 and np.array_equal(values.reshape(-1), np.arange(offset, offset + n)) else None
 
 
-def rotary_kind(values: np.ndarray, n: int, base: float | None, width: int) -> str | None:
+def rotary_kind(values: np.ndarray, n: int, base: float | None, width: int, scaling=None) -> str | None:
     """"cos" or "sin" when ``values`` [.., n, width] is that of the half-split rotary angles
-    p_i θ_k (θ = base^(-2k/width), each repeated for both halves); None otherwise."""
+    p_i θ_k (θ = base^(-2k/width), each repeated for both halves; as ``scaling`` (tracer/rotary.py)
+    rescales θ and the table); None otherwise."""
     if base is None or values.shape[-2:] != (n, width) or values.size != n * width:
         return None
-    angles = np.arange(n, dtype=np.float32)[:, None] * rope_frequencies(base, width)
+    theta, amplitude = (scaling.frequencies(base, width), scaling.amplitude) if scaling else \
+        (rope_frequencies(base, width), 1.0)
+    angles = np.arange(n, dtype=np.float32)[:, None] * theta
     angles = np.concatenate([angles, angles], axis=-1)
     table = values.reshape(n, width)
     for kind, function in (("cos", np.cos), ("sin", np.sin)):
-        if np.max(np.abs(table - function(angles))) <= 1e-6:
+        if np.max(np.abs(table - amplitude * function(angles))) <= 1e-6:
             return kind
     return None
 

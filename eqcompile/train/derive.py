@@ -17,7 +17,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr, MatrixSymbol
 
 from ..errors import EqcompileError
-from ..ops import GroupedHeads, MergeHeads, SplitHeads, is_per_head
+from ..ops import AtenOp, GroupedHeads, MergeHeads, SplitHeads, is_per_head
 from ..ops.backward import GroupSum
 from ..program import Equation, Stage
 
@@ -132,8 +132,9 @@ class _Derivation:
         if not self.depends(expr):
             return
         if not hasattr(expr, "vjp") and type(expr) not in SYMPY_VJPS:
-            raise TrainingUnsupported(f"no backward for {type(expr).__name__} (training covers the ops of the "
-                                      "gpt2, llama and mlp families)")
+            what = f"the aten op {expr.name} (lowered generically)" if isinstance(expr, AtenOp) else type(expr).__name__
+            raise TrainingUnsupported(f"no backward for {what}: training covers the hand-written families and traced "
+                                      "models but for mixtures of experts and generically lowered ops")
         if sum(self.depends(arg) for arg in expr.args) > 1 and not _is_atomic(grad):
             self.temporaries += 1  # sent to several arguments: computed once
             layer = "^{($l)}" if self.stage.layers else ""

@@ -3,6 +3,8 @@ Program by the same printer as the forward stages (``templates/train.py.j2``).""
 
 from __future__ import annotations
 
+import inspect
+
 import sympy as sp
 
 from ..emit.numpy_printer import ModulePrinter
@@ -12,8 +14,8 @@ from ..ops import MatrixOp
 from ..ops.attention import fuse_causal_attention
 from ..ops.backward import ActivationDerivative
 from ..ops.base import numpy_source
-from ..program import Program, Stage
-from .derive import BackwardStage, TrainingUnsupported, per_head
+from ..program import Program, Stage, select_part
+from .derive import BackwardStage, per_head
 from .program import TrainingProgram, training_program
 
 
@@ -27,7 +29,7 @@ def training_source(program: Program, checkpoint: Checkpoint) -> str:
     shapes = {b.key: program.numeric_shape(b.param.symbol) for b in program.bindings()}
     return render_template(
         "train.py.j2", ops=_ops_source(program, training), stages=stages, tensors=_tensor_table(program, checkpoint),
-        shapes=shapes, interface=program.interface, forward=_forward_lines(program), backward=_backward_lines(program),
+        shapes=shapes, interface=program.interface, select=inspect.getsource(select_part).rstrip("\n"), forward=_forward_lines(program), backward=_backward_lines(program),
         output=training.loss.input.name, loss=printer.doprint(loss_eq.rhs), loss_grad=printer.doprint(grad_eq.rhs),
         data_doc="token ids" if program.takes_tokens else "(x, y_target)",
         output_width=program.numeric_shape(training.loss.input)[0] if not program.takes_tokens else None)
@@ -126,13 +128,12 @@ def _backward_lines(program: Program) -> list[str]:
 
 
 def _tensor_table(program: Program, checkpoint: Checkpoint) -> str:
-    """key -> (tensor name, stored shape, columns, transposed) as Python, one key per line."""
+    """key -> (tensor name, stored shape, rows, columns, transposed, blocks) as Python, one key per line."""
     lines = ["{"]
     for binding in program.bindings():
-        source = binding.source
-        if source.rows or source.blocks:
-            raise TrainingUnsupported(f"training reads whole tensors or column slices; {source.describe()} is neither")
-        shape = tuple(checkpoint.shape(source.name))
-        lines.append(f"    {binding.key!r}: ({source.name!r}, {shape!r}, {source.columns!r}, {source.transpose!r}),")
+        s = binding.source
+        shape = tuple(checkpoint.shape(s.name))
+        lines.append(f"    {binding.key!r}: ({s.name!r}, {shape!r}, {s.rows!r}, {s.columns!r}, {s.transpose!r}, "
+                     f"{s.blocks!r}),")
     return "\n".join([*lines, "}"])
 
