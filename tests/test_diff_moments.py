@@ -76,3 +76,20 @@ def test_the_sketch_taken_during_the_moments_pass_gives_the_separate_passs_spect
     assert fused.top == pytest.approx(exact[0], rel=2e-3)
     assert spectrum.Sketch.of((900, 200), spectrum.FAST, 0) is None  # the exact spectrum needs none
     assert spectrum.Sketch.of((900, 600), spectrum.FULL, 0) is None  # nor does --full-spectrum's QR path
+
+
+def test_the_sketch_resolves_a_steep_spectrum_down_to_the_rank_floor():
+    """σ falling from 1 to 1e-4 over the top 40: all 32 computed values stay above the rounding
+    floor, as numpy's SVD says (a power iteration without orthonormalising between its products,
+    whose subspace holds σ² instead of σ, counted 23)."""
+    rng = np.random.default_rng(3)
+    rows, cols = 600, 400
+    before = (0.02 * rng.standard_normal((rows, cols))).astype(np.float32)
+    left, right = (np.linalg.qr(rng.standard_normal((side, cols)))[0] for side in (rows, cols))
+    sigma = 1e-2 * np.concatenate([np.logspace(0, -4, 40), np.zeros(cols - 40)])
+    after = (before + (left * sigma) @ right.T).astype(np.float32)
+    found = delta.measure(before, after).spectrum
+    exact = np.linalg.svd(after.astype(np.float64) - before, compute_uv=False)
+    assert found.method == "randomized" and found.numerical_rank == found.computed == 32
+    assert np.count_nonzero(exact[:32] > rows * spectrum.EPS32 * exact[0]) == 32
+    assert found.top == pytest.approx(exact[0], rel=1e-6)
