@@ -115,7 +115,8 @@ def measure(before: np.ndarray, after: np.ndarray, dtypes: tuple[str, str] = ("F
     clock = clock or Clock()
     if before.shape != after.shape or before.ndim != 2:
         raise ValueError(f"measure needs two matrices of one shape, got {before.shape} and {after.shape}")
-    sketch = Sketch.of(before.shape, setting, seed)  # the spectrum's first product rides on this pass
+    # the spectrum's first product rides on this pass, unless the pair is likely a cast (no spectrum)
+    sketch = Sketch.of(before.shape, setting, seed) if dtypes[0] == dtypes[1] else None
     began = time.perf_counter()
     sums = moments(before, after, _roundoff(dtypes), sketch)
     clock.add("moments", time.perf_counter() - began - (sketch.seconds if sketch else 0.0))
