@@ -18,42 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
+from diff_pair import GPT2_124M, shapes, write_pair
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
-
-
-def shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor a GPT-2 ``config`` has, by name, as the lowering expects it."""
-    from eqcompile.arch import gpt2
-
-    return dict(gpt2.expected_tensors(gpt2.config_from_dict(config)))
-
-
-def write_pair(folder: Path, config: dict = CONFIG) -> tuple[Path, Path]:
-    """``folder/a`` with random weights and ``folder/b``, the same plus noise on every tensor."""
-    import numpy as np
-
-    from eqcompile.emit.files import write_safetensors
-
-    table = shapes(config)
-
-    def weights(name: str, noise: float):
-        rng = np.random.default_rng(zlib.crc32(name.encode()))
-        value = 0.02 * rng.standard_normal(table[name], dtype=np.float32)
-        return value + np.float32(noise) * rng.standard_normal(table[name], dtype=np.float32)
-
-    pair = []
-    for side, noise in (("a", 0.0), ("b", 1e-3)):
-        target = folder / side
-        target.mkdir(parents=True, exist_ok=True)
-        if not (target / "model.safetensors").exists():
-            write_safetensors(target / "model.safetensors", list(table.items()), lambda n, s=noise: weights(n, s))
-        (target / "config.json").write_text(json.dumps(config))
-        pair.append(target)
-    return pair[0], pair[1]
+CONFIG = GPT2_124M
 
 
 def measure(before: str, after: str, traced: bool) -> dict:
@@ -100,7 +70,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="eqcompile-bench-") as temp:
         folder = args.folder or Path(temp)
-        before, after = write_pair(folder)
+        before, after = write_pair(folder, CONFIG, every_tensor=True)
         runs = {traced: json.loads(subprocess.run(
             [sys.executable, __file__, "--measure", str(before), str(after), "1" if traced else "0"],
             cwd=ROOT, capture_output=True, text=True, check=True).stdout) for traced in (True, False)}

@@ -17,7 +17,7 @@ import tracemalloc
 from pathlib import Path
 
 import eqcompile
-from diff_memory import shapes, write_pair
+from diff_pair import shapes, write_pair
 from eqcompile.diff import compare
 from eqcompile.emit import appendix
 from eqcompile.emit.pdf import build_pdf
@@ -109,7 +109,7 @@ def diff(folder: Path, quick: bool) -> dict:
     """
     started = time.perf_counter()
     config = gpt2(DIFF_LAYERS, quick)
-    pair = write_pair(folder, config)
+    pair = write_pair(folder, config, every_tensor=True)
     size = sum((path / "model.safetensors").stat().st_size for path in pair)
     tracemalloc.start()
     compare(*pair)

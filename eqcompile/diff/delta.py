@@ -1,7 +1,8 @@
 """How far one weight moved, and in what form: statistics of ΔW = W' − W for one pair of tensors.
 
-Both tensors are streamed in row blocks, once for every sum in float64 (:mod:`.moments`), then,
-for a changed matrix, for its spectrum (:mod:`.spectrum`), so memory stays a few blocks whatever
+Both tensors are streamed in row blocks, once for every sum in float64 (:mod:`.moments`; a matrix's
+randomized spectrum takes its first product in the same pass), then, for a changed matrix, for the
+rest of its spectrum (:mod:`.spectrum`), so memory stays a few blocks whatever
 the tensors' size; with memmapped inputs nothing else is allocated. Every statistic is invariant
 under transposition, so a parameter stored ``[out, in]`` is measured as stored.
 
@@ -22,6 +23,7 @@ The form of the change is named by the first test that holds:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from .clock import Clock
 from .moments import Moments, blocks, moments
-from .spectrum import FAST, Setting, Spectrum, spectrum
+from .spectrum import FAST, Setting, Sketch, Spectrum, spectrum
 
 __all__ = ["Delta", "Form", "IDENTICAL", "Spectrum", "as_matrix", "matrix_shape", "measure", "narrower"]
 
@@ -113,8 +115,13 @@ def measure(before: np.ndarray, after: np.ndarray, dtypes: tuple[str, str] = ("F
     clock = clock or Clock()
     if before.shape != after.shape or before.ndim != 2:
         raise ValueError(f"measure needs two matrices of one shape, got {before.shape} and {after.shape}")
-    with clock("moments"):
-        sums = moments(before, after, _roundoff(dtypes))
+    # the spectrum's first product rides on this pass, unless the pair is likely a cast (no spectrum)
+    sketch = Sketch.of(before.shape, setting, seed) if dtypes[0] == dtypes[1] else None
+    began = time.perf_counter()
+    sums = moments(before, after, _roundoff(dtypes), sketch)
+    clock.add("moments", time.perf_counter() - began - (sketch.seconds if sketch else 0.0))
+    if sketch is not None:
+        clock.add("spectra", sketch.seconds)
     count = before.size
     norm, base_norm = math.sqrt(sums.dd), math.sqrt(sums.aa)
     cosine = sums.ab / math.sqrt(sums.aa * sums.bb) if sums.aa > 0 and sums.bb > 0 else None
@@ -135,7 +142,7 @@ def measure(before: np.ndarray, after: np.ndarray, dtypes: tuple[str, str] = ("F
     if not finite or min(rows, cols) < 2:
         return Delta(Form.DENSE, **common, scale=None, spectrum=None)
     with clock("spectra"):
-        found = spectrum(before, after, sums, unit, seed, setting)
+        found = spectrum(before, after, sums, unit, seed, setting, sketch)
     return Delta(_shape_of_change(found, sums, before.shape), **common, scale=None, spectrum=found)
 
 
