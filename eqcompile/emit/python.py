@@ -42,11 +42,16 @@ def _column_major_keys(program: Program) -> list[str]:
     1.05-1.2x for 32-128; the F-ordered table's row lookup costs 4 ms at 512 tokens."""
     transposed, other = set(), set()
     for stage in program.stages:
+        as_transpose = {t.arg for eq in stage.equations for t in eq.rhs.atoms(sp.Transpose)}
+        as_table = {e.table for eq in stage.equations for e in eq.rhs.atoms(Embed)}
         for param in stage.params:
             symbol = param.symbol
-            for eq in stage.equations:
-                if eq.rhs.has(sp.Transpose(symbol)):
-                    transposed.add(param.key)
+            if symbol in as_transpose:
+                transposed.add(param.key)
+            elif symbol not in as_table:  # used as it is stored
+                other.add(param.key)
+                continue
+            for eq in stage.equations:  # any other use?
                 rest = eq.rhs.replace(lambda e: e == sp.Transpose(symbol) or isinstance(e, Embed) and e.table == symbol,
                                       lambda e: MatrixSymbol("_stand_in", *e.shape))
                 if rest.has(symbol):
