@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..load import Checkpoint
-from ..ops import OPS, MatrixOp, is_per_head
+from ..ops import OPS, Embed, MatrixOp, is_per_head
 from ..ops.attention import CausalAttention, fuse_causal_attention
 from ..ops.base import numpy_source
 from ..progress import progress_bar
@@ -30,7 +31,32 @@ def module_source(program: Program, tokenizer: bool = False) -> str:
     stages = [_stage_function(program, stage, printer) for stage in program.stages]
     parameters = {stage.name: {p.name: p.key for p in stage.params} for stage in program.stages}
     return render_template("model.py.j2", **module_context(program), ops=numpy_source(functions), stages=stages,
-                           parameters=_parameters_source(parameters), tokenizer=tokenizer, donate=False)
+                           parameters=_parameters_source(parameters), column_major=_column_major_keys(program),
+                           tokenizer=tokenizer, donate=False)
+
+
+def _column_major_keys(program: Program) -> list[str]:
+    """Keys of the weights the equations multiply only as their transpose ``W.mT`` (and may look rows up
+    in, an embedding): model.py loads them column-major, so ``h @ W.mT`` multiplies a C-contiguous
+    matrix. Measured on the tied unembedding (1 thread, OpenBLAS 0.3.31): 1.6x faster for one row,
+    1.05-1.2x for 32-128; the F-ordered table's row lookup costs 4 ms at 512 tokens."""
+    transposed, other = set(), set()
+    for stage in program.stages:
+        as_transpose = {t.arg for eq in stage.equations for t in eq.rhs.atoms(sp.Transpose)}
+        as_table = {e.table for eq in stage.equations for e in eq.rhs.atoms(Embed)}
+        for param in stage.params:
+            symbol = param.symbol
+            if symbol in as_transpose:
+                transposed.add(param.key)
+            elif symbol not in as_table:  # used as it is stored
+                other.add(param.key)
+                continue
+            for eq in stage.equations:  # any other use?
+                rest = eq.rhs.replace(lambda e: e == sp.Transpose(symbol) or isinstance(e, Embed) and e.table == symbol,
+                                      lambda e: MatrixSymbol("_stand_in", *e.shape))
+                if rest.has(symbol):
+                    other.add(param.key)
+    return sorted(transposed - other)
 
 
 def module_context(program: Program, weights: str = "WEIGHTS") -> dict:

@@ -36,14 +36,18 @@ def causal_mask(s):  # [..., n, m]: query i (the last n of m positions) attends 
 def causal_attention(q, k, v, block=64):  # q [n_head, n, d_head], k, v [n_kv_head, m, d_head] -> [n_head, n, d_head]
     """softmax(causal_mask(q kᵀ)) v per head; query heads share key/value heads in groups of consecutive heads.
 
-    Each group's queries are batched against its one key/value head (never repeated). Inputs of
-    more than ``block`` tokens go ``block`` keys at a time (the same values to float32 rounding).
+    Each group's queries are stacked into one product with its one key/value head (never
+    repeated). Inputs of more than ``block`` tokens go ``block`` keys at a time (the same values to
+    float32 rounding); one token, the last position, sees every key and needs no mask.
     """
-    kv_heads, n = k.shape[0], q.shape[1]
-    q = q.reshape(kv_heads, -1, n, q.shape[-1])  # [n_kv_head, group, n, d_head]
-    k, v = k[:, None], v[:, None]  # [n_kv_head, 1, m, d_head]: the same for every head of the group
-    out = softmax(causal_mask(q @ k.mT)) @ v if n <= block else blocked_causal_attention(q, k, v, block)
-    return out.reshape(-1, n, v.shape[-1])
+    kv_heads, n, m = k.shape[0], q.shape[1], k.shape[1]
+    if n > block:
+        out = blocked_causal_attention(q.reshape(kv_heads, -1, n, q.shape[-1]), k[:, None], v[:, None], block)
+        return out.reshape(-1, n, v.shape[-1])
+    q = q.reshape(kv_heads, -1, q.shape[-1])  # [n_kv_head, group * n, d_head]: the group's queries stacked
+    s = (q @ k.mT).reshape(kv_heads, -1, n, m)  # [n_kv_head, group, n, m]
+    a = softmax(causal_mask(s) if n > 1 else s).reshape(kv_heads, -1, m)  # [n_kv_head, group * n, m]
+    return (a @ v).reshape(-1, n, v.shape[-1])
 
 
 def blocked_causal_attention(q, k, v, block):  # [..., n, d_head], [..., m, d_head] x 2 -> [..., n, d_head]

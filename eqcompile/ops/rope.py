@@ -39,10 +39,11 @@ def llama3_frequencies(theta, factor, low_freq_factor, high_freq_factor, origina
 
 
 def rope(x, theta, positions):  # [n, heads * d_head]: each head's features j, j + d_head/2 turned by p_i theta_j
-    angles = (positions.astype(np.float32)[:, None] * theta)[:, None, :]  # [n, 1, d_head / 2]
+    angles = positions.astype(np.float32)[:, None, None] * theta  # [n, 1, d_head / 2]
     cos, sin = np.cos(angles), np.sin(angles)
-    heads = x.reshape(x.shape[0], -1, 2 * theta.shape[-1])  # [n, heads, d_head]
-    first, second = np.split(heads, 2, axis=-1)
+    half = theta.shape[-1]
+    heads = x.reshape(x.shape[0], -1, 2 * half)  # [n, heads, d_head]
+    first, second = heads[..., :half], heads[..., half:]
     return np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1).reshape(x.shape)
 
 
