@@ -16,9 +16,9 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import UnsupportedArchitecture
 from ..ops import (GELU, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
-                   ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Tanh, d_head,
+                   ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Standardise, Tanh, d_head,
                    n_head, n_kv_head)
-from ..ops.softcap import SoftCap
+from ..ops.softcap import SoftCap, UnitOffset
 from .eager import EagerPatterns
 from .generic import generic_value, lower_generically
 from .idioms import gelu_tanh
@@ -136,10 +136,19 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
         return NotImplemented
 
     def _layer_norm(self, node, x, shape, weight=None, bias=None, eps=1e-5, *rest):
-        if not (isinstance(x, Stream) and isinstance(weight, Weight) and isinstance(bias, Weight)):
+        """LayerNorm; without gain and shift (OLMo) it standardises; a gain stored as its offset
+        from 1 (Nemotron's 1 + w) or a missing shift (MPT) keep the LayerNorm, with (1 + γ) or 0."""
+        if not isinstance(x, Stream):
+            return NotImplemented
+        if weight is None and bias is None:
+            return Stream(Standardise(x.expr, self.names.epsilon(eps)))
+        offset = isinstance(weight, Partial) and weight.kind == "unit_offset"
+        weight = weight.parts[0] if offset else weight
+        if not (isinstance(weight, Weight) and isinstance(bias, (Weight, type(None)))):
             return NotImplemented
         gain, shift = self.names.norm_weights(weight, bias, node)
-        return Stream(LayerNorm(x.expr, gain, shift, self.names.epsilon(eps)))
+        shift = sp.ZeroMatrix(*gain.shape) if shift is None else shift
+        return Stream(LayerNorm(x.expr, UnitOffset(gain) if offset else gain, shift, self.names.epsilon(eps)))
 
     # RMSNorm, written out: x * rsqrt(mean(x^2) + eps) * gain ----------------------------------
     def _pow(self, node, x, exponent):
@@ -240,6 +249,9 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
     # heads -------------------------------------------------------------------------------------
     # transformers' repeat_kv: x[:, :, None].expand(1, kv, r, n, w).reshape(1, kv r, n, w)
     def _unsqueeze(self, node, x, dim):
+        if isinstance(x, Stream) and dim == 1:  # GPT-BigCode's multi-query [1, 1, n, w]: one head of it all
+            width = int(node.meta["val"].shape[-1])
+            return Heads(x.expr, 1, width, 0, width)
         return Partial("unsqueezed", (x,)) if isinstance(x, Heads) and x.whole and dim == 2 else NotImplemented
 
     def _expand(self, node, x, shape, **kwargs):
@@ -257,6 +269,8 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
             return replace(view, repeat=view.repeat * times)
         if isinstance(x, Stream) and len(after) == 4 and len(before) == 3:
             return SplitRows(x.expr, int(after[2]), int(after[3]))
+        if isinstance(x, Heads) and x.heads == 1 and x.whole and len(after) == 4 and before[1] == 1:
+            return SplitRows(x.base, int(after[2]), int(after[3]))  # [1, 1, n, w] -> [1, n, heads, w / heads]
         if isinstance(x, Attended) and x.transposed and len(after) == 3:
             return Stream(self.names.materialize(MergeHeads(x.expr, n_head), "z"))
         return NotImplemented
