@@ -19,6 +19,7 @@ from eqcompile.ops.activation import erf
 from eqcompile.ops.moe import MixtureOfExperts, top_k
 from eqcompile.ops.softcap import SoftCap, UnitOffset, attention_cap
 from eqcompile.ops.generic import AtenOp
+from eqcompile.ops.alibi import ALiBi, alibi
 from eqcompile.ops.interleaved_rope import InterleavedRoPE
 from eqcompile.ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 
@@ -47,6 +48,7 @@ def example(op):
         SoftCap: SoftCap(S, attention_cap), UnitOffset: UnitOffset(g),
         MixtureOfExperts: MixtureOfExperts(X, W, top_k, sp.Tuple(sp.Tuple(W, W, W))),
         AtenOp: AtenOp("clamp_min", X, 0.5), InterleavedRoPE: InterleavedRoPE(X, theta, t, d_head),
+        ALiBi: ALiBi(S, n_head),
     }.get(op) or op(X)
 
 
@@ -88,6 +90,7 @@ GOLDEN = {
     InterleavedRoPE: (r"\operatorname{RoPE}^{\mathrm{pairs}}_{\theta}\left(X;\, t\right)",
                       "interleaved_rope(X, theta, t, d_head)"),
     AtenOp: (r"\operatorname{clamp\_min}\left(X, 0.5\right)", "np.maximum(X, 0.5)"),
+    ALiBi: (r"\operatorname{ALiBi}\left(S\right)", "alibi(S, n_head)"),
 }
 
 
@@ -166,3 +169,17 @@ def test_fused_causal_attention_prints_one_call_and_leaves_other_masks():
     assert "split_heads(k, n_kv_head), split_heads(v, n_kv_head)" in ModulePrinter({}).doprint(grouped[0].rhs)
     padded = self_attention(q, k, v, 1, lambda s: PaddingMask(s, MatrixSymbol("mask", 1, n)))
     assert fuse_causal_attention(padded) == padded
+
+
+def test_alibi_is_its_definition():
+    """alibi adds m_h (j - i) with m_h = 2^(-8h/H) to head h's scores, the queries being the last n of m
+    keys (a KV cache holds the rest), and keeps float32."""
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((4, 3, 7)).astype(np.float32)
+    got = alibi(s, 4)
+    assert got.dtype == np.float32
+    for h in range(4):
+        for r in range(3):
+            for c in range(7):
+                expected = s[h, r, c] + 2.0 ** (-8 * (h + 1) / 4) * (c - (r + 4))
+                assert abs(got[h, r, c] - expected) < 1e-6

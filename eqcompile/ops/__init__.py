@@ -17,13 +17,14 @@ from .softcap import SoftCap, UnitOffset
 from .moe import MixtureOfExperts
 from .generic import AtenOp
 from .interleaved_rope import InterleavedRoPE
+from .alibi import ALiBi
 
 __all__ = [
     "Embed", "FirstRows", "Linear", "LayerNorm", "RMSNorm", "Softmax", "CausalMask",
     "SplitHeads", "MergeHeads", "GELUTanh", "GELU", "ReLU", "Sigmoid", "SiLU", "QuickGELU", "Tanh",
     "RoPE", "RotaryFrequencies", "Llama3Frequencies", "GroupedHeads", "SlidingWindowMask",
     "PaddingMask", "MeanPool", "PartialRoPE", "HeadRMSNorm", "Standardise", "RMSScale", "SoftCap", "UnitOffset",
-    "MixtureOfExperts", "InterleavedRoPE", "AtenOp",
+    "MixtureOfExperts", "InterleavedRoPE", "AtenOp", "ALiBi",
 ]
 OPS: tuple[type[MatrixOp], ...] = tuple(globals()[name] for name in __all__)
 ACTIVATIONS: tuple[type[Activation], ...] = tuple(op for op in OPS if issubclass(op, Activation))

@@ -15,10 +15,11 @@ from sympy import HadamardProduct
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import UnsupportedArchitecture
-from ..ops import (GELU, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
+from ..ops import (GELU, ALiBi, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
                    ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Standardise, Tanh, d_head,
                    n_head, n_kv_head)
 from ..ops.softcap import SoftCap, UnitOffset
+from .alibi import ALiBiPatterns
 from .eager import EagerPatterns
 from .generic import generic_value, lower_generically
 from .idioms import gelu_tanh
@@ -34,7 +35,7 @@ SIN_TERMS = {"rotate_half": "sin", "rotate_every_two": "sin_pairs"}  # the rotat
 ACTIVATIONS = {"silu": SiLU, "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 
 
-class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
+class StageLowering(ALiBiPatterns, EagerPatterns, MoEPatterns, InterleavedRotary):
     """Lowers one section of the graph into a stage's equations (``names`` collects them)."""
 
     def __init__(self, context, names: Names, values: dict):
@@ -147,7 +148,7 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
         if not (isinstance(weight, Weight) and isinstance(bias, (Weight, type(None)))):
             return NotImplemented
         gain, shift = self.names.norm_weights(weight, bias, node)
-        shift = sp.ZeroMatrix(*gain.shape) if shift is None else shift
+        shift = sp.Integer(0) if shift is None else shift
         return Stream(LayerNorm(x.expr, UnitOffset(gain) if offset else gain, shift, self.names.epsilon(eps)))
 
     # RMSNorm, written out: x * rsqrt(mean(x^2) + eps) * gain ----------------------------------
@@ -361,8 +362,9 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
             return NotImplemented  # (one key/value head is broadcast to all: multi-query attention)
         return self.attention(q, k, v, 1 / math.sqrt(q.width) if scale is None else scale, mask, is_causal)
 
-    def attention(self, q: Heads, k: Heads, v: Heads, scale: float, mask, is_causal: bool, cap=None):
-        """softmax(mask(cap(c Q Kᵀ))) V over the heads, keys and values cached: sdpa's and the written-out form."""
+    def attention(self, q: Heads, k: Heads, v: Heads, scale: float, mask, is_causal: bool, cap=None, alibi=False):
+        """softmax(mask(cap(ALiBi(c Q Kᵀ)))) V over the heads, keys and values cached: sdpa's and the
+        written-out form."""
         queries, keys, values = (self.names.materialize(x.base, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
         self.names.cache(keys, values)
         if q.heads == k.heads:
@@ -371,6 +373,7 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
             groups = self.context.constant(n_kv_head, k.heads)
             keys, values = (GroupedHeads(x, groups, n_head) for x in (keys, values))
         scores = scale_factor(scale, q.width) * SplitHeads(queries, n_head) * keys.T
+        scores = ALiBi(scores, n_head) if alibi else scores
         masked = self.context.mask(self.names, scores if cap is None else SoftCap(scores, cap), mask, is_causal)
         if masked is NotImplemented:
             return NotImplemented
