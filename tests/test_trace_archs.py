@@ -1,6 +1,7 @@
 """The tracer on the architectures README's table once refused: LayerNorm without gain and shift
 (OLMo), with a 1 + w gain (Nemotron, relu² lowered generically) or without shift (MPT),
-multi-query keys unsqueezed (GPT-BigCode), ALiBi (BLOOM, MPT: written-out attention with a new op).
+multi-query keys unsqueezed (GPT-BigCode), ALiBi (BLOOM, MPT: written-out attention with a new op),
+q, v, k fused per group of heads (CodeGen).
 
 Each is a tiny random checkpoint saved by transformers (random norm gains and biases); it compiles
 to LaTeX at every level and to the numpy module, which must give transformers' logits within
@@ -29,6 +30,8 @@ ARCHITECTURES = {  # model_type -> settings over SMALL
     "nemotron": dict(num_key_value_heads=2, head_dim=8),  # LayerNorm with 1 + w; partial rotary; relu²
     "gpt_bigcode": dict(n_inner=40, n_positions=32),  # multi-query: one key/value head
     "mpt": dict(d_model=32, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=32),  # ALiBi; LN without shift
+    # q, v, k per group of heads (mp_num = 4 groups of 2 heads), interleaved rotary on 4 of 4 features
+    "codegen": dict(num_attention_heads=8, n_positions=32, rotary_dim=4),
 }
 DEFAULT_RUN = ("bloom",)  # the others run with -m slow (each costs an export)
 

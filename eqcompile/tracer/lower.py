@@ -270,6 +270,9 @@ class StageLowering(ALiBiPatterns, EagerPatterns, MoEPatterns, InterleavedRotary
             return replace(view, repeat=view.repeat * times)
         if isinstance(x, Stream) and len(after) == 4 and len(before) == 3:
             return SplitRows(x.expr, int(after[2]), int(after[3]))
+        if isinstance(x, Heads) and x.rows_first and x.whole and len(after) == 4 and \
+                after[2] * after[3] == x.heads * x.width:  # CodeGen: a group of heads' part, into its heads
+            return SplitRows(x.base, int(after[2]), int(after[3]))
         if isinstance(x, Heads) and x.heads == 1 and x.whole and len(after) == 4 and before[1] == 1:
             return SplitRows(x.base, int(after[2]), int(after[3]))  # [1, 1, n, w] -> [1, n, heads, w / heads]
         if isinstance(x, Attended) and x.transposed and len(after) == 3:
