@@ -20,6 +20,7 @@ from eqcompile.ops.moe import MixtureOfExperts, top_k
 from eqcompile.ops.softcap import SoftCap, UnitOffset, attention_cap
 from eqcompile.ops.generic import AtenOp
 from eqcompile.ops.alibi import ALiBi, alibi
+from eqcompile.ops.head_norm import HeadLayerNorm
 from eqcompile.ops.interleaved_rope import InterleavedRoPE
 from eqcompile.ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
 
@@ -48,7 +49,7 @@ def example(op):
         SoftCap: SoftCap(S, attention_cap), UnitOffset: UnitOffset(g),
         MixtureOfExperts: MixtureOfExperts(X, W, top_k, sp.Tuple(sp.Tuple(W, W, W))),
         AtenOp: AtenOp("clamp_min", X, 0.5), InterleavedRoPE: InterleavedRoPE(X, theta, t, d_head),
-        ALiBi: ALiBi(S, n_head),
+        ALiBi: ALiBi(S, n_head), HeadLayerNorm: HeadLayerNorm(X, g, beta, epsilon, d_head),
     }.get(op) or op(X)
 
 
@@ -91,6 +92,7 @@ GOLDEN = {
                       "interleaved_rope(X, theta, t, d_head)"),
     AtenOp: (r"\operatorname{clamp\_min}\left(X, 0.5\right)", "np.maximum(X, 0.5)"),
     ALiBi: (r"\operatorname{ALiBi}\left(S\right)", "alibi(S, n_head)"),
+    HeadLayerNorm: (r"\operatorname{LN}_{h}\left(X;\, \gamma, \beta\right)", "head_layer_norm(X, gamma, beta, eps, d_head)"),
 }
 
 

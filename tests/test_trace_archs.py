@@ -1,7 +1,7 @@
 """The tracer on the architectures README's table once refused: LayerNorm without gain and shift
 (OLMo), with a 1 + w gain (Nemotron, relu² lowered generically) or without shift (MPT),
 multi-query keys unsqueezed (GPT-BigCode), ALiBi (BLOOM, MPT: written-out attention with a new op),
-q, v, k fused per group of heads (CodeGen).
+q, v, k fused per group of heads (CodeGen), a LayerNorm of each head (Persimmon: a new op).
 
 Each is a tiny random checkpoint saved by transformers (random norm gains and biases); it compiles
 to LaTeX at every level and to the numpy module, which must give transformers' logits within
@@ -32,6 +32,7 @@ ARCHITECTURES = {  # model_type -> settings over SMALL
     "mpt": dict(d_model=32, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=32),  # ALiBi; LN without shift
     # q, v, k per group of heads (mp_num = 4 groups of 2 heads), interleaved rotary on 4 of 4 features
     "codegen": dict(num_attention_heads=8, n_positions=32, rotary_dim=4),
+    "persimmon": {},  # q, k, v fused per head, LayerNorm of each query and key head, partial rotary, relu²
 }
 DEFAULT_RUN = ("bloom",)  # the others run with -m slow (each costs an export)
 

@@ -15,8 +15,8 @@ from sympy import HadamardProduct
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import UnsupportedArchitecture
-from ..ops import (GELU, ALiBi, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
-                   ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Standardise, Tanh, d_head,
+from ..ops import (GELU, ALiBi, Embed, GELUTanh, GroupedHeads, HeadLayerNorm, HeadRMSNorm, LayerNorm, MergeHeads,
+                   PartialRoPE, ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Standardise, Tanh, d_head,
                    n_head, n_kv_head)
 from ..ops.softcap import SoftCap, UnitOffset
 from .alibi import ALiBiPatterns
@@ -139,6 +139,10 @@ class StageLowering(ALiBiPatterns, EagerPatterns, MoEPatterns, InterleavedRotary
     def _layer_norm(self, node, x, shape, weight=None, bias=None, eps=1e-5, *rest):
         """LayerNorm; without gain and shift (OLMo) it standardises; a gain stored as its offset
         from 1 (Nemotron's 1 + w) or a missing shift (MPT) keep the LayerNorm, with (1 + γ) or 0."""
+        if isinstance(x, SplitRows) and isinstance(weight, Weight) and isinstance(bias, Weight) \
+                and list(shape) == [x.width]:  # each head on its own (Persimmon's q and k norms)
+            gain, shift = self.names.norm_weights(weight, bias, node)
+            return SplitRows(HeadLayerNorm(x.base, gain, shift, self.names.epsilon(eps), d_head), x.heads, x.width)
         if not isinstance(x, Stream):
             return NotImplemented
         if weight is None and bias is None:
