@@ -185,3 +185,15 @@ def test_alibi_is_its_definition():
             for c in range(7):
                 expected = s[h, r, c] + 2.0 ** (-8 * (h + 1) / 4) * (c - (r + 4))
                 assert abs(got[h, r, c] - expected) < 1e-6
+
+
+def test_head_layer_norm_normalises_each_head_alone():
+    from eqcompile.ops.head_norm import head_layer_norm
+    rng = np.random.default_rng(0)
+    x, gamma, beta = (rng.standard_normal(shape).astype(np.float32) for shape in ((3, 12), (1, 4), (1, 4)))
+    got = head_layer_norm(x, gamma, beta, 1e-5, 4)
+    assert got.dtype == np.float32
+    for h in range(3):
+        part = x[:, 4 * h:4 * h + 4].astype(np.float64)
+        expected = (part - part.mean(-1, keepdims=True)) / np.sqrt(part.var(-1, keepdims=True) + 1e-5) * gamma + beta
+        np.testing.assert_allclose(got[:, 4 * h:4 * h + 4], expected, rtol=1e-5, atol=1e-5)
