@@ -8,7 +8,15 @@ from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from .attention import d_head, head
 from .base import MatrixOp, add, i, j, k, mul, n, neg, ops
-from .norm import epsilon, layer_norm, rms_norm, row_standardiser
+from .norm import epsilon, layer_norm, rms_norm
+
+
+def _named_input(ev, arg) -> sp.Matrix:
+    """The input's compound entries named "v", not "u" as ev.shared would: RoPE, applied to this op
+    in the same equation, names its own input's entries "u"."""
+    value = ev.value(arg)
+    return sp.Matrix(value.rows, value.cols, lambda r, c: value[r, c] if value[r, c].is_Symbol or
+                     value[r, c].is_Number else ev.name("v", value[r, c], r, c))
 
 
 def head_rms_norm(x, gamma, eps, d_head):  # [n, heads * d_head] -> the same, each head normalised alone
@@ -30,11 +38,7 @@ class HeadRMSNorm(MatrixOp):
         return self._call(printer, "head_rms_norm", *self.args)
 
     def explicit(self, ev):
-        value, gamma, eps = ev.value(self.arg), ev.value(self.args[1]), ev.number(self.args[2])
-        # its input's compound entries named "v", not "u" as ev.shared would: RoPE, applied to this
-        # op in the same equation, names its own input's entries "u"
-        x = sp.Matrix(value.rows, value.cols, lambda r, c: value[r, c] if value[r, c].is_Symbol or
-                      value[r, c].is_Number else ev.name("v", value[r, c], r, c))
+        x, gamma, eps = _named_input(ev, self.arg), ev.value(self.args[1]), ev.number(self.args[2])
         width = int(ev.number(self.args[3]))
         out = sp.zeros(x.rows, x.cols)
         for r in range(x.rows):
@@ -81,15 +85,19 @@ class HeadLayerNorm(MatrixOp):
         return self._call(printer, "head_layer_norm", *self.args)
 
     def explicit(self, ev):
-        x, gamma, beta = ev.shared(self.arg), ev.value(self.args[1]), ev.value(self.args[2])
+        x, gamma, beta = _named_input(ev, self.arg), ev.value(self.args[1]), ev.value(self.args[2])
         eps, width = ev.number(self.args[3]), int(ev.number(self.args[4]))
         out = sp.zeros(x.rows, x.cols)
-        for start in range(0, x.cols, width):
-            part = x[:, start:start + width]
-            for r in range(x.rows):
-                mean, scale = row_standardiser(ev, part, r, eps)
+        for r in range(x.rows):
+            for start in range(0, x.cols, width):  # head start // width, its mean and scale named per head
+                features = [x[r, c] for c in range(start, start + width)]
+                mean = ev.name("mu", mul(sp.Rational(1, width), add(*features)), r, start // width)
+                centred = [add(e, neg(mean)) for e in features]
+                var = ev.name("var", mul(sp.Rational(1, width), add(*(sp.Pow(e, 2, evaluate=False) for e in centred))),
+                              r, start // width)
+                scale = ev.name("r", sp.Pow(add(var, eps), sp.Rational(-1, 2), evaluate=False), r, start // width)
                 for c in range(width):
-                    out[r, start + c] = add(mul(gamma[0, c], add(part[r, c], neg(mean)), scale), beta[0, c])
+                    out[r, start + c] = add(mul(gamma[0, c], centred[c], scale), beta[0, c])
         return out
 
     def cost(self, ev):  # LayerNorm's cost per head
