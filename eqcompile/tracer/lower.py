@@ -15,10 +15,9 @@ from sympy import HadamardProduct
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import UnsupportedArchitecture
-from ..ops import (GELU, ALiBi, Embed, GELUTanh, GroupedHeads, HeadLayerNorm, HeadRMSNorm, LayerNorm, MergeHeads,
-                   PartialRoPE, ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Standardise, Tanh, d_head,
-                   n_head, n_kv_head)
-from ..ops.softcap import SoftCap, UnitOffset
+from ..ops import (GELU, ALiBi, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, MergeHeads, PartialRoPE, ReLU,
+                   RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Tanh, d_head, n_head, n_kv_head)
+from ..ops.softcap import SoftCap
 from .alibi import ALiBiPatterns
 from .eager import EagerPatterns
 from .generic import generic_value, lower_generically
@@ -26,6 +25,7 @@ from .idioms import gelu_tanh
 from .interleaved import InterleavedRotary
 from .moe import MoEPatterns
 from .naming import Names, module_path, op_name
+from .norms import NormPatterns
 from .statics import positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
 
@@ -35,7 +35,7 @@ SIN_TERMS = {"rotate_half": "sin", "rotate_every_two": "sin_pairs"}  # the rotat
 ACTIVATIONS = {"silu": SiLU, "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 
 
-class StageLowering(ALiBiPatterns, EagerPatterns, MoEPatterns, InterleavedRotary):
+class StageLowering(NormPatterns, ALiBiPatterns, EagerPatterns, MoEPatterns, InterleavedRotary):
     """Lowers one section of the graph into a stage's equations (``names`` collects them)."""
 
     def __init__(self, context, names: Names, values: dict):
@@ -135,25 +135,6 @@ class StageLowering(ALiBiPatterns, EagerPatterns, MoEPatterns, InterleavedRotary
         if isinstance(y, Partial) and y.kind == "transposed":
             return self._linear(node, x, y.parts[0])
         return NotImplemented
-
-    def _layer_norm(self, node, x, shape, weight=None, bias=None, eps=1e-5, *rest):
-        """LayerNorm; without gain and shift (OLMo) it standardises; a gain stored as its offset
-        from 1 (Nemotron's 1 + w) or a missing shift (MPT) keep the LayerNorm, with (1 + γ) or 0."""
-        if isinstance(x, SplitRows) and isinstance(weight, Weight) and isinstance(bias, Weight) \
-                and list(shape) == [x.width]:  # each head on its own (Persimmon's q and k norms)
-            gain, shift = self.names.norm_weights(weight, bias, node)
-            return SplitRows(HeadLayerNorm(x.base, gain, shift, self.names.epsilon(eps), d_head), x.heads, x.width)
-        if not isinstance(x, Stream):
-            return NotImplemented
-        if weight is None and bias is None:
-            return Stream(Standardise(x.expr, self.names.epsilon(eps)))
-        offset = isinstance(weight, Partial) and weight.kind == "unit_offset"
-        weight = weight.parts[0] if offset else weight
-        if not (isinstance(weight, Weight) and isinstance(bias, (Weight, type(None)))):
-            return NotImplemented
-        gain, shift = self.names.norm_weights(weight, bias, node)
-        shift = sp.Integer(0) if shift is None else shift
-        return Stream(LayerNorm(x.expr, UnitOffset(gain) if offset else gain, shift, self.names.epsilon(eps)))
 
     # RMSNorm, written out: x * rsqrt(mean(x^2) + eps) * gain ----------------------------------
     def _pow(self, node, x, exponent):
