@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-TIMEOUT = 180  # seconds per model type
+TIMEOUT = 600  # seconds per model type
 SMALL = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=40, max_position_embeddings=32, initializer_range=0.3, bos_token_id=None,
              eos_token_id=None, pad_token_id=None, use_cache=False)
