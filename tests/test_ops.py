@@ -19,6 +19,8 @@ from eqcompile.ops.activation import erf
 from eqcompile.ops.moe import MixtureOfExperts, top_k
 from eqcompile.ops.softcap import SoftCap, UnitOffset, attention_cap
 from eqcompile.ops.generic import AtenOp
+from eqcompile.ops.alibi import ALiBi, alibi
+from eqcompile.ops.head_norm import HeadLayerNorm
 from eqcompile.ops.interleaved_rope import InterleavedRoPE
 from eqcompile.ops.yarn import YarnFrequencies, ramp_end, ramp_start
 from eqcompile.ops.rope import high_freq_factor, low_freq_factor, original_context, rope_factor, rope_theta
@@ -49,6 +51,7 @@ def example(op):
         MixtureOfExperts: MixtureOfExperts(X, W, top_k, sp.Tuple(sp.Tuple(W, W, W))),
         AtenOp: AtenOp("clamp_min", X, 0.5), InterleavedRoPE: InterleavedRoPE(X, theta, t, d_head),
         YarnFrequencies: YarnFrequencies(theta, rope_factor, ramp_start, ramp_end),
+        ALiBi: ALiBi(S, n_head), HeadLayerNorm: HeadLayerNorm(X, g, beta, epsilon, d_head),
     }.get(op) or op(X)
 
 
@@ -92,6 +95,8 @@ GOLDEN = {
     AtenOp: (r"\operatorname{clamp\_min}\left(X, 0.5\right)", "np.maximum(X, 0.5)"),
     YarnFrequencies: (r"\operatorname{YaRN}_{rope_{factor}, yarn_{low}, yarn_{high}}\left(\theta\right)",
                       "yarn_frequencies(theta, rope_factor, yarn_low, yarn_high)"),
+    ALiBi: (r"\operatorname{ALiBi}\left(S\right)", "alibi(S, n_head)"),
+    HeadLayerNorm: (r"\operatorname{LN}_{h}\left(X;\, \gamma, \beta\right)", "head_layer_norm(X, gamma, beta, eps, d_head)"),
 }
 
 
@@ -170,3 +175,29 @@ def test_fused_causal_attention_prints_one_call_and_leaves_other_masks():
     assert "split_heads(k, n_kv_head), split_heads(v, n_kv_head)" in ModulePrinter({}).doprint(grouped[0].rhs)
     padded = self_attention(q, k, v, 1, lambda s: PaddingMask(s, MatrixSymbol("mask", 1, n)))
     assert fuse_causal_attention(padded) == padded
+
+
+def test_alibi_is_its_definition():
+    """alibi adds m_h (j - i) with m_h = 2^(-8h/H) to head h's scores, the queries being the last n of m
+    keys (a KV cache holds the rest), and keeps float32."""
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((4, 3, 7)).astype(np.float32)
+    got = alibi(s, 4)
+    assert got.dtype == np.float32
+    for h in range(4):
+        for r in range(3):
+            for c in range(7):
+                expected = s[h, r, c] + 2.0 ** (-8 * (h + 1) / 4) * (c - (r + 4))
+                assert abs(got[h, r, c] - expected) < 1e-6
+
+
+def test_head_layer_norm_normalises_each_head_alone():
+    from eqcompile.ops.head_norm import head_layer_norm
+    rng = np.random.default_rng(0)
+    x, gamma, beta = (rng.standard_normal(shape).astype(np.float32) for shape in ((3, 12), (1, 4), (1, 4)))
+    got = head_layer_norm(x, gamma, beta, 1e-5, 4)
+    assert got.dtype == np.float32
+    for h in range(3):
+        part = x[:, 4 * h:4 * h + 4].astype(np.float64)
+        expected = (part - part.mean(-1, keepdims=True)) / np.sqrt(part.var(-1, keepdims=True) + 1e-5) * gamma + beta
+        np.testing.assert_allclose(got[:, 4 * h:4 * h + 4], expected, rtol=1e-5, atol=1e-5)

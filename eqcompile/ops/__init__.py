@@ -11,20 +11,21 @@ from .rope import Llama3Frequencies, RoPE, RotaryFrequencies
 from .window import SlidingWindowMask, window
 from .pooling import MeanPool
 from .partial_rope import PartialRoPE, d_rot
-from .head_norm import HeadRMSNorm
+from .head_norm import HeadLayerNorm, HeadRMSNorm
 from .norm_core import RMSScale, Standardise
 from .softcap import SoftCap, UnitOffset
 from .moe import MixtureOfExperts
 from .generic import AtenOp
 from .interleaved_rope import InterleavedRoPE
 from .yarn import YarnFrequencies
+from .alibi import ALiBi
 
 __all__ = [
     "Embed", "FirstRows", "Linear", "LayerNorm", "RMSNorm", "Softmax", "CausalMask",
     "SplitHeads", "MergeHeads", "GELUTanh", "GELU", "ReLU", "Sigmoid", "SiLU", "QuickGELU", "Tanh",
     "RoPE", "RotaryFrequencies", "Llama3Frequencies", "GroupedHeads", "SlidingWindowMask",
     "PaddingMask", "MeanPool", "PartialRoPE", "HeadRMSNorm", "Standardise", "RMSScale", "SoftCap", "UnitOffset",
-    "MixtureOfExperts", "InterleavedRoPE", "AtenOp", "YarnFrequencies",
+    "MixtureOfExperts", "InterleavedRoPE", "AtenOp", "YarnFrequencies", "ALiBi", "HeadLayerNorm",
 ]
 OPS: tuple[type[MatrixOp], ...] = tuple(globals()[name] for name in __all__)
 ACTIVATIONS: tuple[type[Activation], ...] = tuple(op for op in OPS if issubclass(op, Activation))

@@ -57,22 +57,25 @@ class LayerNorm(MatrixOp):
         from .backward import ColumnSum, LayerNormGainGrad, LayerNormGrad
 
         x, gamma, beta, eps = self.args
-        return [(x, LayerNormGrad(x, gamma, eps, grad)), (gamma, LayerNormGainGrad(x, eps, grad)),
-                (beta, ColumnSum(grad))]
+        shift = [(beta, ColumnSum(grad))] if beta.is_Matrix else []  # a LayerNorm without shift (MPT): 0
+        return [(x, LayerNormGrad(x, gamma, eps, grad)), (gamma, LayerNormGainGrad(x, eps, grad)), *shift]
 
     def explicit(self, ev):
-        x, gamma, beta = ev.shared(self.arg), ev.value(self.args[1]), ev.value(self.args[2])
-        eps, width = ev.number(self.args[3]), x.cols
+        x, gamma, eps = ev.shared(self.arg), ev.value(self.args[1]), ev.number(self.args[3])
+        beta = ev.value(self.args[2]) if self.args[2].is_Matrix else None  # None: no shift (MPT's LN(X; γ, 0))
+        width = x.cols
         out = sp.zeros(x.rows, width)
         for r in range(x.rows):
             mean, scale = row_standardiser(ev, x, r, eps)
             for c in range(width):
-                out[r, c] = add(mul(gamma[0, c], add(x[r, c], neg(mean)), scale), beta[0, c])
+                scaled = mul(gamma[0, c], add(x[r, c], neg(mean)), scale)
+                out[r, c] = scaled if beta is None else add(scaled, beta[0, c])
         return out
 
     def cost(self, ev):
         rows, width = ev.size(self.arg)
-        per_row = ops(add=5 * width - 1, mul=3 * width + 2, neg=2 * width, sqrt=1, div=1)
+        shifts = width if self.args[2].is_Matrix else 0
+        per_row = ops(add=4 * width + shifts - 1, mul=3 * width + 2, neg=2 * width, sqrt=1, div=1)
         return ev.cost(self.arg) + per_row * rows
 
     @classmethod

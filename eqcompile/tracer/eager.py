@@ -39,9 +39,9 @@ class EagerPatterns:
                 return self._offset_rms_norm(node, y.parts[0], *x.parts)
             if isinstance(x, Stream) and isinstance(y, Static):  # the embedding times sqrt(d), as a tensor
                 return self._scaled(x, y)
-            if isinstance(x, Partial) and x.kind == "scores" and isinstance(y, float):
-                q, k, factor, _ = x.parts
-                return Partial("scores", (q, k, factor * y, None))
+            if isinstance(x, Partial) and x.kind == "scores" and isinstance(y, float) and not x.parts[4]:
+                q, k, factor, _, _ = x.parts
+                return Partial("scores", (q, k, factor * y, None, False))
             if isinstance(x, Partial) and x.kind == "tanh" and isinstance(y, float) and x.parts[1] == y:
                 return self._capped(x.parts[0], y)
         return NotImplemented
@@ -59,8 +59,8 @@ class EagerPatterns:
         """c tanh(x / c): soft-capped attention scores, or soft-capped logits."""
         if isinstance(x, Stream):
             return Stream(SoftCap(x.expr, self.context.constant(final_cap, c)))
-        q, k, factor, _ = x.parts
-        return Partial("capped", (q, k, factor, self.context.constant(attention_cap, c)))
+        q, k, factor, _, alibi = x.parts
+        return Partial("capped", (q, k, factor, self.context.constant(attention_cap, c), alibi))
 
     def _scaled(self, x: Stream, factor: Static):
         value = self.context.evaluate(factor.node, 7)
@@ -88,7 +88,7 @@ class EagerPatterns:
 
     def _matmul(self, node, x, y):
         if isinstance(x, Heads) and x.whole and isinstance(y, Partial) and y.kind == "keys":
-            return Partial("scores", (x, y.parts[0], 1.0, None))
+            return Partial("scores", (x, y.parts[0], 1.0, None, False))  # (q, k, scale, cap, ALiBi added)
         if isinstance(x, Partial) and x.kind == "weights" and isinstance(y, Heads) and y.whole:
             return self._attended(*x.parts, y)
         return NotImplemented
@@ -98,8 +98,9 @@ class EagerPatterns:
             return Partial("weights", x.parts)
         return NotImplemented
 
-    def _attended(self, scores: Partial, mask: Static, v: Heads):
-        q, k, scale, cap = scores.parts
+    def _attended(self, scores: Partial, mask: Static | str, v: Heads):
+        q, k, scale, cap, alibi = scores.parts
         if not (k.heads * k.repeat == q.heads == v.heads * v.repeat):
             return NotImplemented
-        return self.attention(q, k, v, scale, mask, False, cap)
+        causal = mask == "causal"  # checked already (MPT's masked_fill)
+        return self.attention(q, k, v, scale, None if causal else mask, causal, cap, alibi)

@@ -111,14 +111,7 @@ def export_checkpoint(checkpoint: Checkpoint) -> Exported:
     if missing:
         raise UnsupportedArchitecture(f"the checkpoint's tensors are not those of transformers' "
                                       f"{type(model).__name__} (no {missing[0]!r})")
-    context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-    length = torch.export.Dim("n", min=2, max=max(context, 3))
-    try:
-        program = torch.export.export(_Logits(model), (torch.zeros(1, EXAMPLE_LENGTH, dtype=torch.long),),
-                                      dynamic_shapes={"ids": {1: length}})
-    except Exception as e:  # torch raises many types; the user gets why, in one line
-        raise UnsupportedArchitecture(f"torch.export cannot trace {type(model).__name__}: "
-                                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    program = _export(model, int(getattr(model.config, "max_position_embeddings", 0) or 2048))
     signature = program.graph_signature
     parameters = {}
     for placeholder, state_name in signature.inputs_to_parameters.items():
@@ -133,6 +126,23 @@ def export_checkpoint(checkpoint: Checkpoint) -> Exported:
                     for placeholder, name in signature.inputs_to_lifted_tensor_constants.items()})
     return Exported(program, model, parameters, buffers, path, layers,
                     {parts[0][0]: parts for parts in stacked.values()}, traced_layers=layer_list(model)[1])
+
+
+def _export(model, context: int):
+    """The model exported for 2 <= n <= context; where a table of the whole context is sliced to the
+    last n rows (MPT's ALiBi), n = context is a branch of its own, so that length is left out."""
+    import torch
+
+    for longest in (max(context, 3), max(context - 1, 3)):
+        try:
+            return torch.export.export(_Logits(model), (torch.zeros(1, EXAMPLE_LENGTH, dtype=torch.long),),
+                                       dynamic_shapes={"ids": {1: torch.export.Dim("n", min=2, max=longest)}})
+        except Exception as e:  # torch raises many types; the user gets why, in one line
+            error = e
+            if f"satisfy the generated guard L['ids'].size()[1] != {context}" not in str(e):
+                break
+    raise UnsupportedArchitecture(f"torch.export cannot trace {type(model).__name__}: "
+                                  f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
 
 
 def _checkpoint_names(model, checkpoint: Checkpoint) -> dict[str, str]:

@@ -15,16 +15,17 @@ from sympy import HadamardProduct
 from sympy.matrices.expressions.matexpr import MatrixSymbol
 
 from ..errors import UnsupportedArchitecture
-from ..ops import (GELU, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, LayerNorm, MergeHeads, PartialRoPE,
-                   ReLU, RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Tanh, d_head,
-                   n_head, n_kv_head)
+from ..ops import (GELU, ALiBi, Embed, GELUTanh, GroupedHeads, HeadRMSNorm, MergeHeads, PartialRoPE, ReLU,
+                   RMSNorm, RoPE, Sigmoid, SiLU, Softmax, SplitHeads, Tanh, d_head, n_head, n_kv_head)
 from ..ops.softcap import SoftCap
+from .alibi import ALiBiPatterns
 from .eager import EagerPatterns
 from .generic import generic_value, lower_generically
 from .idioms import gelu_tanh
 from .interleaved import InterleavedRotary
 from .moe import MoEPatterns
 from .naming import Names, module_path, op_name
+from .norms import NormPatterns
 from .statics import positions_offset
 from .values import Attended, Heads, Partial, Pieces, SplitRows, Static, Stream, Tokens, Weight
 
@@ -34,7 +35,7 @@ SIN_TERMS = {"rotate_half": "sin", "rotate_every_two": "sin_pairs"}  # the rotat
 ACTIVATIONS = {"silu": SiLU, "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 
 
-class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
+class StageLowering(NormPatterns, ALiBiPatterns, EagerPatterns, MoEPatterns, InterleavedRotary):
     """Lowers one section of the graph into a stage's equations (``names`` collects them)."""
 
     def __init__(self, context, names: Names, values: dict):
@@ -134,12 +135,6 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
         if isinstance(y, Partial) and y.kind == "transposed":
             return self._linear(node, x, y.parts[0])
         return NotImplemented
-
-    def _layer_norm(self, node, x, shape, weight=None, bias=None, eps=1e-5, *rest):
-        if not (isinstance(x, Stream) and isinstance(weight, Weight) and isinstance(bias, Weight)):
-            return NotImplemented
-        gain, shift = self.names.norm_weights(weight, bias, node)
-        return Stream(LayerNorm(x.expr, gain, shift, self.names.epsilon(eps)))
 
     # RMSNorm, written out: x * rsqrt(mean(x^2) + eps) * gain ----------------------------------
     def _pow(self, node, x, exponent):
@@ -242,6 +237,9 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
     # heads -------------------------------------------------------------------------------------
     # transformers' repeat_kv: x[:, :, None].expand(1, kv, r, n, w).reshape(1, kv r, n, w)
     def _unsqueeze(self, node, x, dim):
+        if isinstance(x, Stream) and dim == 1:  # GPT-BigCode's multi-query [1, 1, n, w]: one head of it all
+            width = int(node.meta["val"].shape[-1])
+            return Heads(x.expr, 1, width, 0, width)
         return Partial("unsqueezed", (x,)) if isinstance(x, Heads) and x.whole and dim == 2 else NotImplemented
 
     def _expand(self, node, x, shape, **kwargs):
@@ -259,6 +257,11 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
             return replace(view, repeat=view.repeat * times)
         if isinstance(x, Stream) and len(after) == 4 and len(before) == 3:
             return SplitRows(x.expr, int(after[2]), int(after[3]))
+        if isinstance(x, Heads) and x.rows_first and x.whole and len(after) == 4 and \
+                after[2] * after[3] == x.heads * x.width:  # CodeGen: a group of heads' part, into its heads
+            return SplitRows(x.base, int(after[2]), int(after[3]))
+        if isinstance(x, Heads) and x.heads == 1 and x.whole and len(after) == 4 and before[1] == 1:
+            return SplitRows(x.base, int(after[2]), int(after[3]))  # [1, 1, n, w] -> [1, n, heads, w / heads]
         if isinstance(x, Attended) and x.transposed and len(after) == 3:
             return Stream(self.names.materialize(MergeHeads(x.expr, n_head), "z"))
         return NotImplemented
@@ -349,8 +352,9 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
             return NotImplemented  # (one key/value head is broadcast to all: multi-query attention)
         return self.attention(q, k, v, 1 / math.sqrt(q.width) if scale is None else scale, mask, is_causal)
 
-    def attention(self, q: Heads, k: Heads, v: Heads, scale: float, mask, is_causal: bool, cap=None):
-        """softmax(mask(cap(c Q Kᵀ))) V over the heads, keys and values cached: sdpa's and the written-out form."""
+    def attention(self, q: Heads, k: Heads, v: Heads, scale: float, mask, is_causal: bool, cap=None, alibi=False):
+        """softmax(mask(cap(ALiBi(c Q Kᵀ)))) V over the heads, keys and values cached: sdpa's and the
+        written-out form."""
         queries, keys, values = (self.names.materialize(x.base, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
         self.names.cache(keys, values)
         if q.heads == k.heads:
@@ -359,6 +363,7 @@ class StageLowering(EagerPatterns, MoEPatterns, InterleavedRotary):
             groups = self.context.constant(n_kv_head, k.heads)
             keys, values = (GroupedHeads(x, groups, n_head) for x in (keys, values))
         scores = scale_factor(scale, q.width) * SplitHeads(queries, n_head) * keys.T
+        scores = ALiBi(scores, n_head) if alibi else scores
         masked = self.context.mask(self.names, scores if cap is None else SoftCap(scores, cap), mask, is_causal)
         if masked is NotImplemented:
             return NotImplemented

@@ -37,7 +37,8 @@ ROLES = {"q_proj": "Q", "query": "Q", "k_proj": "K", "key": "K", "v_proj": "V", 
          "gate": "r"}  # a module named "gate" is a mixture of experts' router
 OUTPUT_LEAVES = {"dense", "c_proj", "proj"}  # "O" inside attention, "out" inside an MLP
 FUSED = {"query_key_value": ("Q", "K", "V"), "qkv_proj": ("Q", "K", "V"), "qkv": ("Q", "K", "V"), "c_attn": ("Q", "K", "V"),
-         "Wqkv": ("Q", "K", "V"), "gate_up_proj": ("gate", "up")}
+         "Wqkv": ("Q", "K", "V"), "gate_up_proj": ("gate", "up"),
+         "attn.qkv_proj": ("Q", "V", "K")}  # CodeGen's order, per group of heads
 ATTENTION_PARENTS = ("attention", "self_attn", "attn", "self_attention")
 # stem -> LaTeX of an intermediate matrix ($l: the layer)
 LOCALS = {"h": "H", "q": "Q", "k": "K", "v": "V", "a": "A_h", "z": "Z", "m": "M", "x_mid": "X", "y": "Y"}
@@ -62,7 +63,7 @@ class Names:
         self.extra: list[MatrixSymbol] = []
         self.prelude: list[Equation] = []  # equations of constants (RoPE frequencies), stated first
         self.counts: dict[str, int] = {}
-        self.fused_leaf: dict[MatrixSymbol, str] = {}  # a projection's weight -> its module's name
+        self.fused_leaf: dict[MatrixSymbol, str] = {}  # a projection's weight -> its parent's and its name
         self.parts: dict[MatrixSymbol, int] = {}  # a fused projection's weight -> the last part taken
 
     def _superscript(self, text: str, next_layer: bool = False) -> str:
@@ -110,7 +111,7 @@ class Names:
         cols = self.context.dim(out)
         w = self._param(f"W_{stem}", f"W_{{{_role_latex(stem)}}}", weight, x.shape[1], cols,
                         transpose=stored_transposed)
-        self.fused_leaf[w] = module_path(node).split(".")[-1]
+        self.fused_leaf[w] = ".".join(module_path(node).split(".")[-2:])  # its parent's name and its own
         if bias is None:
             return Linear(x, w)
         b = self._param(f"b_{stem}", f"b_{{{_role_latex(stem)}}}", bias, 1, cols)
@@ -123,7 +124,8 @@ class Names:
             return None
         fused = base.weight
         index = self.parts[fused] = self.parts.get(fused, -1) + 1  # parts are taken in order: q, k, v
-        roles = FUSED.get(self.fused_leaf.get(fused, ""))
+        path = self.fused_leaf.get(fused, "")
+        roles = FUSED.get(path) or FUSED.get(path.rsplit(".", 1)[-1])
         role = self._unique(roles[index] if roles and index < len(roles) else f"part{index + 1}")
         width, start, stop = blocks
         weight, transposed = self.sources[fused]
@@ -141,7 +143,7 @@ class Names:
         if folded is None:
             return view
         width = view.stop - view.start
-        return Heads(folded, view.heads, width, 0, width)
+        return Heads(folded, view.heads, width, 0, width, rows_first=view.rows_first)
 
     def parameter(self, weight: Weight, node) -> MatrixSymbol:
         """A [d] weight a generic op reads as it is stored, as a row [1, d], named by its module."""
