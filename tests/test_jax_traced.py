@@ -1,12 +1,12 @@
-"""Issue 17 on the tracer's models: ``--jax`` for every traced architecture of tests/test_trace.py
-and tests/test_trace_gemma.py, against transformers and the numpy module from the same compile.
+"""Issue 17 on the tracer's models: ``--jax`` for every traced architecture of tests/test_trace.py,
+tests/test_trace_gemma.py and tests/test_trace_archs.py, against transformers and the numpy module
+from the same compile.
 
 The JAX module pads each input to its length bucket and keeps a fixed-size cache, so a traced
 architecture's own ops (partial and interleaved rotary, per-head norms, soft caps, per-layer windows
-and rotary bases, experts chosen per token) each meet padding and a cache here. Tolerances as for
-the numpy module: 1e-4 absolute and 1e-5 relative to the logits' scale; greedy and seeded
-sampled tokens identical.
-"""
+and rotary bases, experts chosen per token, ALiBi) each meet padding and a cache here. Tolerances as
+for the numpy module: 1e-4 absolute and 1e-5 relative to the logits' scale; greedy and seeded
+sampled tokens identical."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 jax = pytest.importorskip("jax")
 
 import test_trace  # noqa: E402
+import test_trace_archs  # noqa: E402
 import test_trace_gemma  # noqa: E402
 
 import eqcompile  # noqa: E402
@@ -27,7 +28,8 @@ from eqcompile.verify import compare  # noqa: E402
 ATOL, RTOL = 1e-4, 1e-5
 DEFAULT_RUN = ("gptj",)  # interleaved rotary; gpt_neox and gemma2 have --jax cells in tests/test_matrix.py
 CASES = [*((name, test_trace) for name in test_trace.ARCHITECTURES),
-         *((name, test_trace_gemma) for name in test_trace_gemma.ARCHITECTURES)]
+         *((name, test_trace_gemma) for name in test_trace_gemma.ARCHITECTURES),
+         *((name, test_trace_archs) for name in test_trace_archs.ARCHITECTURES)]
 
 
 @pytest.mark.parametrize("name, source", [pytest.param(name, source, id=name,
