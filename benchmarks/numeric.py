@@ -105,7 +105,8 @@ def prepare(name: str, checkpoint: Path, hf_folder: Path, folder: Path, quick: b
             "tokens": str(folder / "tokens.npz"), "lengths": list(settings["lengths"]), "threads": 2,
             "repeats": {str(n): settings["repeats"] for n in settings["lengths"]},
             "prompt": settings["prompt"], "new_tokens": settings["new_tokens"], "decode_repeats": settings["decode_repeats"],
-            "flops": {str(n): 2 * operation_counts(program, n).get("mul", 0) for n in settings["lengths"]},
+            "flops": {str(n): 2 * operation_counts(program, n, tokens_known=True).get("mul", 0)
+                      for n in settings["lengths"]},
             "weight_bytes_per_token": stats(program, 4.0).weight_bytes_per_token}
     if onnx_available():
         started = time.perf_counter()

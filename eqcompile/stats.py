@@ -64,11 +64,13 @@ class _CostEvaluator:
         raise NotImplementedError(f"no cost for {type(expr).__name__}")
 
 
-def operation_counts(program: Program, seq: int) -> Cost:
+def operation_counts(program: Program, seq: int, tokens_known: bool = False) -> Cost:
     """Scalar operations of the literal equation for a sequence of ``seq`` tokens.
 
-    Layer-dependent constants (e.g. a 1/l attention scale) change numbers, not counts, so one
-    layer's count serves all of them.
+    The literal equation takes the tokens as unknowns, so an embedding is a one-hot row times the
+    table (n d V multiplications); ``tokens_known`` counts what a module run on given tokens does, a
+    row lookup (none). Layer-dependent constants (e.g. a 1/l attention scale) change numbers, not
+    counts, so one layer's count serves all of them.
     """
     numbers = dict(program.dims) | {program.seq: seq}
     total: Cost = Cost()
@@ -80,7 +82,8 @@ def operation_counts(program: Program, seq: int) -> Cost:
             if stage.layer_symbols and any(eq.rhs.has(LayerValue) for eq in stage.equations) else [None]
         for values in layers:
             ev = _CostEvaluator(numbers | (values or {symbol: 1 for symbol in stage.layer_symbols}), masked,
-                                {program.positions, *program.input_defaults})
+                                {program.positions, *program.input_defaults,
+                                 *([program.input_symbol] if tokens_known else [])})
             for eq in stage.equations:
                 cost = ev.cost(eq.rhs) * (1 if values else stage.layers or 1)
                 total += cost * int(ev.number(n_head)) if is_per_head(eq.rhs) else cost
