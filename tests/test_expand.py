@@ -118,6 +118,15 @@ def test_per_token_operations_are_the_last_rows_cost(tiny):
     assert eqcompile.compile(tiny).stats(4).operations_per_token == four - three
 
 
+def test_given_tokens_make_the_embedding_a_lookup(tiny):
+    """What a module run on given tokens multiplies (benchmarks' FLOPs): the literal equation's
+    count less the one-hot embedding product, n d V multiplications and n d (V - 1) additions."""
+    program = eqcompile.compile(tiny).program
+    literal, given = operation_counts(program, 4), operation_counts(program, 4, tokens_known=True)
+    n, d, vocab = 4, TINY["n_embd"], TINY["vocab_size"]
+    assert literal - given == {"mul": n * d * vocab, "add": n * d * (vocab - 1)}
+
+
 def test_stats_of_a_large_model_from_its_header(tmp_path):
     """GPT-2 XL shape (1.56B parameters): counted from shapes, the data never read."""
     model = eqcompile.compile(make_sparse_gpt2(tmp_path / "xl", n_layer=48, n_embd=1600))
