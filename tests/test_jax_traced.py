@@ -27,27 +27,28 @@ from eqcompile.verify import compare  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-5
 DEFAULT_RUN = ("gptj",)  # interleaved rotary; gpt_neox and gemma2 have --jax cells in tests/test_matrix.py
-CASES = [*((name, test_trace) for name in test_trace.ARCHITECTURES),
-         *((name, test_trace_gemma) for name in test_trace_gemma.ARCHITECTURES),
-         *((name, test_trace_archs) for name in test_trace_archs.ARCHITECTURES)]
+CASES = [  # (model type, the module that makes its checkpoint, its test lengths)
+    *((name, test_trace, test_trace.LENGTHS) for name in test_trace.ARCHITECTURES),
+    *((name, test_trace_gemma, test_trace_gemma.LENGTHS) for name in test_trace_gemma.ARCHITECTURES),
+    *((name, test_trace_archs, test_trace.LENGTHS) for name in test_trace_archs.ARCHITECTURES)]
 
 
-@pytest.mark.parametrize("name, source", [pytest.param(name, source, id=name,
-                                                       marks=() if name in DEFAULT_RUN else pytest.mark.slow)
-                                          for name, source in CASES])
-def test_traced_jax_module_matches_transformers_and_numpy(tmp_path, name, source):
+@pytest.mark.parametrize("name, source, lengths", [
+    pytest.param(*case, id=case[0], marks=() if case[0] in DEFAULT_RUN else pytest.mark.slow) for case in CASES])
+def test_traced_jax_module_matches_transformers_and_numpy(tmp_path, name, source, lengths):
     folder = source.make_checkpoint(tmp_path / "ckpt", name)
     path = eqcompile.compile(folder).to_jax(tmp_path / "out")
     jax_module = import_module(path, f"jax_traced_{name}")
     numpy_module = import_module(path.with_name("model.py"), f"np_traced_{name}")
+    vocab = test_trace.SMALL["vocab_size"]
     rng = np.random.default_rng(1)
-    for length in source.LENGTHS:
-        tokens = rng.integers(0, source.SMALL["vocab_size"], length)
+    for length in lengths:
+        tokens = rng.integers(0, vocab, length)
         logits = np.asarray(jax_module.forward(tokens))
         assert logits.dtype == np.float32
         for reference in (test_trace.transformers_logits(folder, tokens), numpy_module.forward(tokens)):
             max_abs, max_rel, ok = compare(logits, reference, ATOL, RTOL)
             assert ok, (name, length, max_abs, max_rel)
-    prompt = rng.integers(0, source.SMALL["vocab_size"], 4).tolist()
+    prompt = rng.integers(0, vocab, 4).tolist()
     for options in (dict(seed=0, temperature=0), dict(seed=3)):  # greedy, then seeded sampling
         assert jax_module.generate(prompt, 8, **options) == numpy_module.generate(prompt, 8, **options)

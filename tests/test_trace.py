@@ -86,17 +86,21 @@ def neox_compiled(neox):
                                         for t in ARCHITECTURES])
 def test_traced_module_matches_transformers(tmp_path, model_type):
     folder = make_checkpoint(tmp_path / "ckpt", model_type)
-    compiled = eqcompile.compile(folder)
+    assert_traced_module_matches(folder, eqcompile.compile(folder), tmp_path / "out", f"traced_{model_type}")
+
+
+def assert_traced_module_matches(folder: Path, compiled, out: Path, name: str) -> None:
+    """One generic block (l), and the emitted module's logits within ATOL/RTOL of transformers' at LENGTHS."""
     blocks = [stage for stage in compiled.program.stages if stage.layers]
-    assert len(blocks) == 1 and blocks[0].layers == SMALL["num_hidden_layers"]  # one generic block (l)
-    module = import_module(compiled.to_python(tmp_path / "out"), f"traced_{model_type}")
+    assert len(blocks) == 1 and blocks[0].layers == SMALL["num_hidden_layers"]
+    module = import_module(compiled.to_python(out), name)
     rng = np.random.default_rng(0)
     for length in LENGTHS:
         tokens = rng.integers(0, SMALL["vocab_size"], length)
         logits = module.forward(tokens)
         assert logits.dtype == np.float32
         max_abs, max_rel, ok = compare(logits, transformers_logits(folder, tokens), ATOL, RTOL)
-        assert ok, (model_type, length, max_abs, max_rel)
+        assert ok, (name, length, max_abs, max_rel)
 
 
 def test_neox_block_is_stated_once_with_its_weights_by_role(neox_compiled):

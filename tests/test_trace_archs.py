@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -21,8 +20,7 @@ transformers = pytest.importorskip("transformers")
 import eqcompile  # noqa: E402
 from eqcompile.emit.latex import LEVELS  # noqa: E402
 from eqcompile.emit.python import import_module  # noqa: E402
-from eqcompile.verify import compare  # noqa: E402
-from test_trace import ATOL, LENGTHS, RTOL, SMALL, assert_greedy_generation_matches, transformers_logits  # noqa: E402
+from test_trace import SMALL, assert_greedy_generation_matches, assert_traced_module_matches  # noqa: E402
 
 ARCHITECTURES = {  # model_type -> settings over SMALL
     "bloom": {},  # ALiBi in baddbmm; q, k, v fused per head
@@ -55,18 +53,9 @@ def make_checkpoint(folder: Path, model_type: str, seed: int = 0) -> Path:
 def test_once_refused_architecture_matches_transformers(tmp_path, model_type):
     folder = make_checkpoint(tmp_path / "ckpt", model_type)
     compiled = eqcompile.compile(folder)
-    blocks = [stage for stage in compiled.program.stages if stage.layers]
-    assert len(blocks) == 1 and blocks[0].layers == SMALL["num_hidden_layers"]  # one generic block (l)
     for level in LEVELS:
         assert compiled.latex(level=level)
-    module = import_module(compiled.to_python(tmp_path / "out"), f"archs_{model_type}")
-    rng = np.random.default_rng(0)
-    for length in LENGTHS:
-        tokens = rng.integers(0, SMALL["vocab_size"], length)
-        logits = module.forward(tokens)
-        assert logits.dtype == np.float32
-        max_abs, max_rel, ok = compare(logits, transformers_logits(folder, tokens), ATOL, RTOL)
-        assert ok, (model_type, length, max_abs, max_rel)
+    assert_traced_module_matches(folder, compiled, tmp_path / "out", f"archs_{model_type}")
     assert_greedy_generation_matches(folder, compiled, tmp_path / "gen", f"archs_{model_type}_gen")
 
 
