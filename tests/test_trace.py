@@ -53,11 +53,15 @@ DEFAULT_RUN = ("gpt_neox", "phi3", "gptj")  # the others run with -m slow (each 
 
 def make_checkpoint(folder: Path, model_type: str, seed: int = 0, **overrides) -> Path:
     """A random ``AutoModelForCausalLM`` of ``model_type`` saved with save_pretrained."""
-    transformers.logging.set_verbosity_error()
     config_class, settings = ARCHITECTURES[model_type]
+    return save_random(lambda: getattr(transformers, config_class)(**{**SMALL, **settings, **overrides}), folder, seed)
+
+
+def save_random(config, folder: Path, seed: int) -> Path:
+    """``AutoModelForCausalLM`` of ``config()`` with random weights, saved with save_pretrained."""
+    transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
-    config = getattr(transformers, config_class)(**{**SMALL, **settings, **overrides})
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model = transformers.AutoModelForCausalLM.from_config(config()).eval()
     with torch.no_grad():  # a fresh model's gains are 1 and its biases 0: they would test nothing
         for name, p in model.named_parameters():
             if p.ndim == 1:

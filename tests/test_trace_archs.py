@@ -20,7 +20,8 @@ transformers = pytest.importorskip("transformers")
 import eqcompile  # noqa: E402
 from eqcompile.emit.latex import LEVELS  # noqa: E402
 from eqcompile.emit.python import import_module  # noqa: E402
-from test_trace import SMALL, assert_greedy_generation_matches, assert_traced_module_matches  # noqa: E402
+from test_trace import (SMALL, assert_greedy_generation_matches, assert_traced_module_matches,  # noqa: E402
+                        save_random)
 
 ARCHITECTURES = {  # model_type -> settings over SMALL
     "bloom": {},  # ALiBi in baddbmm; q, k, v fused per head
@@ -36,16 +37,8 @@ DEFAULT_RUN = ("bloom",)  # the others run with -m slow (each costs an export)
 
 
 def make_checkpoint(folder: Path, model_type: str, seed: int = 0) -> Path:
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(seed)
-    config = transformers.AutoConfig.for_model(model_type, **{**SMALL, **ARCHITECTURES[model_type]})
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # a fresh model's gains are 1 and its biases 0: they would test nothing
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn_like(p))
-    model.save_pretrained(folder)
-    return folder
+    settings = {**SMALL, **ARCHITECTURES[model_type]}
+    return save_random(lambda: transformers.AutoConfig.for_model(model_type, **settings), folder, seed)
 
 
 @pytest.mark.parametrize("model_type", [pytest.param(t, marks=() if t in DEFAULT_RUN else pytest.mark.slow)
