@@ -93,8 +93,6 @@ class _Logits:
 
 
 def export_checkpoint(checkpoint: Checkpoint) -> Exported:
-    import torch
-
     # unallocated weights keep a big model's export in constant memory, but some models then make
     # their constants (Falcon's head indices) or buffers (GPT-J's sin/cos table) on the wrong device
     big = sum(info.nbytes for info in checkpoint.tensors.values()) > ALLOCATE_BELOW
