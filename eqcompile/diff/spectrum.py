@@ -71,7 +71,7 @@ class Sketch:
     def __init__(self, shape: tuple[int, int], setting: Setting, seed: int):
         rows, cols = shape
         self.dtype = setting.dtype
-        self.right = np.random.default_rng(seed).standard_normal((cols, sketch_width(cols, setting))).astype(self.dtype)
+        self.right = random_test_matrix(cols, setting, seed)
         self.product = np.empty((rows, self.right.shape[1]), self.dtype)
         self.seconds = 0.0  # spent here: the spectrum's share of the pass
         self._buffer = np.empty(0, self.dtype)
@@ -91,8 +91,11 @@ class Sketch:
         self.seconds += time.perf_counter() - began
 
 
-def sketch_width(cols: int, setting: Setting) -> int:
-    return min(cols, setting.rank + setting.oversampling)
+def random_test_matrix(cols: int, setting: Setting, seed: int) -> np.ndarray:
+    """Ω [cols, rank + oversampling], standard normal from ``seed``: the same whether the first
+    product is taken by a :class:`Sketch` or by :func:`randomized_singular_values` itself."""
+    width = min(cols, setting.rank + setting.oversampling)
+    return np.random.default_rng(seed).standard_normal((cols, width)).astype(setting.dtype)
 
 
 def spectrum(before: np.ndarray, after: np.ndarray, sums: Moments, unit: float, seed: int,
@@ -136,7 +139,7 @@ def gram_singular_values(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     gram = np.zeros((before.shape[1],) * 2)
     for _, d in _delta_blocks(before, after, np.float64, GRAM_BLOCK_ELEMENTS):
         gram += d.T @ d
-    return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0, None))
+    return _gram_singular_values(gram)
 
 
 def randomized_singular_values(before: np.ndarray, after: np.ndarray, setting: Setting, seed: int,
@@ -153,7 +156,6 @@ def randomized_singular_values(before: np.ndarray, after: np.ndarray, setting: S
     if setting.classic and before.shape[0] < before.shape[1]:  # σ(ΔWᵀ) = σ(ΔW)
         before, after = before.T, after.T
     rows, cols = before.shape
-    width = sketch_width(cols, setting)
     dtype = setting.dtype
 
     def times(right: np.ndarray) -> np.ndarray:  # ΔW @ right
@@ -171,10 +173,8 @@ def randomized_singular_values(before: np.ndarray, after: np.ndarray, setting: S
     def orth(matrix: np.ndarray) -> np.ndarray:
         return np.linalg.qr(matrix)[0] if setting.classic else orthonormal(matrix)
 
-    if sketch is None:
-        product = times(np.random.default_rng(seed).standard_normal((cols, width)).astype(dtype))
-    else:
-        product = sketch.product
+    product = times(random_test_matrix(cols, setting, seed)) if sketch is None else sketch.product
+    width = product.shape[1]
     for _ in range(setting.power_iterations):
         right = orth(transposed_times(orth(product)))
         product = times(right)
@@ -190,7 +190,13 @@ def gram_values(matrix: np.ndarray) -> np.ndarray:
     resolved down to 1e-8 of the largest, and 2.6x (3072 rows, 40 columns) to 8x (50257 rows) less CPU
     than LAPACK's float32 SVD of the matrix itself."""
     wide = matrix.astype(np.float64)
-    return np.sqrt(np.clip(np.linalg.eigvalsh(wide.T @ wide)[::-1], 0, None))
+    return _gram_singular_values(wide.T @ wide)
+
+
+def _gram_singular_values(gram: np.ndarray) -> np.ndarray:
+    """σ of a matrix from its Gram matrix ΔᵀΔ: square roots of the eigenvalues, largest first (rounding's
+    negative eigenvalues taken as 0)."""
+    return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0, None))
 
 
 def orthonormal(matrix: np.ndarray, drop: float = 1e-10) -> np.ndarray:
